@@ -1,0 +1,163 @@
+"""Training data: UTKFace (age, gender, race) and FER2013 with FER+ labels (emotion).
+
+Images are read straight from the tar archives in the data directory (see
+``footfall.config.ModelSettings.data_dir``), decoded once into one uint8 array per split
+and cached as ``.npy`` files under the cache directory, so later runs start in seconds.
+Missing labels are marked (-1 or NaN) and masked out of the loss for that head.
+
+Example (needs the datasets):
+    >>> from footfall.model.data import load_split          # doctest: +SKIP
+    >>> val = load_split("val")                              # doctest: +SKIP
+    >>> val.images.shape[1:], val.images.dtype               # doctest: +SKIP
+    ((112, 112, 3), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from footfall.labels import EMOTIONS, RACES
+
+log = logging.getLogger(__name__)
+
+DATASETS = {
+    # name: (tar archive, manifest)
+    "utkface": ("utkface_128.tar", "utkface_128.csv"),
+    "ferplus": ("ferplus_48.tar", "ferplus_48.csv"),
+}
+FERPLUS_VOTES = "ferplus_votes.csv"
+# Column of ferplus_votes.csv for each of our emotions, in EMOTIONS order.
+_VOTE_COLUMNS = {
+    "angry": "votes_anger",
+    "disgust": "votes_disgust",
+    "fear": "votes_fear",
+    "happy": "votes_happiness",
+    "sad": "votes_sadness",
+    "surprise": "votes_surprise",
+    "neutral": "votes_neutral",
+}
+# Published sha256 of the files in the shared data directory (see its README).
+SHA256 = {
+    "utkface_128.tar": "ff92b0c14b6158b0383bf0159e5cd0468e436917a7b613d228d7f47ba09a387f",
+    "utkface_128.csv": "c236a473f75e866c15d13b310c0d4a45481c89efcd0772acd3328de3ddd4f97e",
+    "ferplus_48.tar": "abc61203b4df182c9bf89b54d5bd654bdebd42fc62454ec335c5b389f7cca657",
+    "ferplus_48.csv": "8e53ff8b2208b270e981d643bb2114896a9e02f0fc7c74d911a89eeba8d3f4e6",
+    "ferplus_votes.csv": "d044b0372c67feef017658a0b566d15736b73251398738f3b244d947e22a5c14",
+}
+
+
+class DatasetMissing(FileNotFoundError):
+    """The training data is not in the data directory."""
+
+
+@dataclass
+class FaceSet:
+    """Faces and their labels as parallel numpy arrays (missing label: -1, or NaN for age)."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8, RGB
+    age: np.ndarray  # (N,) float32 years, NaN when unknown
+    gender: np.ndarray  # (N,) int8 0 male / 1 female / -1
+    race: np.ndarray  # (N,) int8 index into RACES / -1
+    emotion: np.ndarray  # (N,) int8 index into EMOTIONS / -1
+    emotion_votes: np.ndarray  # (N, 7) float32 FER+ vote shares, zeros when unknown
+    dataset: np.ndarray  # (N,) int8 0 utkface / 1 ferplus
+
+    def __len__(self) -> int:
+        return len(self.age)
+
+    def subset(self, index: np.ndarray) -> FaceSet:
+        return FaceSet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: list[FaceSet]) -> FaceSet:
+        return FaceSet(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(FaceSet)})
+
+
+def require_data(data_dir: Path) -> None:
+    missing = [n for pair in DATASETS.values() for n in pair if not (data_dir / n).exists()]
+    if missing:
+        raise DatasetMissing(f"training data not found in {data_dir}: missing {', '.join(missing)} "
+                             f"(set FOOTFALL_DATA_DIR, or run `footfall-data download`)")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_votes(data_dir: Path) -> dict[str, np.ndarray]:
+    votes: dict[str, np.ndarray] = {}
+    with open(data_dir / FERPLUS_VOTES, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["included"] == "1":
+                v = np.array([float(row[_VOTE_COLUMNS[e]]) for e in EMOTIONS], np.float32)
+                votes[row["file"]] = v / max(v.sum(), 1.0)
+    return votes
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # grayscale -> 3 equal channels
+    if img is None:
+        raise ValueError("undecodable image in archive")
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+    img = cv2.resize(img, (size, size), interpolation=interp)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _read_dataset(data_dir: Path, name: str, split: str, size: int) -> FaceSet:
+    tar_name, csv_name = DATASETS[name]
+    with open(data_dir / csv_name, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == split]
+    votes = _read_votes(data_dir) if name == "ferplus" else {}
+    with tarfile.open(data_dir / tar_name) as tf:
+        blobs = [tf.extractfile(r["file"]).read() for r in rows]
+    with ThreadPoolExecutor(4) as pool:  # cv2 releases the GIL while decoding
+        images = list(pool.map(lambda b: _decode(b, size), blobs))
+    n = len(rows)
+
+    def idx(values: tuple[str, ...], key: str) -> np.ndarray:
+        return np.array([values.index(r[key]) if r[key] else -1 for r in rows], np.int8)
+
+    return FaceSet(
+        images=np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+        age=np.array([float(r["age"]) if r["age"] else np.nan for r in rows], np.float32),
+        gender=idx(("male", "female"), "gender"),
+        race=idx(RACES, "race"),
+        emotion=idx(EMOTIONS, "emotion"),
+        emotion_votes=np.stack([votes.get(r["file"], np.zeros(7, np.float32)) for r in rows])
+        if n else np.zeros((0, 7), np.float32),
+        dataset=np.full(n, 0 if name == "utkface" else 1, np.int8),
+    )
+
+
+def load_split(split: str, data_dir: Path | None = None, size: int = 112,
+               cache_dir: Path | None = None) -> FaceSet:
+    """Both datasets' faces of one split (train / val / test) at ``size`` x ``size``."""
+    from footfall.config import ModelSettings
+
+    settings = ModelSettings()
+    data_dir = Path(data_dir or settings.data_dir)
+    cache_dir = Path(cache_dir or settings.cache_dir) / "faces"
+    require_data(data_dir)
+    cache = cache_dir / f"{split}_{size}"
+    if (cache / "done").exists():
+        return FaceSet(**{f.name: np.load(cache / f"{f.name}.npy", mmap_mode=None) for f in fields(FaceSet)})
+    log.info("decoding %s split from %s (cached afterwards in %s)", split, data_dir, cache)
+    faces = FaceSet.concat([_read_dataset(data_dir, name, split, size) for name in DATASETS])
+    cache.mkdir(parents=True, exist_ok=True)
+    for f in fields(FaceSet):
+        np.save(cache / f"{f.name}.npy", getattr(faces, f.name))
+    (cache / "done").touch()
+    return faces

@@ -1,0 +1,90 @@
+"""Accuracy metrics of the four heads, computed from plain numpy predictions.
+
+``Predictions`` is what every model format (PyTorch, ONNX FP32/INT8, RKNN simulator) produces
+in evaluation, so one function scores them all.
+
+Example:
+    >>> import numpy as np
+    >>> p = Predictions(age=np.array([30., 40.]), gender=np.array([0.9, 0.2]),
+    ...                 race=np.eye(5)[[0, 1]], emotion=np.eye(7)[[3, 6]])
+    >>> m = head_metrics(p, age=np.array([32., np.nan]), gender=np.array([1, 0]),
+    ...                  race=np.array([0, 2]), emotion=np.array([-1, 6]))
+    >>> m["age_mae"], m["gender_acc"], m["race_acc"], m["emotion_acc"]
+    (2.0, 1.0, 0.5, 1.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from footfall.labels import AGE_BANDS, EMOTIONS, RACES, VALENCE
+
+
+@dataclass
+class Predictions:
+    age: np.ndarray  # (N,) years
+    gender: np.ndarray  # (N,) P(female)
+    race: np.ndarray  # (N, 5)
+    emotion: np.ndarray  # (N, 7)
+
+    @staticmethod
+    def concat(parts: list[Predictions]) -> Predictions:
+        return Predictions(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("age", "gender", "race",
+                                                                                      "emotion")))
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:
+    cm = np.zeros((classes, classes), np.int64)
+    np.add.at(cm, (truth, pred), 1)
+    return cm
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    tp = np.diag(cm).astype(float)
+    precision = tp / np.maximum(cm.sum(0), 1)
+    recall = tp / np.maximum(cm.sum(1), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    present = cm.sum(1) > 0
+    return float(f1[present].mean()) if present.any() else float("nan")
+
+
+def head_metrics(p: Predictions, age: np.ndarray, gender: np.ndarray, race: np.ndarray,
+                 emotion: np.ndarray) -> dict:
+    """Metrics on the samples that carry each label (NaN / -1 mean 'no label')."""
+    out: dict = {}
+    m = ~np.isnan(age)
+    if m.any():
+        err = np.abs(p.age[m] - age[m])
+        out["age_mae"] = float(err.mean())
+        out["age_mae_by_band"] = {
+            label: float(err[(age[m] >= lo) & (age[m] < hi)].mean())
+            for label, lo, hi in AGE_BANDS if ((age[m] >= lo) & (age[m] < hi)).any()
+        }
+    m = gender >= 0
+    if m.any():
+        out["gender_acc"] = float(((p.gender[m] >= 0.5).astype(int) == gender[m]).mean())
+    m = race >= 0
+    if m.any():
+        cm = confusion(race[m], p.race[m].argmax(1), len(RACES))
+        out["race_acc"] = float(np.trace(cm) / cm.sum())
+        out["race_macro_f1"] = macro_f1(cm)
+    m = emotion >= 0
+    if m.any():
+        cm = confusion(emotion[m], p.emotion[m].argmax(1), len(EMOTIONS))
+        out["emotion_acc"] = float(np.trace(cm) / cm.sum())
+        out["emotion_macro_f1"] = macro_f1(cm)
+        out["emotion_confusion"] = cm.tolist()
+        vclasses = ("positive", "neutral", "negative")
+        to_v = np.array([vclasses.index(VALENCE[e]) for e in EMOTIONS])
+        vcm = confusion(to_v[emotion[m]], to_v[p.emotion[m].argmax(1)], 3)
+        out["valence_acc"] = float(np.trace(vcm) / vcm.sum())
+        out["valence_confusion"] = vcm.tolist()
+    return out
+
+
+def selection_score(m: dict) -> float:
+    """One number to pick the best checkpoint: accuracies up, age error down (10 years = 1 point)."""
+    return (m.get("gender_acc", 0) + m.get("race_acc", 0) + m.get("emotion_acc", 0)
+            - m.get("age_mae", 0) / 10.0)

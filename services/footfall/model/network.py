@@ -1,0 +1,201 @@
+"""The multi-task face network: a MobileNetV2-style backbone with four heads.
+
+Channel plan and strides follow MobileNetV2 (Sandler et al. 2018) scaled by a width
+multiplier; at width 1.4 it is the Orange Pi paper's plan (conv1 48, blocks 24x1, 32x2,
+48x3, 88x4, 136x3, 224x3, 448x1, 1x1 conv to 1792). At 112x112 input the last feature map
+is 4x4. Instead of global average pooling we use a *global depthwise convolution* (GDC,
+as in MobileFaceNet) whose 4x4 kernel covers the whole map: a plain convolution, which the
+RK3588 NPU runs natively, and it learns a spatial weighting that average pooling cannot.
+
+Outputs (the exported ONNX keeps these names whatever the heads do inside):
+
+- ``age``: expected age in years, shape (N,), from a distribution over 0..100 years
+  (label-distribution learning); ``age_logits`` are used by the training loss only.
+- ``gender``: probability of female, shape (N,).
+- ``race``: probabilities over RACES, shape (N, 5).
+- ``emotion``: probabilities over EMOTIONS, shape (N, 7).
+
+Example:
+    >>> import torch
+    >>> net = FaceNet(width=0.5).eval()
+    >>> out = net(torch.zeros(2, 3, 112, 112))
+    >>> sorted(k for k in out if not k.endswith(("logits", "logit")))
+    ['age', 'emotion', 'gender', 'race']
+    >>> tuple(out["emotion"].shape)
+    (2, 7)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from footfall.labels import AGE_BINS, EMOTIONS, RACES
+
+INPUT_SIZE = 112
+# (expansion t, output channels c, repeats n, first stride s) as in MobileNetV2.
+_INVERTED_RESIDUAL_PLAN = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of 8 without going more than 10 % below (MobileNetV2 rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act:
+        # ReLU6 quantizes well (bounded range) and is native on the RK3588 NPU.
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = cin * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers.append(_conv_bn_act(cin, hidden, 1))
+        layers += [
+            _conv_bn_act(hidden, hidden, 3, stride, groups=hidden),
+            _conv_bn_act(hidden, cout, 1, act=False),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.use_residual else self.block(x)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    width: float = 1.0
+    dropout: float = 0.2
+
+    @property
+    def name(self) -> str:
+        return f"footfall-mnv2-w{int(round(self.width * 100)):03d}"
+
+
+class FaceNet(nn.Module):
+    """MobileNetV2-style multi-task network for 112x112 RGB faces."""
+
+    def __init__(self, width: float = 1.0, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.config = NetConfig(width=width, dropout=dropout)
+        stem = _make_divisible(32 * width)
+        layers: list[nn.Module] = [_conv_bn_act(3, stem, 3, stride=2)]
+        cin = stem
+        for t, c, n, s in _INVERTED_RESIDUAL_PLAN:
+            cout = _make_divisible(c * width)
+            for i in range(n):
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                cin = cout
+        # Like MobileNetV2, the last conv never shrinks below 1280 channels.
+        self.embedding_dim = _make_divisible(1280 * max(1.0, width))
+        layers.append(_conv_bn_act(cin, self.embedding_dim, 1))
+        self.features = nn.Sequential(*layers)
+        final_map = INPUT_SIZE // 32 + (1 if INPUT_SIZE % 32 else 0)  # 112 -> 4
+        # Global depthwise conv over the final 4x4 map replaces average pooling.
+        self.gdc = nn.Sequential(
+            nn.Conv2d(self.embedding_dim, self.embedding_dim, final_map, groups=self.embedding_dim, bias=False),
+            nn.BatchNorm2d(self.embedding_dim),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.age_head = nn.Linear(self.embedding_dim, len(AGE_BINS))
+        self.gender_head = nn.Linear(self.embedding_dim, 1)
+        self.race_head = nn.Linear(self.embedding_dim, len(RACES))
+        self.emotion_head = nn.Linear(self.embedding_dim, len(EMOTIONS))
+        self.register_buffer("age_bins", torch.tensor(AGE_BINS, dtype=torch.float32), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(torch.flatten(self.gdc(self.features(x)), 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.embed(x)
+        age_logits = self.age_head(z)
+        gender_logit = self.gender_head(z).squeeze(1)
+        race_logits = self.race_head(z)
+        emotion_logits = self.emotion_head(z)
+        return {
+            "age": (torch.softmax(age_logits, dim=1) * self.age_bins).sum(dim=1),
+            "gender": torch.sigmoid(gender_logit),
+            "race": torch.softmax(race_logits, dim=1),
+            "emotion": torch.softmax(emotion_logits, dim=1),
+            "age_logits": age_logits,
+            "gender_logit": gender_logit,
+            "race_logits": race_logits,
+            "emotion_logits": emotion_logits,
+        }
+
+
+class ExportWrapper(nn.Module):
+    """The four product outputs only, in a fixed order, for ONNX export."""
+
+    OUTPUT_NAMES = ("age", "gender", "race", "emotion")
+
+    def __init__(self, net: FaceNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.net(x)
+        return tuple(out[k] for k in self.OUTPUT_NAMES)
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def count_macs(net: FaceNet, size: int = INPUT_SIZE) -> int:
+    """Multiply-accumulates of one forward pass (convolutions and linear layers)."""
+    macs = 0
+
+    def conv_hook(module: nn.Conv2d, _inp, out: torch.Tensor) -> None:
+        nonlocal macs
+        kh, kw = module.kernel_size
+        macs += out.numel() // out.shape[0] * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, _inp, _out) -> None:
+        nonlocal macs
+        macs += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(conv_hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear_hook) for m in net.modules() if isinstance(m, nn.Linear)]
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, 3, size, size))
+    net.train(was_training)
+    for h in hooks:
+        h.remove()
+    return macs
