@@ -15,24 +15,10 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from footfall.labels import AGE_BANDS, EMOTIONS, RACES, VALENCE
-
-
-@dataclass
-class Predictions:
-    age: np.ndarray  # (N,) years
-    gender: np.ndarray  # (N,) P(female)
-    race: np.ndarray  # (N, 5)
-    emotion: np.ndarray  # (N, 7)
-
-    @staticmethod
-    def concat(parts: list[Predictions]) -> Predictions:
-        return Predictions(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("age", "gender", "race",
-                                                                                      "emotion")))
+from footfall.predictions import Predictions
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:

@@ -33,9 +33,10 @@ from torch import nn
 
 from footfall.model.augment import AugmentConfig, augment
 from footfall.model.data import FaceSet, load_split
-from footfall.model.metrics import Predictions, head_metrics, selection_score
+from footfall.model.metrics import head_metrics, selection_score
 from footfall.model.network import FaceNet
 from footfall.model.preprocess import normalize_batch
+from footfall.predictions import Predictions
 
 log = logging.getLogger("footfall.train")
 

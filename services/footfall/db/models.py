@@ -1,0 +1,61 @@
+"""The aggregate database (SQLAlchemy 2). It holds counts, never faces or per-person attributes.
+
+Tables:
+- ``visitor_counts``: unique visitors per camera, time bucket (UTC start), age band, gender,
+  race and emotion. An attribute switched off by the privacy settings is stored as ``""``
+  (not recorded), so the row says nothing about it.
+- ``counted_tracks``: opaque ids of the tracks already counted, so a message processed twice
+  is never counted twice (idempotent writes). No attributes.
+- ``camera_health``: the ingest workers' last reported state per camera (operator view).
+
+The schema is created and upgraded by Alembic migrations (``footfall-migrate``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, Float, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NOT_RECORDED = ""  # value of a dimension switched off by the privacy settings
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class VisitorCount(Base):
+    __tablename__ = "visitor_counts"
+
+    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True,
+                                                   doc="UTC start of the time bucket")
+    age_band: Mapped[str] = mapped_column(String(8), primary_key=True)
+    gender: Mapped[str] = mapped_column(String(8), primary_key=True)
+    race: Mapped[str] = mapped_column(String(16), primary_key=True)
+    emotion: Mapped[str] = mapped_column(String(16), primary_key=True)
+    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Sum of the visitors' mean ages, so mean age per cell = age_sum / visitors.
+    age_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+
+
+class CountedTrack(Base):
+    __tablename__ = "counted_tracks"
+
+    track_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)
+    counted_at: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)
+
+
+class CameraHealth(Base):
+    __tablename__ = "camera_health"
+
+    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, doc="connecting / live / reconnecting / ended")
+    last_frame_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False), nullable=True)
+    frames_per_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    faces_per_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    stream_lag: Mapped[int] = mapped_column(Integer, nullable=False, default=0, doc="entries not yet counted")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)

@@ -1,0 +1,37 @@
+"""Inference backends: one small module each, behind ``Backend``, chosen by name.
+
+Adding an accelerator is one module with a ``Backend`` subclass plus one line in
+``BACKENDS``; modules are imported only when chosen, so the CPU path never needs the NPU
+runtime.
+
+Example:
+    >>> sorted(BACKENDS)
+    ['onnxruntime', 'rknn']
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from footfall.inference.backends.base import Backend, BackendUnavailable, ModelMetadata
+
+# name -> "module:class", imported lazily by load_backend.
+BACKENDS = {
+    "onnxruntime": "footfall.inference.backends.onnxruntime:OnnxRuntimeBackend",
+    "rknn": "footfall.inference.backends.rknn:RknnBackend",
+}
+
+
+def load_backend(name: str, model_path: str | Path, **options) -> Backend:
+    """Instantiate the backend called ``name`` on ``model_path``."""
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown inference backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(Path(model_path), **options)
+
+
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "ModelMetadata", "load_backend"]

@@ -1,0 +1,97 @@
+"""The interface every inference backend implements, and the model metadata they share.
+
+A model file carries its own metadata (ONNX ``metadata_props``; a ``.json`` sidecar for
+formats without such a field, e.g. ``model.rknn.json``): name, version, input size,
+channel order, mean/std, label names. Backends read it from there, never from code.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from footfall.predictions import Predictions
+
+# Keys of the metadata stored in the model file (written by footfall.model.export).
+METADATA_KEY = "footfall"
+
+
+class BackendUnavailable(RuntimeError):
+    """The runtime or device a backend needs is missing (e.g. no NPU on this machine)."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    version: str
+    input_size: int
+    channel_order: str  # "RGB"
+    mean: tuple[float, float, float]  # on 0..255 pixel values
+    std: tuple[float, float, float]
+    races: tuple[str, ...]
+    emotions: tuple[str, ...]
+    outputs: tuple[str, ...] = ("age", "gender", "race", "emotion")
+    precision: str = "fp32"  # fp32 / int8
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> ModelMetadata:
+        d = json.loads(text)
+        for key in ("mean", "std", "races", "emotions", "outputs"):
+            d[key] = tuple(d[key])
+        return ModelMetadata(**d)
+
+    @staticmethod
+    def from_sidecar(model_path: Path) -> ModelMetadata:
+        sidecar = Path(str(model_path) + ".json")
+        if not sidecar.exists():
+            raise FileNotFoundError(f"model metadata {sidecar} not found next to {model_path}")
+        return ModelMetadata.from_json(sidecar.read_text())
+
+
+def prepare_crops(crops: list[np.ndarray], size: int) -> np.ndarray:
+    """Stack RGB uint8 crops of any size into one (N, size, size, 3) uint8 array (NHWC)."""
+    out = np.empty((len(crops), size, size, 3), np.uint8)
+    for i, crop in enumerate(crops):
+        if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
+            raise ValueError(f"crop {i}: expected HxWx3 uint8, got {crop.shape} {crop.dtype}")
+        if crop.shape[:2] != (size, size):
+            shrink = crop.shape[0] > size
+            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out[i] = crop
+    return out
+
+
+def normalize_nchw(batch: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 normalized with the model's mean/std."""
+    mean = np.asarray(meta.mean, np.float32)
+    inv_std = 1.0 / np.asarray(meta.std, np.float32)
+    x = (batch.astype(np.float32) - mean) * inv_std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+class Backend(ABC):
+    """Runs the face model on batches of aligned RGB uint8 crops."""
+
+    name: str = "base"
+    metadata: ModelMetadata
+
+    @abstractmethod
+    def predict(self, batch: np.ndarray) -> Predictions:
+        """Predictions for an (N, S, S, 3) uint8 RGB batch, S = metadata.input_size, in order."""
+
+    def close(self) -> None:
+        """Release the runtime."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,45 @@
+"""ONNX Runtime on the CPU: FP32 or INT8 (QDQ) ONNX models.
+
+Example:
+    >>> from footfall.inference.backends import load_backend        # doctest: +SKIP
+    >>> be = load_backend("onnxruntime", "model/footfall_w050.int8.onnx", threads=2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from footfall.inference.backends.base import METADATA_KEY, Backend, ModelMetadata, normalize_nchw
+from footfall.predictions import Predictions
+
+
+def read_onnx_metadata(session) -> ModelMetadata:
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ValueError(f"model has no '{METADATA_KEY}' metadata: export it with footfall-export")
+    return ModelMetadata.from_json(props[METADATA_KEY])
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, threads: int = 2, **_: object) -> None:
+        import onnxruntime as ort
+
+        if not Path(model_path).exists():
+            raise FileNotFoundError(f"model file {model_path} not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        self.metadata = read_onnx_metadata(self.session)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict(self, batch: np.ndarray) -> Predictions:
+        outputs = self.session.run(list(self.metadata.outputs), {self.input_name: normalize_nchw(batch, self.metadata)})
+        named = dict(zip(self.metadata.outputs, outputs))
+        return Predictions(age=named["age"].reshape(-1), gender=named["gender"].reshape(-1),
+                           race=named["race"], emotion=named["emotion"])

@@ -1,0 +1,170 @@
+"""The Redis message schema: stream keys and entry fields, defined once and imported everywhere.
+
+Ingest workers append to the face stream; the aggregator consumes it through a consumer
+group. Two kinds of entries:
+
+- ``face``: one aligned face crop (JPEG bytes) with camera id, frame timestamp, track id,
+  box and detection score;
+- ``track_end``: the tracker closed a track; its visitor can be finalized.
+
+Entries that cannot be decoded go to the dead-letter stream with the reason.
+
+Example:
+    >>> msg = FaceMessage(camera_id="door", ts=1700000000.5, frame=12, track_id="door:ab12:3",
+    ...                   box=(10, 20, 64, 64), score=0.93, jpeg=b"\\xff\\xd8...")
+    >>> FaceMessage.decode(msg.encode()) == msg
+    True
+    >>> FaceMessage.decode({b"kind": b"face", b"camera": b"door"})
+    Traceback (most recent call last):
+    ...
+    footfall.schema.MalformedMessage: missing field 'ts'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+SCHEMA_VERSION = "1"
+KIND_FACE = "face"
+KIND_TRACK_END = "track_end"
+MAX_CROP_BYTES = 512 * 1024  # a 112x112 JPEG is ~4 KB; anything this big is not a crop
+
+
+class MalformedMessage(ValueError):
+    """A stream entry that does not follow this schema (the message says why)."""
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    """Every Redis key Footfall uses, under one prefix (FOOTFALL_STREAM_PREFIX)."""
+
+    prefix: str = "footfall"
+
+    @property
+    def faces(self) -> str:
+        return f"{self.prefix}:faces"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}:faces:dead"
+
+    def camera(self, camera_id: str) -> str:
+        """Hash with the ingest worker's live state of one camera (operator view)."""
+        return f"{self.prefix}:camera:{camera_id}"
+
+    @property
+    def cameras(self) -> str:
+        """Set of the camera ids that have reported."""
+        return f"{self.prefix}:cameras"
+
+
+def _field(fields: dict, name: str) -> bytes:
+    value = fields.get(name.encode(), fields.get(name))
+    if value is None:
+        raise MalformedMessage(f"missing field {name!r}")
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _text(fields: dict, name: str) -> str:
+    try:
+        return _field(fields, name).decode()
+    except UnicodeDecodeError:
+        raise MalformedMessage(f"field {name!r} is not UTF-8") from None
+
+
+def _number(fields: dict, name: str, kind=float):
+    text = _text(fields, name)
+    try:
+        return kind(text)
+    except ValueError:
+        raise MalformedMessage(f"field {name!r} is not a number: {text[:40]!r}") from None
+
+
+@dataclass(frozen=True)
+class FaceMessage:
+    camera_id: str
+    ts: float  # frame time, seconds since the epoch (UTC)
+    frame: int  # frame index within the source
+    track_id: str  # unique across cameras and worker restarts
+    box: tuple[int, int, int, int]  # x, y, w, h in the full frame
+    score: float  # detection score
+    jpeg: bytes  # aligned 112x112 face crop
+
+    def encode(self) -> dict[str, bytes | str]:
+        return {"v": SCHEMA_VERSION, "kind": KIND_FACE, "camera": self.camera_id, "ts": repr(self.ts),
+                "frame": str(self.frame), "track": self.track_id, "box": json.dumps(list(self.box)),
+                "score": f"{self.score:.4f}", "jpeg": self.jpeg}
+
+    @staticmethod
+    def decode(fields: dict) -> FaceMessage:
+        kind = _text(fields, "kind")
+        if kind != KIND_FACE:
+            raise MalformedMessage(f"not a face entry: kind={kind!r}")
+        camera, ts, track = _text(fields, "camera"), _number(fields, "ts"), _text(fields, "track")
+        try:
+            box = tuple(int(v) for v in json.loads(_text(fields, "box")))
+        except (ValueError, TypeError):
+            raise MalformedMessage("field 'box' is not a JSON list of 4 integers") from None
+        if len(box) != 4:
+            raise MalformedMessage("field 'box' is not a JSON list of 4 integers")
+        jpeg = _field(fields, "jpeg")
+        if not jpeg or len(jpeg) > MAX_CROP_BYTES:
+            raise MalformedMessage(f"field 'jpeg' has {len(jpeg)} bytes (expected 1..{MAX_CROP_BYTES})")
+        if not camera or not track:
+            raise MalformedMessage("empty camera or track id")
+        return FaceMessage(camera_id=camera, ts=ts, frame=_number(fields, "frame", int), track_id=track,
+                           box=box, score=_number(fields, "score"), jpeg=jpeg)
+
+
+@dataclass(frozen=True)
+class TrackEnd:
+    camera_id: str
+    ts: float  # time the track was last seen
+    track_id: str
+    faces: int  # crops published for this track
+
+    def encode(self) -> dict[str, str]:
+        return {"v": SCHEMA_VERSION, "kind": KIND_TRACK_END, "camera": self.camera_id, "ts": repr(self.ts),
+                "track": self.track_id, "faces": str(self.faces)}
+
+    @staticmethod
+    def decode(fields: dict) -> TrackEnd:
+        if _text(fields, "kind") != KIND_TRACK_END:
+            raise MalformedMessage("not a track_end entry")
+        return TrackEnd(camera_id=_text(fields, "camera"), ts=_number(fields, "ts"), track_id=_text(fields, "track"),
+                        faces=_number(fields, "faces", int))
+
+
+def decode_entry(fields: dict) -> FaceMessage | TrackEnd:
+    """Decode any stream entry, raising MalformedMessage with the reason."""
+    kind = _text(fields, "kind")
+    if kind == KIND_FACE:
+        return FaceMessage.decode(fields)
+    if kind == KIND_TRACK_END:
+        return TrackEnd.decode(fields)
+    raise MalformedMessage(f"unknown kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class CameraState:
+    """Live state of one camera, written by the ingest worker to ``StreamKeys.camera``."""
+
+    camera_id: str
+    state: str  # connecting / live / reconnecting / ended / failed
+    last_frame_ts: float  # 0 when no frame yet
+    frames_per_s: float
+    faces_per_s: float
+    updated_ts: float
+
+    def encode(self) -> dict[str, str]:
+        return {"state": self.state, "last_frame_ts": repr(self.last_frame_ts),
+                "frames_per_s": f"{self.frames_per_s:.2f}", "faces_per_s": f"{self.faces_per_s:.2f}",
+                "updated_ts": repr(self.updated_ts)}
+
+    @staticmethod
+    def decode(camera_id: str, fields: dict) -> CameraState:
+        return CameraState(camera_id=camera_id, state=_text(fields, "state"),
+                           last_frame_ts=_number(fields, "last_frame_ts"),
+                           frames_per_s=_number(fields, "frames_per_s"), faces_per_s=_number(fields, "faces_per_s"),
+                           updated_ts=_number(fields, "updated_ts"))
