@@ -61,6 +61,10 @@ class IngestSettings(CommonSettings):
     min_face_px: int = Field(24, description="Faces smaller than this (shorter box side, pixels) are ignored.")
     track_max_age_s: float = Field(1.5, description="A track not matched for this long is closed.")
     track_iou: float = Field(0.3, description="IoU needed to continue a track.")
+    scene_cut_threshold: float = Field(0.35, description="Colour-histogram (Bhattacharyya) distance between processed "
+                                       "frames taken as a cut or a moved camera: all tracks close (0: off).")
+    track_sample_interval_s: float = Field(0.4, description="At most one crop per track per this many seconds.")
+    max_crops_per_track: int = Field(20, description="Crops published per track at most (enough to fold a visitor).")
     stream_maxlen: int = Field(5000, description="Approximate cap of the crop stream (Redis memory stays flat).")
     jpeg_quality: int = Field(90, description="JPEG quality of the published crops.")
     models_dir: Path = Field(_shared("models", CACHE_DIR / "models"),
@@ -113,6 +117,11 @@ class DashboardSettings(CommonSettings):
     auth_password_hash: str = Field("", description="scrypt hash of the password (`footfall-dashboard-hash`).")
     refresh_s: int = Field(30, description="Live-mode refresh interval.")
     sites: str = Field("", description="Optional camera grouping: `site/zone=cam1,cam2;site2=cam3`.")
+    timezone: str = Field("UTC", description="IANA time zone the dashboard shows times in (stored times are UTC).")
+    dashboard_port: int = Field(8501, description="HTTP port of `footfall-dashboard`.")
+    dashboard_address: str = Field("0.0.0.0", description="Listening address of `footfall-dashboard`.")
+    dashboard_app: str = Field("", description="Path of the Streamlit app (default: dashboard/app.py in the "
+                                               "source tree; set in container images).")
 
 
 class ModelSettings(_Base):

@@ -135,9 +135,9 @@ class InferenceServer:
         self._serving = True
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("inference server listening", extra=ctx(port=self.port, backend=self.backend.name,
+        log.info("inference server listening", **ctx(port=self.port, backend=self.backend.name,
                                                            model=self.backend.metadata.name,
-                                                           version=self.backend.metadata.version)["extra"])
+                                                      version=self.backend.metadata.version))
 
     @property
     def serving(self) -> bool:

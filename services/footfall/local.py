@@ -1,0 +1,212 @@
+"""The whole pipeline on one machine, no Docker, no camera: ``footfall-local``.
+
+Starts, as local processes on loopback: Redis (``FOOTFALL_REDIS_URL`` if set, else an
+embedded real redis-server with persistence off), the inference worker, the aggregator (on
+SQLite by default), one ingest worker for the video sources, and the dashboard. With no
+``--source`` it plays the demo: the sample clip from the data directory and a synthetic
+entrance clip of labelled dataset faces. Progress is printed while it runs; Ctrl-C stops
+everything gracefully.
+
+    footfall-local                                  # demo sources, dashboard on :8501
+    footfall-local --source door=/videos/door.mp4 --source till=rtsp://cam/stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import redis
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from footfall.config import PROJECT_ROOT, AggregatorSettings, ModelSettings
+from footfall.db.migrate import upgrade
+from footfall.db.models import VisitorCount
+from footfall.db.store import make_engine
+from footfall.demo import compose_clip
+from footfall.embedded_redis import EmbeddedRedis, free_port
+from footfall.schema import StreamKeys
+
+STATE_DIR = PROJECT_ROOT / ".footfall"
+
+
+def sample_faces(data_dir: Path, count: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` UTKFace test-split faces (RGB), read straight from the archive."""
+    with open(data_dir / "utkface_128.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+    pick = np.random.default_rng(seed).choice(len(rows), size=min(count, len(rows)), replace=False)
+    with tarfile.open(data_dir / "utkface_128.tar") as tf:
+        blobs = [tf.extractfile(rows[i]["file"]).read() for i in pick]
+    return [cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for b in blobs]
+
+
+def demo_sources(media_dir: Path) -> list[str]:
+    data_dir = ModelSettings().data_dir
+    sources = []
+    clip = data_dir / "video" / "short_hamilton_clip.mp4"
+    if clip.exists():
+        sources.append(f"stage={clip}")
+    if (data_dir / "utkface_128.tar").exists():
+        entrance = media_dir / "entrance.mp4"
+        if not entrance.exists():
+            media_dir.mkdir(parents=True, exist_ok=True)
+            print(f"composing the synthetic entrance clip {entrance} ...", flush=True)
+            compose_clip(entrance, sample_faces(data_dir, 30), fps=25, size=(1280, 720), walk_s=3.0, gap_s=1.0,
+                         concurrent=2)
+        sources.append(f"entrance={entrance}")
+    return sources
+
+
+class Pipeline:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.redis_server: EmbeddedRedis | None = None
+        self.env = dict(os.environ)
+
+    def _spawn(self, name: str, module: str, extra_env: dict[str, str], args: list[str] | None = None) -> None:
+        env = {**self.env, **extra_env}
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", module, *(args or [])], env=env,
+                                            stdout=None if self.args.verbose else subprocess.DEVNULL,
+                                            stderr=None if self.args.verbose else subprocess.PIPE)
+
+    def start(self) -> None:
+        redis_url = os.environ.get("FOOTFALL_REDIS_URL")
+        if not redis_url:
+            self.redis_server = EmbeddedRedis().start()
+            redis_url = self.redis_server.url
+            print(f"redis      embedded redis-server at {redis_url} (persistence off)")
+        else:
+            print(f"redis      {redis_url}")
+        db_url = self.args.database_url or os.environ.get("FOOTFALL_DATABASE_URL") or \
+            f"sqlite:///{STATE_DIR / 'footfall.db'}"
+        upgrade(db_url)
+        self.db_url, self.redis_url = db_url, redis_url
+        grpc_port = free_port()
+        common = {"FOOTFALL_REDIS_URL": redis_url, "FOOTFALL_DATABASE_URL": db_url,
+                  "FOOTFALL_LOG_FORMAT": "text", "FOOTFALL_STREAM_PREFIX": self.args.prefix}
+        self.env.update(common)
+        self._spawn("inference", "footfall.inference.server",
+                    {"FOOTFALL_GRPC_PORT": str(grpc_port), "FOOTFALL_GRPC_HOST": "127.0.0.1",
+                     "FOOTFALL_METRICS_PORT": str(free_port())})
+        print(f"inference  gRPC 127.0.0.1:{grpc_port}")
+        self._spawn("aggregator", "footfall.aggregator.service",
+                    {"FOOTFALL_INFERENCE_TARGETS": f"127.0.0.1:{grpc_port}", "FOOTFALL_METRICS_PORT": str(free_port()),
+                     "FOOTFALL_CONSUMER_NAME": "local"})
+        print(f"database   {db_url}")
+        sources = self.args.source or demo_sources(STATE_DIR / "media")
+        if not sources:
+            raise SystemExit("no video sources: pass --source name=path-or-url (no demo data found in "
+                             f"{ModelSettings().data_dir})")
+        self.sources = sources
+        self._spawn("ingest", "footfall.ingest.service",
+                    {"FOOTFALL_CAMERAS": ",".join(sources), "FOOTFALL_METRICS_PORT": str(free_port()),
+                     "FOOTFALL_LOOP": "true" if self.args.loop else "false",
+                     "FOOTFALL_REALTIME": "false" if self.args.fast else "true"})
+        print(f"ingest     {', '.join(sources)}")
+        if not self.args.no_dashboard:
+            port = self.args.dashboard_port
+            self._spawn("dashboard", "footfall.dashboard_launcher", {"PORT": str(port)})
+            print(f"dashboard  http://127.0.0.1:{port}")
+
+    def progress(self, started: float) -> str:
+        r = redis.Redis.from_url(self.redis_url)
+        keys = StreamKeys(self.args.prefix)
+        cams = []
+        for cam in sorted(c.decode() for c in r.smembers(keys.cameras)):
+            h = {k.decode(): v.decode() for k, v in r.hgetall(keys.camera(cam)).items()}
+            cams.append(f"{cam}={h.get('state', '?')} {float(h.get('frames_per_s', 0)):.1f}fps")
+        with Session(make_engine(self.db_url)) as s:
+            visitors = s.execute(select(func.coalesce(func.sum(VisitorCount.visitors), 0))).scalar_one()
+        return (f"[{time.monotonic() - started:5.0f}s] {' '.join(cams) or 'cameras starting'} | "
+                f"stream {r.xlen(keys.faces)} entries | visitors counted {visitors}")
+
+    def drained(self) -> bool:
+        r = redis.Redis.from_url(self.redis_url)
+        keys = StreamKeys(self.args.prefix)
+        return r.xlen(keys.faces) == 0
+
+    def failed(self) -> str | None:
+        for name, p in self.procs.items():
+            code = p.poll()
+            if code not in (None, 0) and name != "ingest":
+                err = p.stderr.read().decode(errors="replace")[-2000:] if p.stderr else ""
+                return f"{name} exited with code {code}\n{err}"
+        ingest = self.procs.get("ingest")
+        if ingest and ingest.poll() not in (None, 0):
+            err = ingest.stderr.read().decode(errors="replace")[-2000:] if ingest.stderr else ""
+            return f"ingest exited with code {ingest.returncode}\n{err}"
+        return None
+
+    def stop(self) -> None:
+        for name in ("ingest", "dashboard", "aggregator", "inference"):
+            p = self.procs.get(name)
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if self.redis_server:
+            self.redis_server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", action="append", help="camera_id=file|url|webcam-index (repeatable)")
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--prefix", default="footfall", help="Redis key prefix")
+    parser.add_argument("--loop", action="store_true", help="replay file sources forever")
+    parser.add_argument("--fast", action="store_true", help="read files as fast as possible, not in real time")
+    parser.add_argument("--no-dashboard", action="store_true")
+    parser.add_argument("--dashboard-port", type=int, default=8501)
+    parser.add_argument("--exit-when-done", action="store_true",
+                        help="stop once the sources ended and every visitor is counted")
+    parser.add_argument("--verbose", action="store_true", help="show the services' own logs")
+    args = parser.parse_args(argv)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    pipeline = Pipeline(args)
+    started = time.monotonic()
+    code = 0
+    try:
+        pipeline.start()
+        settings = AggregatorSettings()
+        ingest_done_at = None
+        while not stop["now"]:
+            time.sleep(3)
+            problem = pipeline.failed()
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
+                code = 1
+                break
+            print(pipeline.progress(started), flush=True)
+            if pipeline.procs["ingest"].poll() == 0 and ingest_done_at is None:
+                ingest_done_at = time.monotonic()
+                print("all sources ended; counting the last visitors ...", flush=True)
+            if ingest_done_at and pipeline.drained() and \
+                    time.monotonic() - ingest_done_at > settings.visit_timeout_s:
+                print(pipeline.progress(started).split("|")[-1].strip() + " — done.", flush=True)
+                if args.exit_when_done or args.no_dashboard:
+                    break
+                print("the dashboard keeps running; Ctrl-C to stop.", flush=True)
+                ingest_done_at = float("inf")
+    finally:
+        pipeline.stop()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
