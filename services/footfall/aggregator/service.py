@@ -236,8 +236,8 @@ class Aggregator:
                 return len(self.redis.xrange(self.keys.faces, min=f"({last}", count=100000))
         return 0
 
-    def step(self) -> int:
-        """One round: read (or claim), infer, fold, commit what is final. Returns entries read."""
+    def step(self) -> list[VisitorRecord]:
+        """One round: read (or claim), infer, fold, commit what is final. Returns the visitors finalized."""
         now = time.monotonic()
         entries: list[tuple[str, dict]] = []
         if now >= self._retry_after:
@@ -254,7 +254,7 @@ class Aggregator:
                 self._retry_after = time.monotonic() + 2.0
         else:
             time.sleep(min(0.2, self._retry_after - now))
-        self.finalize_due()
+        finalized = self.finalize_due()
         if now >= self._next_heartbeat:
             self._refresh_own_entries()
             self._next_heartbeat = now + self.s.claim_idle_ms / 3000.0
@@ -263,7 +263,7 @@ class Aggregator:
             STREAM_LAG.set(self.stream_lag())
             PENDING.set(sum(len(v.entry_ids) for v in self.open.values()))
             self._next_health = now + 5.0
-        return len(entries)
+        return finalized
 
     def run(self, stop: threading.Event) -> None:
         delay = 0.5

@@ -140,6 +140,11 @@ class CameraWorker:
                 self._set_state("failed", force=True)
                 return
             cap = self.cam.open()
+            if not cap.isOpened() and self.cam.is_file:
+                cap.release()
+                log.error("cannot decode video file: %s", self.cam.source, **ctx(camera=self.cam.camera_id))
+                self._set_state("failed", force=True)
+                return
             if not cap.isOpened():
                 cap.release()
                 self._set_state("reconnecting")

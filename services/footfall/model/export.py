@@ -82,7 +82,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray) -> Path:
 
     prepped = int8_path.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+    # The body is INT8; the heads' softmax/sigmoid and the age expectation stay float so the
+    # outputs are not rounded to 1/255 steps.
     quantize_static(str(prepped), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    op_types_to_quantize=["Conv", "Gemm", "Add", "Clip", "Relu"],
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     prepped.unlink(missing_ok=True)

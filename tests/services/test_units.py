@@ -1,0 +1,88 @@
+"""Unit tests of the pure pieces: message schema, tracker, folding, camera parsing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from footfall.aggregator.folding import OpenVisitor, bucket_start
+from footfall.ingest.service import parse_cameras
+from footfall.predictions import Predictions
+from footfall.schema import FaceMessage, MalformedMessage, TrackEnd, decode_entry
+from footfall.tracking import Tracker, iou_matrix
+
+
+def _msg(**kw):
+    base = dict(camera_id="door", ts=1700000000.25, frame=3, track_id="door:x:1", box=(1, 2, 30, 40), score=0.9,
+                jpeg=b"\xff\xd8jpeg")
+    base.update(kw)
+    return FaceMessage(**base)
+
+
+def test_face_and_track_end_round_trip_through_redis_style_bytes():
+    raw = {k.encode(): (v if isinstance(v, bytes) else str(v).encode()) for k, v in _msg().encode().items()}
+    assert decode_entry(raw) == _msg()
+    end = TrackEnd("door", 1.5, "door:x:1", 4)
+    assert decode_entry({k.encode(): v.encode() for k, v in end.encode().items()}) == end
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda f: f.pop("ts"), "missing field 'ts'"),
+    (lambda f: f.update(ts="yesterday"), "not a number"),
+    (lambda f: f.update(box="[1,2,3]"), "'box'"),
+    (lambda f: f.update(box="not json"), "'box'"),
+    (lambda f: f.update(jpeg=b""), "'jpeg'"),
+    (lambda f: f.update(jpeg=b"x" * (600 * 1024)), "'jpeg'"),
+    (lambda f: f.update(kind="selfie"), "unknown kind"),
+    (lambda f: f.update(camera=b"\xff\xfe"), "UTF-8"),
+])
+def test_malformed_entries_say_why(mutate, reason):
+    fields = _msg().encode()
+    mutate(fields)
+    with pytest.raises(MalformedMessage, match=reason):
+        decode_entry(fields)
+
+
+def test_tracker_keeps_ids_for_moving_faces_and_separates_two_people():
+    t = Tracker("c:r", max_age_s=1.0)
+    ids = []
+    for step in range(10):  # two faces moving fast in opposite directions at 5 fps
+        boxes = np.array([[100 + 60 * step, 100, 120, 120], [1100 - 60 * step, 400, 120, 120]], np.float32)
+        ids.append(t.update(boxes, step * 0.2).track_ids)
+    assert {i[0] for i in ids} == {"c:r:1"} and {i[1] for i in ids} == {"c:r:2"}
+    update = t.update(np.zeros((0, 4), np.float32), 3.5)
+    assert sorted(tr.track_id for tr in update.ended) == ["c:r:1", "c:r:2"]
+    assert t.update(np.array([[100, 100, 120, 120]], np.float32), 3.7).track_ids == ["c:r:3"]
+
+
+def test_iou_matrix():
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[0, 0, 10, 10], [5, 0, 10, 10], [20, 20, 5, 5]], np.float32)
+    assert np.allclose(iou_matrix(a, b), [[1.0, 50 / 150, 0.0]])
+
+
+def test_folding_votes_and_ignores_redelivered_entries():
+    v = OpenVisitor("door", "door:x:1")
+    preds = Predictions(np.array([20.0, 40.0]), np.array([0.2, 0.4]), np.eye(5)[[1, 1]], np.eye(7)[[0, 4]])
+    v.add(["1-0", "2-0"], [60.0, 61.0], preds)
+    v.add(["2-0"], [61.0], preds[1:])  # redelivered entry
+    record = v.finalize(bucket_s=60, enable_race=True, enable_emotion=False)
+    assert (record.faces, record.age, record.gender, record.race, record.emotion) == (2, 30.0, "male", "black", "")
+    assert record.bucket_start == bucket_start(60.0, 60)
+
+
+def test_parse_cameras_rejects_duplicate_ids():
+    assert [c.source for c in parse_cameras("a=0,b=http://h:1/x.mjpg")] == ["0", "http://h:1/x.mjpg"]
+    assert parse_cameras("a=0")[0].is_file is False and parse_cameras("a=/x.mp4")[0].is_file
+    with pytest.raises(ValueError, match="unique"):
+        parse_cameras("a=/x.mp4,a=/y.mp4")
+
+
+def test_settings_table_lists_every_variable():
+    from footfall.config import ALL_SETTINGS, settings_table
+
+    table = settings_table()
+    for cls in ALL_SETTINGS:
+        for name in cls.model_fields:
+            assert f"`FOOTFALL_{name.upper()}`" in table
+    json.dumps(table)
