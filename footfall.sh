@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Footfall developer entry point. Installs what is missing, then:
+#   ./footfall.sh run     the whole pipeline locally (embedded Redis, SQLite, demo video, dashboard)
+#   ./footfall.sh test    the test suite (what CI runs: .ci/run calls this)
+#   ./footfall.sh bench   the benchmarks (print figures)
+# Extra arguments go to footfall-local / pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV=${FOOTFALL_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+
+install_python() {
+  local extras=$1 stamp="$VENV/.footfall-installed-$1"
+  if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt setup.py ]; then return; fi
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  echo "installing Python packages into $VENV ($extras) ..." >&2
+  # torch==2.13.0 first: a CPU build is on this machine's wheel path; an unpinned torch would pull CUDA.
+  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.13.0
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[$extras]"
+  touch "$stamp"
+}
+
+install_system() {
+  # Debian packages the tests use: Chromium for the browser test, docker-compose to validate the compose file.
+  local missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "installing Debian packages: ${missing[*]} ..." >&2
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+      echo "note: missing ${missing[*]} (install them with apt-get); tests needing them will skip (fail under CI=true)" >&2
+    fi
+  fi
+  # rknn-toolkit2 in its own venv (old numpy/onnx pins) for the NPU simulator tests.
+  if [ -f scripts/setup_rknn_venv.sh ]; then bash scripts/setup_rknn_venv.sh >&2; fi
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  run)
+    install_python local,dashboard
+    exec "$VENV/bin/footfall-local" "$@"
+    ;;
+  test)
+    install_python local,dashboard,train,test
+    install_system
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  bench)
+    install_python local,dashboard,train,test
+    exec "$VENV/bin/python" benchmarks/pipeline.py "$@"
+    ;;
+  *)
+    sed -n '2,6p' "$0"
+    exit 2
+    ;;
+esac
