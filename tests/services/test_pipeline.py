@@ -303,3 +303,42 @@ def test_footfall_local_runs_the_sample_clip(redis_server_url, stream_prefix, sh
     counted = sum(row[6] for row in table(db))
     assert 10 <= counted <= 12, f"{counted} visitors, truth 11\n{out.stdout[-1500:]}"
     assert "done." in out.stdout
+
+
+def test_services_serve_health_and_metrics_and_stop_on_sigterm(redis_server_url, stream_prefix, face_model,
+                                                              tmp_path):
+    import urllib.request
+
+    from footfall.embedded_redis import free_port
+
+    grpc_port, m_inf, m_agg = free_port(), free_port(), free_port()
+    env = {**os.environ, "FOOTFALL_REDIS_URL": redis_server_url, "FOOTFALL_STREAM_PREFIX": stream_prefix,
+           "FOOTFALL_DATABASE_URL": f"sqlite:///{tmp_path}/s.db", "FOOTFALL_FACE_MODEL": str(face_model)}
+    procs = {
+        m_inf: subprocess.Popen([sys.executable, "-m", "footfall.inference.server"], stderr=subprocess.PIPE,
+                                env={**env, "FOOTFALL_GRPC_PORT": str(grpc_port), "FOOTFALL_METRICS_PORT": str(m_inf)}),
+        m_agg: subprocess.Popen([sys.executable, "-m", "footfall.aggregator.service"], stderr=subprocess.PIPE,
+                                env={**env, "FOOTFALL_INFERENCE_TARGETS": f"127.0.0.1:{grpc_port}",
+                                     "FOOTFALL_METRICS_PORT": str(m_agg)}),
+    }
+    try:
+        for port in procs:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"service on metrics port {port} never became ready"
+                    time.sleep(0.2)
+            assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            assert "footfall_inference_latency_seconds" in metrics and "footfall_stream_lag" in metrics
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            assert proc.wait(20) == 0, proc.stderr.read().decode()[-1500:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
