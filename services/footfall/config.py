@@ -129,6 +129,8 @@ class ModelSettings(_Base):
 
     data_dir: Path = Field(_shared("data", CACHE_DIR / "data"), description="UTKFace / FER+ archives.")
     cache_dir: Path = Field(CACHE_DIR, description="Decoded datasets and training checkpoints.")
+    rknn_venv: Path = Field(CACHE_DIR / "rknn-venv", description="Virtual environment of rknn-toolkit2 (RKNN "
+                            "conversion and simulator), made by scripts/setup_rknn_venv.sh.")
 
 
 ALL_SETTINGS = (CommonSettings, IngestSettings, InferenceSettings, AggregatorSettings, DashboardSettings,
@@ -144,10 +146,9 @@ def settings_table() -> str:
             if name in seen:
                 continue
             seen.add(name)
-            default = field.default
-            if isinstance(default, Path):
-                default = "(see text)" if str(default).startswith(str(PROJECT_ROOT.parent)) or "/root" in str(
-                    default) else default
+            default = str(field.default)
+            default = default.replace(str(PROJECT_ROOT.parent / "shared"), "../shared").replace(
+                str(PROJECT_ROOT) + "/", "").replace(str(Path.home()), "~")
             if name == "consumer_name":
                 default = "(hostname)"
             user = "all" if cls is CommonSettings else cls.__name__.removesuffix("Settings").lower()

@@ -116,7 +116,8 @@ class Pipeline:
         print(f"ingest     {', '.join(sources)}")
         if not self.args.no_dashboard:
             port = self.args.dashboard_port
-            self._spawn("dashboard", "footfall.dashboard_launcher", {"PORT": str(port)})
+            self._spawn("dashboard", "footfall.dashboard_launcher", {"FOOTFALL_DASHBOARD_PORT": str(port),
+                                                                     "FOOTFALL_DASHBOARD_ADDRESS": "127.0.0.1"})
             print(f"dashboard  http://127.0.0.1:{port}")
 
     def progress(self, started: float) -> str:
