@@ -1,0 +1,143 @@
+"""docker-compose.yml: valid for Debian's docker-compose 1.29.2 (`docker-compose config`, which
+runs offline), and it says what the stack needs: healthchecks, restart policies, start order
+on health, the demo camera default, the volumes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import yaml
+from deploy_tools import COMPOSE_FILE, DOCKERFILE, ROOT, compose_environment, compose_model, missing_requirement, tool
+
+FOOTFALL_SERVICES = ("inference", "ingest", "aggregator", "dashboard")
+HEALTH_URLS = {
+    "inference": "grpc://127.0.0.1:50051",
+    "ingest": "http://127.0.0.1:9101/healthz",
+    "aggregator": "http://127.0.0.1:9103/healthz",
+    "dashboard": "http://127.0.0.1:8501/_stcore/health",
+}
+
+
+def docker_compose() -> str:
+    found = tool("docker-compose")
+    if found is None:
+        missing_requirement("docker-compose not installed (Debian: apt-get install -y docker-compose)")
+    return found
+
+
+def compose_config(path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`docker-compose -f path config` with a clean environment (no host FOOTFALL_* leaking in)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FOOTFALL_", "POSTGRES_", "DASHBOARD_"))}
+    return subprocess.run([docker_compose(), "-f", str(path), "config"], capture_output=True, text=True,
+                          timeout=120, cwd=path.parent, env={**clean, **(env or {})})
+
+
+# ---- the real tool -------------------------------------------------------------------------------
+
+def test_docker_compose_config_accepts_the_file():
+    result = compose_config(COMPOSE_FILE)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert set(rendered["services"]) == {"redis", "postgres", *FOOTFALL_SERVICES}
+    # What the tool understood matches our reading of the file (merge keys, defaults).
+    ours = compose_model()
+    for name in FOOTFALL_SERVICES:
+        assert compose_environment(rendered["services"][name]) == compose_environment(ours["services"][name])
+    assert rendered["services"]["aggregator"]["depends_on"]["inference"]["condition"] == "service_healthy"
+
+
+def test_docker_compose_config_takes_cameras_from_the_environment():
+    result = compose_config(COMPOSE_FILE, {"FOOTFALL_CAMERAS": "door=rtsp://192.0.2.1/s", "POSTGRES_PASSWORD": "pw"})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["ingest"]["environment"]["FOOTFALL_CAMERAS"] == "door=rtsp://192.0.2.1/s"
+    assert ":pw@postgres:5432/" in services["aggregator"]["environment"]["FOOTFALL_DATABASE_URL"]
+
+
+def test_docker_compose_config_rejects_an_unknown_key(tmp_path):
+    """The check above can fail: a misspelt key is an error for docker-compose."""
+    broken = COMPOSE_FILE.read_text().replace("    stop_grace_period: 60s", "    stop_grace_periods: 60s", 1)
+    assert broken != COMPOSE_FILE.read_text()
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(broken)
+    result = compose_config(path)
+    assert result.returncode != 0
+    assert "stop_grace_periods" in result.stderr
+
+
+# ---- what the file says --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return compose_model()
+
+
+def test_no_version_key(compose):
+    """The Compose Specification (no `version:`) is what both docker compose v2 and 1.29.2 read."""
+    assert "version" not in compose
+
+
+@pytest.mark.parametrize("name", ["redis", "postgres", *FOOTFALL_SERVICES])
+def test_every_service_has_a_healthcheck_and_restarts(compose, name):
+    service = compose["services"][name]
+    assert service["restart"] == "unless-stopped"
+    assert service["stop_grace_period"]
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD" and len(test) > 1
+    for key in ("interval", "timeout", "retries"):
+        assert key in service["healthcheck"]
+
+
+@pytest.mark.parametrize("name", FOOTFALL_SERVICES)
+def test_footfall_services_probe_their_conventional_endpoint(compose, name):
+    service = compose["services"][name]
+    assert service["healthcheck"]["test"][1:] == ["python", "/app/healthcheck.py", HEALTH_URLS[name]]
+    assert service["command"] == [f"footfall-{name}"]
+    assert service["build"]["dockerfile"] == "docker/Dockerfile"
+    assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKERFILE
+    assert f"AS {service['build']['target']}" in DOCKERFILE.read_text()
+    assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+
+
+def test_depends_on_waits_for_health(compose):
+    services = compose["services"]
+    for name, service in services.items():
+        for dependency, rule in (service.get("depends_on") or {}).items():
+            assert rule == {"condition": "service_healthy"}, f"{name} -> {dependency}"
+            assert "healthcheck" in services[dependency]
+    assert set(services["aggregator"]["depends_on"]) == {"redis", "postgres", "inference"}
+    assert "redis" in services["ingest"]["depends_on"]
+    assert "postgres" in services["dashboard"]["depends_on"]
+
+
+def test_images_and_ports(compose):
+    services = compose["services"]
+    assert services["redis"]["image"] == "redis:7-alpine"
+    assert services["postgres"]["image"] == "postgres:16-alpine"
+    assert services["dashboard"]["ports"] == ["8501:8501"]
+    assert all("ports" not in services[n] for n in services if n != "dashboard"), "only the dashboard is published"
+
+
+def test_ingest_reads_the_demo_clip_and_keeps_yunet_in_a_volume(compose):
+    ingest = compose["services"]["ingest"]
+    env = compose_environment(ingest)
+    assert env["FOOTFALL_CAMERAS"] == "demo=/media/demo.mp4"
+    assert env["FOOTFALL_MODELS_DIR"] == "/models"
+    assert "./media:/media:ro" in ingest["volumes"]
+    assert "models:/models" in ingest["volumes"]
+    assert {"models", "pgdata"} <= set(compose["volumes"])
+    assert "pgdata:/var/lib/postgresql/data" in compose["services"]["postgres"]["volumes"]
+
+
+def test_inference_runs_onnxruntime_on_the_committed_int8_model(compose):
+    env = compose_environment(compose["services"]["inference"])
+    assert env["FOOTFALL_BACKEND"] == "onnxruntime"
+    assert (ROOT / "model" / env["FOOTFALL_FACE_MODEL"].removeprefix("/app/model/")).is_file()
+
+
+def test_aggregator_balances_over_every_inference_replica(compose):
+    env = compose_environment(compose["services"]["aggregator"])
+    assert env["FOOTFALL_INFERENCE_TARGETS"] == "dns:///inference:50051"
+    assert env["FOOTFALL_CONSUMER_NAME"], "a fixed consumer name: a restart re-reads its own pending entries"
