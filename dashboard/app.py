@@ -1,0 +1,442 @@
+"""Footfall analysts' dashboard (Streamlit). Layout only: the figures come from ``footfall_dash``.
+
+Run it with ``footfall-dashboard`` (or ``streamlit run dashboard/app.py``). Settings are the
+FOOTFALL_* variables of ``footfall.config.DashboardSettings``. The database is only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time as clock
+from datetime import datetime, time, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # footfall_dash lives beside this file
+    sys.path.insert(0, _HERE)
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from footfall.config import DashboardSettings  # noqa: E402
+from footfall.dashboard_launcher import check_login, is_valid_hash  # noqa: E402
+from footfall_dash import charts, data, views  # noqa: E402
+from footfall_dash.privacy import POLICY  # noqa: E402
+
+LOG = logging.getLogger("footfall.dashboard")
+NOW_KEY = "footfall_now"  # optional session value (local naive datetime) that pins "now": tests, reports
+EXPORT_KEY = "footfall_export"  # the frame behind the CSV download (exactly what is shown)
+STACK_LABELS = {"camera_id": "Camera", "gender": "Gender"}
+
+st.set_page_config(page_title="Footfall analytics", page_icon=":material/groups:", layout="wide")
+
+CSS = """
+<style>
+.block-container {padding-top: 2.2rem; padding-bottom: 2rem;}
+div[data-testid="stMetricValue"] {font-size: 1.55rem;}
+h3 {font-size: 1.12rem !important; margin-bottom: 0 !important;}
+@media print {
+  section[data-testid="stSidebar"], header[data-testid="stHeader"], div[data-testid="stToolbar"],
+  div[data-testid="stStatusWidget"] {display: none !important;}
+  .block-container {padding: 0 !important; max-width: 100% !important;}
+  div[data-testid="stVerticalBlock"] {break-inside: avoid;}
+}
+</style>
+"""
+
+HELP = """\
+**Visitors** are unique people counted by the cameras (each tracked face once), summed over the
+selected cameras and period. **Previous period** is the same length immediately before; while the
+period is still running both stop at the same time of day (today until now vs yesterday until the
+same time). **Busiest hour** is the hour of day with the most visitors in the period. **Median per
+active hour** is the median of the hourly counts over hours with at least one visitor. **Mean
+age** is the average estimated age. Times are shown in {tz}.
+
+{policy}
+"""
+
+
+# --------------------------------------------------------------------------- settings and login
+
+
+def load_settings() -> DashboardSettings:
+    try:
+        settings = DashboardSettings()
+        if settings.timezone != "UTC":
+            ZoneInfo(settings.timezone)
+    except ValidationError as exc:
+        fields = ", ".join(f"FOOTFALL_{'_'.join(str(p) for p in e['loc']).upper()}" for e in exc.errors())
+        st.error(f"Invalid dashboard settings: {fields}. Check the environment variables.")
+        st.stop()
+    except (ZoneInfoNotFoundError, ValueError):
+        st.error(f"FOOTFALL_TIMEZONE is not a known time zone: {settings.timezone!r} (e.g. Europe/Berlin).")
+        st.stop()
+    return settings
+
+
+def require_login(settings: DashboardSettings) -> str | None:
+    """Show the sign-in form and stop the script until the user has signed in (when configured)."""
+    user, password_hash = settings.auth_username, settings.auth_password_hash
+    if not user and not password_hash:
+        return None
+    if not user or not is_valid_hash(password_hash):
+        st.error("The login is misconfigured: set FOOTFALL_AUTH_USERNAME and a FOOTFALL_AUTH_PASSWORD_HASH made "
+                 "by `footfall-dashboard-hash`. Nothing is shown until then.")
+        st.stop()
+    if st.session_state.get("auth_user") == user:
+        return user
+    _, middle, _ = st.columns([1, 1.1, 1])
+    with middle:
+        st.title("Footfall")
+        st.caption("Sign in to see the visitor analytics.")
+        with st.form("login"):
+            name = st.text_input("User name", key="login_user")
+            password = st.text_input("Password", type="password", key="login_password")
+            submitted = st.form_submit_button("Sign in", type="primary")
+        if submitted:
+            if check_login(name, password, user, password_hash):
+                st.session_state["auth_user"] = user
+                st.rerun()
+            clock.sleep(0.5)  # slows guessing a little
+            st.error("Wrong user name or password.")
+    st.stop()
+
+
+def sign_out() -> None:
+    st.session_state.pop("auth_user", None)
+
+
+# --------------------------------------------------------------------------- cached reads
+
+
+@st.cache_resource(show_spinner=False)
+def engine_for(url: str):
+    return data.open_engine(url)
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def cached_counts(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str, race: bool,
+                  emotion: bool, tick: int) -> pd.DataFrame:
+    # ``tick`` changes every refresh interval, so live mode reads fresh rows
+    return data.load_counts(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz,
+                            include_race=race, include_emotion=emotion)
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def cached_previous(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str,
+                    tick: int) -> pd.Series:
+    return data.visitors_by_camera(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def now_local(settings: DashboardSettings) -> datetime:
+    return st.session_state.get(NOW_KEY) or data.local_now(settings.timezone)
+
+
+def sidebar(settings: DashboardSettings, cameras: list[str], sites: dict[str, tuple[str, ...]],
+            groups: dict[str, str], user: str | None) -> None:
+    """Filter widgets; their values live in st.session_state (keys f_*), so refreshes keep them."""
+    today = now_local(settings).date()
+    with st.sidebar:
+        st.markdown("### Filters")
+        preset = st.selectbox("Period", data.PRESETS, index=1, key="f_preset")
+        if preset == "Custom":
+            left, right = st.columns(2)
+            left.date_input("From", value=today - timedelta(days=6), key="f_from_date")
+            right.time_input("From time", value=time(0, 0), key="f_from_time", label_visibility="hidden")
+            left.date_input("Until", value=today + timedelta(days=1), key="f_to_date")
+            right.time_input("Until time", value=time(0, 0), key="f_to_time", label_visibility="hidden")
+            st.caption("Until is not included.")
+        camera_options = cameras
+        if sites:
+            group_names = sorted(set(groups.values()))
+            chosen_groups = st.multiselect("Sites / zones", group_names, key="f_sites", placeholder="All sites")
+            if chosen_groups:
+                camera_options = [c for c in cameras if groups[c] in chosen_groups]
+        # drop cameras that left the options (another site chosen) before the widget is drawn
+        st.session_state["f_cameras"] = [c for c in st.session_state.get("f_cameras", []) if c in camera_options]
+        st.multiselect("Cameras", camera_options, key="f_cameras", placeholder="All cameras",
+                       format_func=lambda c: f"{c}  ·  {groups[c]}" if groups.get(c) else c)
+        st.radio("Resolution", data.RESOLUTIONS, index=1, key="f_resolution", horizontal=True,
+                 format_func=str.capitalize)
+        st.radio("Stack footfall by", list(STACK_LABELS), key="f_stack", horizontal=True,
+                 format_func=STACK_LABELS.get)
+        st.divider()
+        st.toggle(f"Live (refresh every {settings.refresh_s} s)", key="f_live")
+        st.toggle("Printable view", key="f_print", help="A clean static layout for printing (Ctrl+P).")
+        with st.expander("Help & privacy"):
+            st.markdown(HELP.format(tz=settings.timezone, policy=POLICY.format(k=settings.k_anonymity)))
+        if user:
+            st.caption(f"Signed in as **{user}**")
+            st.button("Sign out", on_click=sign_out)
+
+
+def selected_range(settings: DashboardSettings) -> data.TimeRange:
+    state = st.session_state
+    custom = None
+    if state.get("f_preset") == "Custom":
+        parts = [state.get(k) for k in ("f_from_date", "f_from_time", "f_to_date", "f_to_time")]
+        if any(p is None for p in parts):
+            raise ValueError("Choose a start and an end for the custom period")
+        custom = (datetime.combine(parts[0], parts[1]), datetime.combine(parts[2], parts[3]))
+    return data.preset_range(state.get("f_preset", "Last 7 days"), now_local(settings), custom)
+
+
+def selected_cameras(cameras: list[str], groups: dict[str, str]) -> list[str]:
+    chosen = st.session_state.get("f_cameras") or []
+    if chosen:
+        return [c for c in cameras if c in chosen]
+    chosen_groups = st.session_state.get("f_sites") or []
+    if chosen_groups:
+        return [c for c in cameras if groups[c] in chosen_groups]
+    return list(cameras)
+
+
+# --------------------------------------------------------------------------- analytics
+
+
+def build_views(settings, counts, rng, current, previous, cameras, groups) -> dict[str, views.View]:
+    k = max(1, settings.k_anonymity)
+    wanted = st.session_state.get("f_resolution", "hour")
+    resolution = data.coarsest_needed(rng, wanted)
+    if resolution != wanted:
+        st.warning(f"Too many points per {wanted} for this period: showing per {resolution}. "
+                   "Choose a shorter period for a finer resolution.")
+    stack_by = st.session_state.get("f_stack", "camera_id")
+    h = data.headline(counts, current, int(previous.sum()))
+    shown = {
+        "headline": views.headline_view(h, k),
+        "footfall": views.footfall_view(counts, rng, resolution, stack_by, cameras, k),
+        "heatmap": views.heatmap_view(counts, k),
+        "pyramid": views.pyramid_view(counts, k),
+    }
+    if settings.enable_emotion:
+        shown["emotion"] = views.mix_view(counts, rng, resolution, "emotion", k)
+        shown["valence"] = views.mix_view(counts, rng, resolution, "valence", k)
+    if settings.enable_race:
+        shown["race"] = views.race_view(counts, k)
+    summary = data.camera_summary(counts, cameras, previous, current)
+    shown["cameras"] = views.camera_view(summary, groups, k)
+    return shown
+
+
+def headline_cards(view: views.View, previous_range: data.TimeRange, printable: bool) -> None:
+    values = dict(zip(view.table["metric"], view.table["value"], strict=True))
+    change = values["Change vs previous period"]
+    cards = [*st.columns(3), *st.columns(3)] if printable else st.columns(6)  # print pages are narrow
+    cards[0].metric("Visitors", values["Visitors"], delta=change if change.endswith("%") else None,
+                    border=True, help="Unique visitors in the period (selected cameras); the arrow compares "
+                                      "with the previous period.")
+    cards[1].metric("Previous period", values["Previous period"], border=True,
+                    help=f"Same span before: {previous_range.label()}. Change: {change}.")
+    cards[2].metric("Busiest hour", values["Busiest hour"], border=True,
+                    help="Start of the hour of day with the most visitors.")
+    cards[3].metric("Median / hour", values["Median visitors per active hour"], border=True,
+                    help="Median of the hourly counts over hours with at least one visitor.")
+    female, male = values["Female share"], values["Male share"]
+    gender_text = female if female.startswith("hidden") else f"{female.removesuffix(' %')} / {male}"
+    cards[4].metric("Female / male", gender_text, border=True, help="Share of visitors by gender, percent.")
+    cards[5].metric("Mean age", values["Mean age"], border=True, help="Average estimated age, years.")
+
+
+def chart(fig, printable: bool, key: str) -> None:
+    st.plotly_chart(fig, config=charts.static_config(printable), key=key)
+
+
+def note(view: views.View, k: int) -> None:
+    text = charts.hidden_note(view, k)
+    if text:
+        st.caption(text)
+
+
+def render_views(shown: dict[str, views.View], settings: DashboardSettings, printable: bool,
+                 previous_range: data.TimeRange) -> None:
+    k = max(1, settings.k_anonymity)
+    headline_cards(shown["headline"], previous_range, printable)
+    foot = shown["footfall"]
+    stack_label = STACK_LABELS[foot.dims[1]].lower()
+    st.markdown(f"### Footfall over time · by {stack_label} · per {foot.resolution}")
+    chart(charts.stacked_time_figure(foot, k, charts.GENDER_COLORS if foot.dims[1] == "gender" else None),
+          printable, "chart_footfall")
+    note(foot, k)
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.markdown("### Weekday × hour of day")
+        chart(charts.heatmap_figure(shown["heatmap"], k), printable, "chart_heatmap")
+        note(shown["heatmap"], k)
+    with right:
+        st.markdown("### Age and gender")
+        chart(charts.pyramid_figure(shown["pyramid"], k), printable, "chart_pyramid")
+        note(shown["pyramid"], k)
+    if "emotion" in shown:
+        left, right = st.columns(2, gap="large")
+        with left:
+            st.markdown("### Emotion mix over time")
+            chart(charts.stacked_time_figure(shown["emotion"], k, charts.EMOTION_COLORS), printable, "chart_emotion")
+            note(shown["emotion"], k)
+        with right:
+            st.markdown("### Valence over time")
+            chart(charts.stacked_time_figure(shown["valence"], k, charts.VALENCE_COLORS), printable, "chart_valence")
+            note(shown["valence"], k)
+    if "race" in shown:
+        st.markdown("### Race")
+        chart(charts.category_bar_figure(shown["race"], k, "race"), printable, "chart_race")
+        note(shown["race"], k)
+    st.markdown("### Camera comparison")
+    st.dataframe(charts.frame_for_table(shown["cameras"].table), hide_index=True, key="table_cameras")
+
+
+def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str],
+                     printable: bool) -> None:
+    tz = settings.timezone
+    try:
+        rng = selected_range(settings)
+    except ValueError as exc:
+        st.warning(f"{exc}.")
+        return
+    selection = selected_cameras(cameras, groups)
+    now = now_local(settings)
+    tick = int(clock.time() // max(1, settings.refresh_s))
+    engine = engine_for(url)
+    if not data.has_counts(engine):
+        st.info("The database holds no visitor counts yet. They appear here once the aggregator has counted "
+                "the first visitors (start the pipeline, e.g. `footfall-local`).")
+        st.session_state[EXPORT_KEY] = views.export_frame([], settings.k_anonymity)
+        return
+    counts = cached_counts(url, rng.start, rng.end, tuple(selection), tz, settings.enable_race,
+                           settings.enable_emotion, tick)
+    if counts.empty:
+        span = data.data_span(engine, tz)
+        hint = f" The database has counts from {span[0]:%Y-%m-%d %H:%M} to {span[1]:%Y-%m-%d %H:%M}." if span else ""
+        st.info(f"No visitors counted in {rng.label()} for the selected cameras.{hint}")
+        st.session_state[EXPORT_KEY] = views.export_frame([], settings.k_anonymity)
+        return
+    silent = [c for c in selection if c not in set(counts["camera_id"])]
+    if silent:
+        st.info(f"No data in this period for camera{'s' if len(silent) > 1 else ''}: {', '.join(silent)}.")
+    current, previous_range = data.comparison_ranges(rng, now)
+    previous = cached_previous(url, previous_range.start, previous_range.end, tuple(selection), tz, tick)
+    shown = build_views(settings, counts, rng, current, previous, selection, groups)
+    k = max(1, settings.k_anonymity)
+    export = views.export_frame(list(shown.values()), k)
+    st.session_state[EXPORT_KEY] = export
+    if not printable:
+        left, right = st.columns([5, 1], vertical_alignment="bottom")
+        left.caption(f"{rng.label()} · {len(selection)} of {len(cameras)} cameras · times in {tz}"
+                     + (f" · live, updated {now:%H:%M:%S}" if st.session_state.get("f_live") else ""))
+        right.download_button("Download CSV", export.to_csv(index=False).encode("utf-8"),
+                              file_name=f"footfall_{rng.start:%Y%m%d}_{rng.end:%Y%m%d}.csv", mime="text/csv",
+                              on_click="ignore", icon=":material/download:", key="download_csv")
+    render_views(shown, settings, printable, previous_range)
+
+
+# --------------------------------------------------------------------------- operator view
+
+
+def health_style(frame: pd.DataFrame):
+    def row_style(row):
+        bad = row["Status"] != "OK"
+        return ["background-color: #FDE2E1; color: #8A1C1C" if bad else ""] * len(row)
+
+    formats = {"Age (s)": "{:,.0f}", "Frames/s": "{:.1f}", "Faces/s": "{:.2f}", "Stream lag": "{:,}"}
+    return frame.style.apply(row_style, axis=1).format(formats, na_rep="–")
+
+
+def render_operator(settings: DashboardSettings, url: str, groups: dict[str, str]) -> None:
+    now_utc = datetime.now(timezone.utc).replace(tzinfo=None)
+    health = data.load_health(engine_for(url), now_utc, settings.timezone)
+    if health.empty:
+        st.info("No camera has reported its health yet (the ingest workers write it every few seconds).")
+        return
+    flagged = int((~health["ok"]).sum())
+    cards = st.columns(4)
+    cards[0].metric("Cameras", len(health), border=True)
+    cards[1].metric("Live", int(health["ok"].sum()), border=True)
+    cards[2].metric("Need attention", flagged, border=True)
+    cards[3].metric("Faces / s (all)", f"{health['faces_per_s'].sum():.1f}", border=True)
+    table = pd.DataFrame({
+        "Camera": health["camera_id"],
+        "Site / zone": health["camera_id"].map(groups).fillna(""),
+        "State": health["state"],
+        "Last frame": health["last_frame_at"].dt.strftime("%Y-%m-%d %H:%M:%S").fillna("never"),
+        "Age (s)": health["last_frame_age_s"].round(0),
+        "Frames/s": health["frames_per_s"].round(1),
+        "Faces/s": health["faces_per_s"].round(2),
+        "Stream lag": health["stream_lag"],
+        "Status": ["OK" if ok else f"ALERT: {problem}" for ok, problem in zip(health["ok"], health["problem"],
+                                                                                strict=True)],
+    })
+    if not any(groups.values()):
+        table = table.drop(columns="Site / zone")
+    if flagged:
+        st.error(f"{flagged} camera{'s need' if flagged > 1 else ' needs'} attention: "
+                 + ", ".join(health.loc[~health["ok"], "camera_id"]) + ".")
+    st.dataframe(health_style(table), hide_index=True, key="table_health")
+    st.caption(f"Flagged red: state not `live`, or no frame for more than {data.HEALTH_STALE_S:.0f} s. "
+               "Stream lag: crops not yet counted by the aggregator.")
+
+
+# --------------------------------------------------------------------------- page
+
+
+def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str]) -> None:
+    """Everything below the filters; rerun alone on the live-mode interval."""
+    try:
+        if st.session_state.get("f_print"):
+            rng_text = ""
+            try:
+                rng_text = selected_range(settings).label()
+            except ValueError:
+                pass
+            st.title("Footfall report")
+            st.caption(f"{rng_text} · cameras: {', '.join(selected_cameras(cameras, groups))} · times in "
+                       f"{settings.timezone} · generated {now_local(settings):%Y-%m-%d %H:%M} · k = "
+                       f"{settings.k_anonymity} (values below k shown as <{settings.k_anonymity})")
+            render_analytics(settings, url, cameras, groups, printable=True)
+            return
+        st.title("Footfall")
+        st.caption("Visitor analytics from aggregated camera counts. No images or individual records are stored.")
+        analytics, operator, about = st.tabs(["Analytics", "Cameras (operator)", "Help & privacy"])
+        with analytics:
+            render_analytics(settings, url, cameras, groups, printable=False)
+        with operator:
+            render_operator(settings, url, groups)
+        with about:
+            st.markdown(HELP.format(tz=settings.timezone, policy=POLICY.format(k=settings.k_anonymity)))
+    except data.DatabaseError as exc:
+        st.error(str(exc))
+    except Exception as exc:  # never show a stack trace to the analyst; the log has it
+        LOG.exception("dashboard failed")
+        st.error(f"Something went wrong while building the dashboard ({type(exc).__name__}: {exc}).")
+
+
+def main() -> None:
+    st.markdown(CSS, unsafe_allow_html=True)
+    settings = load_settings()
+    user = require_login(settings)
+    url = settings.database_url
+    try:
+        sites = data.parse_sites(settings.sites)
+    except ValueError as exc:
+        st.error(f"{exc}.")
+        sites = {}
+    try:
+        cameras = data.list_cameras(engine_for(url))
+    except data.DatabaseError as exc:
+        st.title("Footfall")
+        st.error(str(exc))
+        return
+    cameras = sorted(set(cameras) | {c for cams in sites.values() for c in cams})
+    groups = data.camera_groups(cameras, sites)
+    sidebar(settings, cameras, sites, groups, user)
+    live = bool(st.session_state.get("f_live")) and not st.session_state.get("f_print")
+    body = st.fragment(page_body, run_every=max(1, settings.refresh_s) if live else None)
+    body(settings, url, cameras, groups)
+
+
+main()

@@ -1,0 +1,159 @@
+"""Plotly figures drawn from suppressed ``views.View`` tables (hidden cells are never plotted).
+
+Example:
+    >>> import pandas as pd
+    >>> counts = pd.DataFrame({"camera_id": ["a"] * 2, "time": pd.to_datetime(["2024-05-06 09:00"] * 2),
+    ...     "age_band": ["25-34", "35-44"], "gender": ["male", "female"], "visitors": [40, 3],
+    ...     "age_sum": [1200.0, 120.0]})
+    >>> from footfall_dash.views import pyramid_view
+    >>> fig = pyramid_figure(pyramid_view(counts, k=5), k=5)
+    >>> [trace.name for trace in fig.data]
+    ['male', 'female']
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from . import data
+from .privacy import shown, suppressed_label
+from .views import View
+
+CAMERA_COLORS = ("#2F5D9B", "#F08C2E", "#3E9A5B", "#9A5BA8", "#3FA7B5", "#D9B23A", "#E0677C", "#8C6A4F",
+                 "#6F7C91", "#B33D3D")
+GENDER_COLORS = {"male": "#3A6EA5", "female": "#D65A7E"}
+EMOTION_COLORS = {"angry": "#C8453D", "disgust": "#8C6D31", "fear": "#7E57A6", "happy": "#F2B134",
+                  "sad": "#4A7FB5", "surprise": "#EE8A4B", "neutral": "#9AA3AE", data.NOT_RECORDED_LABEL: "#D5D9DE"}
+VALENCE_COLORS = {"positive": "#3FA36B", "neutral": "#9AA3AE", "negative": "#C8453D",
+                  data.NOT_RECORDED_LABEL: "#D5D9DE"}
+RACE_COLOR = "#5B6F8F"
+MAX_BARS = 400  # above this many periods, time series are drawn as stacked areas
+_PERIOD_HOVER = {"minute": "%Y-%m-%d %H:%M", "hour": "%a %Y-%m-%d %H:00", "day": "%a %Y-%m-%d",
+                 "week": "week of %Y-%m-%d"}
+
+
+def _style(fig: go.Figure, height: int, legend: bool = True) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=8, r=8, t=36, b=8), showlegend=legend,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, title=None,
+                                  traceorder="normal"),
+                      font=dict(size=13), hoverlabel=dict(namelength=-1))
+    return fig
+
+
+def _color(category: str, index: int, palette: dict[str, str] | None) -> str:
+    if palette and category in palette:
+        return palette[category]
+    return CAMERA_COLORS[index % len(CAMERA_COLORS)]
+
+
+def stacked_time_figure(view: View, k: int, palette: dict[str, str] | None = None,
+                        y_title: str = "visitors", height: int = 360) -> go.Figure:
+    """Stacked bars (areas for long series) of ``visitors`` per period and series."""
+    table = view.table
+    series_column = view.dims[1]
+    many = table["period"].nunique() > MAX_BARS
+    hover_time = _PERIOD_HOVER[view.resolution]
+    fig = go.Figure()
+    for i, (name, part) in enumerate(table.groupby(series_column, sort=False)):
+        text = [shown(v, s, k) for v, s in zip(part["visitors"], part["suppressed"], strict=True)]
+        common = dict(x=part["period"], y=part["visitors"], name=str(name), customdata=text,
+                      hovertemplate=f"{name}: %{{customdata}}<extra></extra>")
+        color = _color(str(name), i, palette)
+        if many:
+            fig.add_trace(go.Scatter(**common, mode="lines", stackgroup="one", line=dict(width=0.5, color=color)))
+        else:
+            fig.add_trace(go.Bar(**common, marker_color=color))
+    fig.update_layout(barmode="stack", bargap=0.12, hovermode="x unified",
+                      xaxis=dict(hoverformat=hover_time, title=None), yaxis=dict(title=y_title, rangemode="tozero"))
+    return _style(fig, height)
+
+
+def heatmap_figure(view: View, k: int, height: int = 320) -> go.Figure:
+    """Weekday x hour-of-day heatmap; hidden cells are blank and read ``<k``."""
+    table = view.table.sort_values(["weekday", "hour"])
+    z = table["visitors"].to_numpy(dtype=float).reshape(7, 24)
+    hidden = table["suppressed"].to_numpy().reshape(7, 24)
+    label = np.where(hidden, suppressed_label(k), "")
+    shown_text = np.array([shown(v, s, k) for v, s in zip(table["visitors"], table["suppressed"], strict=True)],
+                          dtype=object).reshape(7, 24)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[f"{h:02d}" for h in range(24)], y=list(data.WEEKDAYS), text=label, texttemplate="%{text}",
+        textfont=dict(size=9, color="#8A94A3"),
+        customdata=shown_text, hovertemplate="%{y} %{x}:00: %{customdata} visitors<extra></extra>",
+        colorscale=[[0, "#F3F6FA"], [0.35, "#A9C4E4"], [1, "#1F4E8C"]], xgap=2, ygap=2,
+        colorbar=dict(title=dict(text="visitors"), thickness=12)))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(tickangle=0, dtick=2, title="hour of day")
+    return _style(fig, height, legend=False)
+
+
+def pyramid_figure(view: View, k: int, height: int = 360) -> go.Figure:
+    """Population pyramid: age bands, men to the left, women to the right; hidden bars read ``<k``."""
+    table = view.table
+    bands = data.categories(table, "age_band")
+    fig = go.Figure()
+    largest = float(np.nanmax(table["visitors"].to_numpy(dtype=float))) if table["visitors"].notna().any() else 0.0
+    for gender, sign in (("male", -1), ("female", 1)):
+        part = table[table["gender"] == gender].set_index("age_band").reindex(bands)
+        values = part["visitors"].fillna(0).to_numpy(dtype=float)
+        text = [suppressed_label(k) if s else "" for s in part["suppressed"]]
+        fig.add_trace(go.Bar(
+            y=bands, x=sign * values, orientation="h", name=gender, marker_color=GENDER_COLORS[gender],
+            text=text, textposition="outside", cliponaxis=False,
+            customdata=[shown(v, s, k) for v, s in zip(part["visitors"], part["suppressed"], strict=True)],
+            hovertemplate=f"{gender} %{{y}}: %{{customdata}}<extra></extra>"))
+    ticks = _symmetric_ticks(largest)
+    fig.update_layout(barmode="relative", bargap=0.15,
+                      xaxis=dict(tickvals=ticks, ticktext=[f"{abs(t):,.0f}" for t in ticks], title="visitors",
+                                 range=[-largest * 1.15 - 1, largest * 1.15 + 1]),
+                      yaxis=dict(title=None, categoryorder="array", categoryarray=bands))
+    return _style(fig, height)
+
+
+def _symmetric_ticks(largest: float) -> list[float]:
+    """Tick positions for a +-largest axis, labelled by absolute value.
+
+    >>> _symmetric_ticks(950)
+    [-500.0, 0.0, 500.0]
+    """
+    if largest <= 0:
+        return [0.0]
+    raw = largest / 2
+    magnitude = 10 ** np.floor(np.log10(raw))
+    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
+    count = int(largest // step)
+    return [float(i * step) for i in range(-count, count + 1)]
+
+
+def category_bar_figure(view: View, k: int, column: str, height: int = 300) -> go.Figure:
+    """Horizontal bars of visitors per category (used for race)."""
+    table = view.table
+    text = [shown(v, s, k) for v, s in zip(table["visitors"], table["suppressed"], strict=True)]
+    fig = go.Figure(go.Bar(y=table[column], x=table["visitors"].fillna(0), orientation="h", marker_color=RACE_COLOR,
+                           text=text, textposition="outside", cliponaxis=False,
+                           hovertemplate="%{y}: %{text}<extra></extra>"))
+    fig.update_layout(yaxis=dict(autorange="reversed", title=None), xaxis=dict(title="visitors"))
+    return _style(fig, height, legend=False)
+
+
+def static_config(printable: bool) -> dict:
+    """Plotly config: no toolbar; fully static (no hover, no zoom) in the printable view."""
+    config = {"displaylogo": False, "displayModeBar": False}
+    if printable:
+        config["staticPlot"] = True
+    return config
+
+
+def hidden_note(view: View, k: int) -> str:
+    """Caption under a chart saying how many cells are hidden ("" when none)."""
+    n = view.hidden_cells
+    if not n:
+        return ""
+    return f"{n} value{'s' if n != 1 else ''} hidden ({suppressed_label(k)} visitors, or needed to protect one)."
+
+
+def frame_for_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Display copy of a wide text table with a clean index for ``st.dataframe``."""
+    return table.reset_index(drop=True)

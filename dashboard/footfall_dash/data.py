@@ -1,0 +1,459 @@
+"""Read-only access to the aggregate database and the pure pandas logic behind every figure.
+
+Everything here is a plain function of its arguments (no Streamlit), so tests call it directly.
+Times: the database stores UTC-naive bucket starts; the dashboard works in local naive times of
+the configured time zone (``FOOTFALL_TIMEZONE``, default UTC). Ranges are half-open ``[start, end)``.
+
+Example (an in-memory frame shaped like ``load_counts`` output):
+    >>> counts = pd.DataFrame({"camera_id": ["a", "a", "b"],
+    ...     "time": pd.to_datetime(["2024-05-06 09:00", "2024-05-06 09:30", "2024-05-07 14:00"]),
+    ...     "age_band": ["25-34", "35-44", "25-34"], "gender": ["male", "female", "female"],
+    ...     "visitors": [10, 6, 4], "age_sum": [300.0, 240.0, 120.0]})
+    >>> rng = TimeRange(datetime(2024, 5, 6), datetime(2024, 5, 8))
+    >>> over_time(counts, rng, "day", "camera_id", ["a", "b"]).visitors.tolist()
+    [16, 0, 0, 4]
+    >>> h = headline(counts, rng, previous_total=10)
+    >>> h.visitors, h.change_pct, h.busiest_hour, h.mean_age
+    (20, 100.0, 9, 33.0)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from footfall.db.models import CameraHealth, VisitorCount
+from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES, VALENCE
+
+RESOLUTIONS = ("minute", "hour", "day", "week")
+PRESETS = ("Today", "Last 7 days", "Last 30 days", "Custom")
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+NOT_RECORDED_LABEL = "not recorded"  # shown for "" (attribute off when the visit was counted)
+VALENCES = ("positive", "neutral", "negative")
+HEALTH_STALE_S = 60.0  # a camera whose last frame is older than this is flagged
+MAX_PERIODS = 10_080  # a week of minutes: finer series are drawn at the next coarser resolution
+_FREQ = {"minute": "min", "hour": "h", "day": "D"}
+
+
+class DatabaseError(RuntimeError):
+    """A database problem worded for the dashboard's user (no stack trace)."""
+
+
+# --------------------------------------------------------------------------- time ranges
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """Half-open local-time range ``[start, end)``."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def length(self) -> timedelta:
+        return self.end - self.start
+
+    def shifted(self, delta: timedelta) -> TimeRange:
+        return TimeRange(self.start + delta, self.end + delta)
+
+    def label(self) -> str:
+        """Human-readable range.
+
+        >>> TimeRange(datetime(2024, 5, 1), datetime(2024, 5, 8)).label()
+        '2024-05-01 – 2024-05-07'
+        """
+        last = self.end - timedelta(microseconds=1)
+        if self.start.time() == datetime.min.time() and self.end.time() == datetime.min.time():
+            if last.date() == self.start.date():
+                return f"{self.start:%Y-%m-%d}"
+            return f"{self.start:%Y-%m-%d} – {last:%Y-%m-%d}"
+        return f"{self.start:%Y-%m-%d %H:%M} – {self.end:%Y-%m-%d %H:%M}"
+
+
+def local_now(tz: str) -> datetime:
+    """Current local wall-clock time (naive) in ``tz``."""
+    zone = timezone.utc if tz == "UTC" else ZoneInfo(tz)  # UTC needs no tz database (slim images)
+    return datetime.now(zone).replace(tzinfo=None, microsecond=0)
+
+
+def preset_range(preset: str, now: datetime, custom: tuple[datetime, datetime] | None = None) -> TimeRange:
+    """The range a preset names; day presets are whole calendar days ending with today.
+
+    >>> preset_range("Last 7 days", datetime(2024, 5, 8, 15, 30)).label()
+    '2024-05-02 – 2024-05-08'
+    """
+    midnight = datetime.combine(now.date(), datetime.min.time())
+    tomorrow = midnight + timedelta(days=1)
+    if preset == "Today":
+        return TimeRange(midnight, tomorrow)
+    if preset == "Last 7 days":
+        return TimeRange(tomorrow - timedelta(days=7), tomorrow)
+    if preset == "Last 30 days":
+        return TimeRange(tomorrow - timedelta(days=30), tomorrow)
+    if preset == "Custom":
+        if custom is None or custom[1] <= custom[0]:
+            raise ValueError("the custom range must end after it starts")
+        return TimeRange(*custom)
+    raise ValueError(f"unknown preset {preset!r}")
+
+
+def comparison_ranges(rng: TimeRange, now: datetime) -> tuple[TimeRange, TimeRange]:
+    """(current, previous): like-for-like spans for "change vs the previous period".
+
+    The previous period is the same length immediately before. When the range is still running
+    (it contains ``now``), both spans stop at the same point: today until now vs yesterday
+    until the same time.
+
+    >>> cur, prev = comparison_ranges(TimeRange(datetime(2024, 5, 8), datetime(2024, 5, 9)),
+    ...                               datetime(2024, 5, 8, 12))
+    >>> cur.end, prev.start, prev.end
+    (datetime.datetime(2024, 5, 8, 12, 0), datetime.datetime(2024, 5, 7, 0, 0), datetime.datetime(2024, 5, 7, 12, 0))
+    """
+    cut = now if rng.start < now < rng.end else rng.end
+    current = TimeRange(rng.start, cut)
+    return current, current.shifted(-rng.length)
+
+
+def to_utc(local: datetime, tz: str) -> datetime:
+    """Local naive time in ``tz`` -> UTC naive (the database's convention).
+
+    >>> to_utc(datetime(2024, 7, 1, 12), "Europe/Berlin")
+    datetime.datetime(2024, 7, 1, 10, 0)
+    """
+    if tz == "UTC":
+        return local
+    stamp = pd.Timestamp(local).tz_localize(tz, ambiguous=False, nonexistent="shift_forward")
+    return stamp.tz_convert("UTC").tz_localize(None).to_pydatetime()
+
+
+def _to_local(utc: pd.Series, tz: str) -> pd.Series:
+    times = pd.to_datetime(utc)
+    if tz == "UTC" or times.empty:
+        return times
+    return times.dt.tz_localize("UTC").dt.tz_convert(tz).dt.tz_localize(None)
+
+
+# --------------------------------------------------------------------------- cameras and sites
+
+
+def parse_sites(spec: str) -> dict[str, tuple[str, ...]]:
+    """``FOOTFALL_SITES`` (``site/zone=cam1,cam2;site2=cam3``) -> {group: cameras}.
+
+    >>> parse_sites("Berlin/Entrance=cam1, cam2; Hamburg=cam3")
+    {'Berlin/Entrance': ('cam1', 'cam2'), 'Hamburg': ('cam3',)}
+    """
+    groups: dict[str, tuple[str, ...]] = {}
+    for part in spec.split(";"):
+        if not part.strip():
+            continue
+        name, sep, cams = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"FOOTFALL_SITES entry {part.strip()!r} is not `site/zone=cam1,cam2`")
+        groups[name.strip()] = tuple(c.strip() for c in cams.split(",") if c.strip())
+    return groups
+
+
+def camera_groups(cameras: list[str], sites: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """{camera: its site/zone} for every camera; unlisted cameras go to "Other" ("" without sites).
+
+    >>> camera_groups(["cam1", "cam9"], {"Berlin": ("cam1",)})
+    {'cam1': 'Berlin', 'cam9': 'Other'}
+    """
+    owner = {cam: group for group, cams in sites.items() for cam in cams}
+    fallback = "Other" if sites else ""
+    return {cam: owner.get(cam, fallback) for cam in cameras}
+
+
+# --------------------------------------------------------------------------- database access
+
+
+def _describe(url: sa.URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def open_engine(database_url: str) -> Engine:
+    """A read-only engine: SQLite connections are ``query_only``, PostgreSQL sessions READ ONLY.
+
+    Raises ``DatabaseError`` for a malformed URL, an unknown driver or a missing SQLite file
+    (SQLite would otherwise silently create an empty one).
+    """
+    try:
+        url = make_url(database_url)
+        backend = url.get_backend_name()
+    except ArgumentError as exc:
+        raise DatabaseError(f"FOOTFALL_DATABASE_URL is not a database URL ({exc}).") from None
+    if backend == "sqlite":
+        path = url.database or ""
+        if path and path != ":memory:" and not path.startswith("file:") and not Path(path).is_file():
+            raise DatabaseError(f"The database file {path} does not exist. Check FOOTFALL_DATABASE_URL, "
+                                "or create it with `footfall-migrate`.")
+    connect_args = {"connect_timeout": 5} if backend == "postgresql" else {}
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise DatabaseError(f"Cannot use the database URL {_describe(url)}: {exc}") from None
+
+    @event.listens_for(engine, "connect")
+    def _read_only(dbapi_connection, _record) -> None:  # the dashboard never writes
+        cursor = dbapi_connection.cursor()
+        if backend == "sqlite":
+            cursor.execute("PRAGMA query_only = ON")
+        elif backend == "postgresql":
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        cursor.close()
+        if backend == "postgresql":
+            dbapi_connection.commit()  # a SET inside a rolled-back transaction would be undone
+
+    return engine
+
+
+def _database_error(engine: Engine, exc: SQLAlchemyError) -> DatabaseError:
+    message = str(getattr(exc, "orig", None) or exc).strip()
+    text = message.splitlines()[0] if message else type(exc).__name__
+    if re.search(r"no such table|relation \S+ does not exist", text, re.IGNORECASE):
+        return DatabaseError(f"The database at {_describe(engine.url)} has no Footfall tables yet: "
+                             "run `footfall-migrate` (or start the aggregator).")
+    return DatabaseError(f"Cannot read the database at {_describe(engine.url)}: {text}")
+
+
+def _query(engine: Engine, statement) -> list[sa.Row]:
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(statement))
+    except SQLAlchemyError as exc:
+        raise _database_error(engine, exc) from None
+
+
+_COUNTS = VisitorCount.__table__
+_HEALTH = CameraHealth.__table__
+
+
+def has_counts(engine: Engine) -> bool:
+    """True when ``visitor_counts`` holds at least one row."""
+    return bool(_query(engine, sa.select(_COUNTS.c.camera_id).limit(1)))
+
+
+def data_span(engine: Engine, tz: str = "UTC") -> tuple[datetime, datetime] | None:
+    """(first, last) local bucket start in the database, or None when it is empty."""
+    rows = _query(engine, sa.select(sa.func.min(_COUNTS.c.bucket_start), sa.func.max(_COUNTS.c.bucket_start)))
+    if not rows or rows[0][0] is None:
+        return None
+    local = _to_local(pd.Series(list(rows[0])), tz)
+    return local.iloc[0].to_pydatetime(), local.iloc[1].to_pydatetime()
+
+
+def list_cameras(engine: Engine) -> list[str]:
+    """Every camera id that has counts or a health record, sorted."""
+    with_counts = _query(engine, sa.select(_COUNTS.c.camera_id).distinct())
+    with_health = _query(engine, sa.select(_HEALTH.c.camera_id))
+    return sorted({r[0] for r in with_counts} | {r[0] for r in with_health})
+
+
+def load_counts(engine: Engine, rng: TimeRange, cameras: list[str] | None = None, *, tz: str = "UTC",
+                include_race: bool = False, include_emotion: bool = True) -> pd.DataFrame:
+    """Visitor counts in ``rng`` (local times) for ``cameras`` (None: all).
+
+    Columns: camera_id, time (local bucket start), age_band, gender, [race], [emotion], visitors,
+    age_sum. A switched-off attribute is not even selected: the database sums it away.
+    """
+    dims = [_COUNTS.c.camera_id, _COUNTS.c.bucket_start, _COUNTS.c.age_band, _COUNTS.c.gender]
+    dims += [_COUNTS.c.race] if include_race else []
+    dims += [_COUNTS.c.emotion] if include_emotion else []
+    statement = (sa.select(*dims, sa.func.sum(_COUNTS.c.visitors), sa.func.sum(_COUNTS.c.age_sum))
+                 .where(_COUNTS.c.bucket_start >= to_utc(rng.start, tz), _COUNTS.c.bucket_start < to_utc(rng.end, tz))
+                 .group_by(*dims))
+    if cameras is not None:
+        statement = statement.where(_COUNTS.c.camera_id.in_(list(cameras)))
+    names = [c.name for c in dims] + ["visitors", "age_sum"]
+    frame = pd.DataFrame([tuple(r) for r in _query(engine, statement)], columns=names)
+    frame["visitors"] = frame["visitors"].astype("int64")
+    frame["age_sum"] = frame["age_sum"].astype("float64")
+    frame.insert(1, "time", _to_local(frame.pop("bucket_start"), tz).astype("datetime64[us]"))
+    for column in ("race", "emotion"):
+        if column in frame:
+            frame[column] = frame[column].replace("", NOT_RECORDED_LABEL)
+    return frame.sort_values(["time", "camera_id"], ignore_index=True)
+
+
+def visitors_by_camera(engine: Engine, rng: TimeRange, cameras: list[str] | None = None,
+                       tz: str = "UTC") -> pd.Series:
+    """Total visitors per camera in ``rng`` (used for the previous period)."""
+    statement = (sa.select(_COUNTS.c.camera_id, sa.func.sum(_COUNTS.c.visitors))
+                 .where(_COUNTS.c.bucket_start >= to_utc(rng.start, tz), _COUNTS.c.bucket_start < to_utc(rng.end, tz))
+                 .group_by(_COUNTS.c.camera_id))
+    if cameras is not None:
+        statement = statement.where(_COUNTS.c.camera_id.in_(list(cameras)))
+    rows = _query(engine, statement)
+    return pd.Series({r[0]: int(r[1]) for r in rows}, dtype="int64", name="visitors")
+
+
+def load_health(engine: Engine, now_utc: datetime, tz: str = "UTC",
+                stale_after_s: float = HEALTH_STALE_S) -> pd.DataFrame:
+    """Operator view: one row per camera with the age of its last frame and an ``ok`` flag.
+
+    A camera is flagged (``ok`` False, ``problem`` says why) when its state is not ``live`` or
+    its last frame is older than ``stale_after_s`` seconds.
+    """
+    columns = ["camera_id", "state", "last_frame_at", "frames_per_s", "faces_per_s", "stream_lag", "updated_at"]
+    frame = pd.DataFrame([tuple(r) for r in _query(engine, sa.select(*(_HEALTH.c[c] for c in columns)))],
+                         columns=columns)
+    last = pd.to_datetime(frame["last_frame_at"])
+    frame["last_frame_age_s"] = (pd.Timestamp(now_utc) - last).dt.total_seconds()
+    stale = frame["last_frame_age_s"].isna() | (frame["last_frame_age_s"] > stale_after_s)
+    not_live = frame["state"] != "live"
+    frame["ok"] = ~(stale | not_live)
+    frame["problem"] = [
+        "; ".join(p for p in (f"state {s}" if nl else "",
+                              ("no frame yet" if pd.isna(age) else f"last frame {age:.0f} s ago") if st else "") if p)
+        for s, nl, st, age in zip(frame["state"], not_live, stale, frame["last_frame_age_s"], strict=True)]
+    frame["last_frame_at"] = _to_local(last, tz)
+    frame["updated_at"] = _to_local(pd.to_datetime(frame["updated_at"]), tz)
+    return frame.sort_values("camera_id", ignore_index=True)
+
+
+# --------------------------------------------------------------------------- pure aggregations
+
+
+def period_start(times: pd.Series, resolution: str) -> pd.Series:
+    """Start of the minute / hour / day / week (Monday) each time falls in."""
+    if resolution == "week":
+        return times.dt.to_period("W-SUN").dt.start_time.astype(times.dtype)
+    return times.dt.floor(_FREQ[resolution])
+
+
+def periods(rng: TimeRange, resolution: str) -> pd.DatetimeIndex:
+    """Every period start overlapping ``rng``.
+
+    >>> list(periods(TimeRange(datetime(2024, 5, 8), datetime(2024, 5, 14)), "week").strftime("%m-%d"))
+    ['05-06', '05-13']
+    """
+    first = period_start(pd.Series([pd.Timestamp(rng.start)]).astype("datetime64[us]"), resolution).iloc[0]
+    freq = "7D" if resolution == "week" else _FREQ[resolution]
+    index = pd.date_range(first, pd.Timestamp(rng.end) - pd.Timedelta(microseconds=1), freq=freq)
+    return index.astype("datetime64[us]")
+
+
+def coarsest_needed(rng: TimeRange, resolution: str, max_periods: int = MAX_PERIODS) -> str:
+    """``resolution``, or the next coarser one when the range would have more than ``max_periods``.
+
+    >>> coarsest_needed(TimeRange(datetime(2024, 4, 1), datetime(2024, 5, 1)), "minute")
+    'hour'
+    """
+    seconds = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
+    for candidate in RESOLUTIONS[RESOLUTIONS.index(resolution):]:
+        if rng.length.total_seconds() / seconds[candidate] <= max_periods:
+            return candidate
+    return RESOLUTIONS[-1]
+
+
+def categories(counts: pd.DataFrame, column: str, selected: list[str] | None = None) -> list[str]:
+    """Category order of a dimension: the label vocabulary first, then "not recorded"."""
+    if column == "camera_id":
+        return list(selected) if selected is not None else sorted(counts["camera_id"].unique())
+    vocabulary = {"gender": GENDERS, "age_band": tuple(b[0] for b in AGE_BANDS), "emotion": EMOTIONS,
+                  "race": RACES, "valence": VALENCES}[column]
+    present = set(counts[column].unique()) if column in counts else set()
+    extra = sorted(present - set(vocabulary))
+    return list(vocabulary) + extra
+
+
+def with_valence(counts: pd.DataFrame) -> pd.DataFrame:
+    """Counts with a ``valence`` column (labels.VALENCE of the emotion)."""
+    out = counts.copy()
+    out["valence"] = out["emotion"].map(VALENCE).fillna(NOT_RECORDED_LABEL)
+    return out
+
+
+def over_time(counts: pd.DataFrame, rng: TimeRange, resolution: str, by: str,
+              selected: list[str] | None = None) -> pd.DataFrame:
+    """Visitors per period and ``by`` category, zeros filled: columns period, <by>, visitors."""
+    if by == "valence" and "valence" not in counts:
+        counts = with_valence(counts)
+    grid = pd.MultiIndex.from_product([periods(rng, resolution), categories(counts, by, selected)],
+                                      names=["period", by])
+    summed = counts.groupby([period_start(counts["time"], resolution).rename("period"), by])["visitors"].sum()
+    table = summed.reindex(grid, fill_value=0).astype("int64").reset_index()
+    return table
+
+
+def hour_weekday(counts: pd.DataFrame) -> pd.DataFrame:
+    """Visitors per weekday (0 = Monday) and hour of day, all 7 x 24 cells."""
+    grid = pd.MultiIndex.from_product([range(7), range(24)], names=["weekday", "hour"])
+    summed = counts.groupby([counts["time"].dt.day_of_week.rename("weekday"),
+                             counts["time"].dt.hour.rename("hour")])["visitors"].sum()
+    return summed.reindex(grid, fill_value=0).astype("int64").reset_index()
+
+
+def totals_by(counts: pd.DataFrame, columns: list[str], selected: list[str] | None = None) -> pd.DataFrame:
+    """Visitors per combination of ``columns`` over the full category grid (zeros filled)."""
+    if "valence" in columns and "valence" not in counts:
+        counts = with_valence(counts)
+    grid = pd.MultiIndex.from_product([categories(counts, c, selected) for c in columns], names=columns)
+    summed = counts.groupby(columns)["visitors"].sum()
+    return summed.reindex(grid, fill_value=0).astype("int64").reset_index()
+
+
+@dataclass(frozen=True)
+class Headline:
+    """Headline figures of a selection, before suppression (see ``views.headline_view``)."""
+
+    visitors: int
+    current_visitors: int  # visitors in the comparable span (see comparison_ranges)
+    previous_visitors: int
+    change_pct: float | None  # None when the previous period has no visitors
+    busiest_hour: int | None  # hour of day (0..23) with the most visitors
+    median_per_hour: float | None  # median over the hours with at least one visitor
+    by_gender: dict[str, int]
+    mean_age: float | None
+
+
+def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int) -> Headline:
+    """Headline figures of ``counts``; ``current`` is the comparable span of the range."""
+    visitors = int(counts["visitors"].sum())
+    in_current = counts["time"] < pd.Timestamp(current.end)
+    current_visitors = int(counts.loc[in_current, "visitors"].sum())
+    change = None if previous_total == 0 else 100.0 * (current_visitors - previous_total) / previous_total
+    by_hour_of_day = counts.groupby(counts["time"].dt.hour)["visitors"].sum()
+    busiest = int(by_hour_of_day.idxmax()) if visitors else None  # ties: the earliest hour
+    hourly = counts.groupby(counts["time"].dt.floor("h"))["visitors"].sum()
+    hourly = hourly[hourly > 0]
+    by_gender = {g: int(counts.loc[counts["gender"] == g, "visitors"].sum()) for g in GENDERS}
+    return Headline(
+        visitors=visitors, current_visitors=current_visitors, previous_visitors=int(previous_total),
+        change_pct=change, busiest_hour=busiest,
+        median_per_hour=float(np.median(hourly.to_numpy())) if len(hourly) else None,
+        by_gender=by_gender,
+        mean_age=float(counts["age_sum"].sum() / visitors) if visitors else None)
+
+
+def camera_summary(counts: pd.DataFrame, cameras: list[str], previous: pd.Series, current: TimeRange) -> pd.DataFrame:
+    """Per-camera figures before suppression.
+
+    Columns: camera_id, visitors, current (visitors in the comparable span), previous, female,
+    male, age_sum, busiest_hour (hour of day or None).
+    """
+    grouped = counts.groupby("camera_id")
+    table = pd.DataFrame(index=pd.Index(cameras, name="camera_id"))
+    table["visitors"] = grouped["visitors"].sum().reindex(cameras, fill_value=0).astype("int64")
+    in_current = counts[counts["time"] < pd.Timestamp(current.end)]
+    table["current"] = in_current.groupby("camera_id")["visitors"].sum().reindex(cameras, fill_value=0).astype("int64")
+    table["previous"] = previous.reindex(cameras, fill_value=0).astype("int64")
+    for g in GENDERS:
+        table[g] = (counts[counts["gender"] == g].groupby("camera_id")["visitors"].sum()
+                    .reindex(cameras, fill_value=0).astype("int64"))
+    table["age_sum"] = grouped["age_sum"].sum().reindex(cameras, fill_value=0.0)
+    hours = counts.groupby(["camera_id", counts["time"].dt.hour])["visitors"].sum()
+    with_data = set(hours.index.get_level_values(0))
+    table["busiest_hour"] = pd.Series([int(hours[c].idxmax()) if c in with_data else None for c in cameras],
+                                      index=table.index, dtype="object")
+    return table.reset_index()
