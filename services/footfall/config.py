@@ -88,6 +88,8 @@ class InferenceSettings(CommonSettings):
     max_wait_ms: float = Field(4.0, description="How long the micro-batcher waits to fill a batch.")
     max_request_faces: int = Field(256, description="Most crops accepted in one request.")
     max_message_mb: int = Field(16, description="Largest gRPC message.")
+    max_connection_age_s: int = Field(300, description="Clients are asked to reconnect after this long, so "
+                                      "they re-resolve DNS and spread over newly added workers.")
     npu_cores: str = Field("0,1,2", description="RK3588 NPU cores used by the rknn backend, one context each.")
 
 

@@ -121,7 +121,11 @@ class InferenceServer:
         limit = settings.max_message_mb * 1024 * 1024
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
                                   options=[("grpc.max_receive_message_length", limit),
-                                           ("grpc.max_send_message_length", limit)])
+                                           ("grpc.max_send_message_length", limit),
+                                           # Clients reconnect (and re-resolve DNS) every few minutes, so a
+                                           # newly added inference pod starts receiving traffic.
+                                           ("grpc.max_connection_age_ms", settings.max_connection_age_s * 1000),
+                                           ("grpc.max_connection_age_grace_ms", 30_000)])
         inference_pb2_grpc.add_FaceInferenceServicer_to_server(
             FaceInferenceServicer(self.backend, self.batcher, settings.max_request_faces), self.server)
         self.health = health.HealthServicer()
