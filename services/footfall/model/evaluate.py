@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES
-from footfall.model.data import DATASETS, FaceSet, load_split
+from footfall.model.data import DATASETS, DatasetMissing, FaceSet, load_split
 from footfall.model.metrics import head_metrics
 from footfall.predictions import Predictions
 
@@ -117,7 +117,7 @@ def sample_per_dataset(dataset: np.ndarray, limit: int, seed: int = 0) -> np.nda
     """Sorted indices of at most ``limit`` random samples of each dataset (all when limit is 0).
 
     >>> sample_per_dataset(np.array([0, 0, 0, 1, 1]), 1, seed=0).tolist()
-    [2, 3]
+    [2, 4]
     """
     if not limit:
         return np.arange(len(dataset))
@@ -129,7 +129,7 @@ def sample_per_dataset(dataset: np.ndarray, limit: int, seed: int = 0) -> np.nda
     return np.sort(np.concatenate(picked))
 
 
-def test_faces(crops: str = "dataset", limit: int = 0, seed: int = 0, split: str = "test"
+def load_test_faces(crops: str = "dataset", limit: int = 0, seed: int = 0, split: str = "test"
                ) -> tuple[FaceSet, np.ndarray | None]:
     """The split's faces (dataset crops or pipeline crops), and the detected mask for pipeline crops."""
     if crops == "dataset":
@@ -263,6 +263,54 @@ def evaluate_model(model_path: Path, faces: FaceSet, detected: np.ndarray | None
     return result
 
 
+# --- floors for the CI test --------------------------------------------------------------
+
+FLOOR_MARGINS = {"acc": 0.03, "age_mae": 0.5, "gender_agreement": 0.015, "emotion_agreement": 0.03,
+                 "age_mean_abs_diff": 0.5}
+
+
+def int8_agreement(fp32: Predictions, int8: Predictions) -> dict[str, float]:
+    """How often INT8 takes the FP32 decision: gender, emotion argmax, and the mean age difference."""
+    return {"gender": float(((fp32.gender >= 0.5) == (int8.gender >= 0.5)).mean()),
+            "emotion": float((fp32.emotion.argmax(1) == int8.emotion.argmax(1)).mean()),
+            "age_mean_abs_diff": float(np.abs(fp32.age - int8.age).mean())}
+
+
+def accuracy_floor(models: list[Path], faces: FaceSet, limit: int, seed: int, threads: int = 2) -> dict:
+    """Thresholds for tests/model (model/accuracy_floor.json): the worst measured figure of the
+    models on this subset, minus ``FLOOR_MARGINS``; INT8/FP32 agreement from the pairs among them."""
+    preds, measured = {}, {}
+    for path in models:
+        predictor, _ = load_predictor(path, threads=threads)
+        preds[Path(path)] = p = predictor(faces.images)
+        measured[Path(path).name] = {k: round(v, 4) for k, v in scalars(
+            head_metrics(p, faces.age, faces.gender, faces.race, faces.emotion)).items()}
+    worst = lambda key, pick: pick(m[key] for m in measured.values())  # noqa: E731
+    floor = {
+        "comment": "Thresholds of tests/model/test_committed_model.py: measured on this fixed subset "
+                   "(footfall-evaluate MODELS --limit N --seed S --floor FILE) minus margins. Regenerate "
+                   "whenever the committed model changes.",
+        "faces_per_dataset": limit, "seed": seed,
+        "age_mae_max": round(worst("age_mae", max) + FLOOR_MARGINS["age_mae"], 2),
+        "gender_acc_min": round(worst("gender_acc", min) - FLOOR_MARGINS["acc"], 3),
+        "race_acc_min": round(worst("race_acc", min) - FLOOR_MARGINS["acc"], 3),
+        "emotion_acc_min": round(worst("emotion_acc", min) - FLOOR_MARGINS["acc"], 3),
+        "measured": measured,
+    }
+    pairs = [(f, i) for i in preds for f in preds if i.name.endswith(".int8.onnx")
+             and f.name == i.name.replace(".int8.onnx", ".onnx")]
+    if pairs:
+        agree = [int8_agreement(preds[f], preds[i]) for f, i in pairs]
+        floor["int8_agreement"] = {
+            "gender_min": round(min(a["gender"] for a in agree) - FLOOR_MARGINS["gender_agreement"], 3),
+            "emotion_min": round(min(a["emotion"] for a in agree) - FLOOR_MARGINS["emotion_agreement"], 3),
+            "age_mean_abs_diff_max": round(max(a["age_mean_abs_diff"] for a in agree)
+                                           + FLOOR_MARGINS["age_mean_abs_diff"], 2),
+            "measured": {i.name: {k: round(v, 4) for k, v in a.items()} for (_, i), a in zip(pairs, agree)},
+        }
+    return floor
+
+
 # --- rendering -----------------------------------------------------------------------------
 
 def fmt(key: str, value) -> str:
@@ -295,8 +343,8 @@ def render(results: list[dict], markdown: bool = False) -> str:
             + [str(sum(r["faces"].values()))] for r in results]
     out += [table(["model"] + [t for _, t in HEADLINE] + ["faces"], rows, markdown), ""]
     bands = [b for b, _, _ in AGE_BANDS]
-    rows = [[f"{r['name']} {r['format']}"] + [fmt("mae", r["metrics"].get("age_mae_by_band", {}).get(b))
-                                             for b in bands] for r in results]
+    rows = [[f"{r['name']} {r['format']} ({r['crops']} crops)"]
+            + [fmt("mae", r["metrics"].get("age_mae_by_band", {}).get(b)) for b in bands] for r in results]
     out += [f"{h}Age MAE per age band (years)", "", table(["model"] + bands, rows, markdown), ""]
     for r in results:
         label = f"{r['name']} {r['format']} ({r['crops']} crops)"
@@ -340,13 +388,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-robustness", action="store_true", help="skip the 7 degraded passes")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the model card)")
+    parser.add_argument("--floor", type=Path, help="only write the CI test's accuracy floors (measured minus "
+                                                   "margins; needs --limit) to this JSON file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    faces, detected = test_faces(args.crops, args.limit, args.seed, args.split)
-    results = []
     for path in args.models:
         if not path.exists():
             parser.error(f"model file {path} not found")
+    if args.floor and (not args.limit or args.crops != "dataset"):
+        parser.error("--floor needs --limit N (the CI test's subset) and dataset crops")
+    try:
+        faces, detected = load_test_faces(args.crops, args.limit, args.seed, args.split)
+    except DatasetMissing as exc:
+        parser.exit(2, f"footfall-evaluate: {exc}\n")
+    if args.floor:
+        floor = accuracy_floor(args.models, faces, args.limit, args.seed, args.threads)
+        args.floor.write_text(json.dumps(floor, indent=2) + "\n")
+        sys.stdout.write(json.dumps(floor, indent=2) + "\n")
+        return
+    results = []
+    for path in args.models:
         log.info("evaluating %s on %d faces (%s crops)", path, len(faces), args.crops)
         results.append(evaluate_model(path, faces, detected, robustness=not args.no_robustness,
                                       threads=args.threads, crops=args.crops))

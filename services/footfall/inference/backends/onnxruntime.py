@@ -34,6 +34,9 @@ class OnnxRuntimeBackend(Backend):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: on an edge box the decoder, detector and aggregator share
+        # the cores (measured here: 4 sessions on 2 cores went from 20 to 241 faces/s).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
         self.metadata = read_onnx_metadata(self.session)
         self.input_name = self.session.get_inputs()[0].name

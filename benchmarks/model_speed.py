@@ -1,0 +1,206 @@
+"""Face-model speed on the CPU: FP32 vs INT8 ONNX through the product's onnxruntime backend,
+plus parameters and multiply-adds per width, joined into the Pareto table.
+
+Faces/s at batch 1, 8 and 32 with 2 threads (the inference worker's default), FP32 and INT8
+side by side with their ratio, measured in one run. The timed call is ``Backend.predict`` on
+uint8 faces, i.e. normalisation included, exactly what the inference worker pays per batch.
+Accuracy columns of the Pareto table come from ``footfall-evaluate --json`` files.
+
+    # the committed models, with accuracy from an evaluation run
+    footfall-evaluate model/footfall_w050.int8.onnx --json /tmp/eval_w050.json
+    python benchmarks/model_speed.py model/footfall_w050.onnx model/footfall_w050.int8.onnx \\
+        --accuracy /tmp/eval_w050.json
+    # speed of untrained nets of several widths (speed does not depend on the weights)
+    python benchmarks/model_speed.py --random --widths 0.5,1.0,1.4
+
+It prints figures; it asserts nothing. The 1-minute load average is printed first: timings
+taken while other work (e.g. a training run) shares the CPU are lower than on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from footfall.inference.backends import load_backend
+from footfall.model.network import NetConfig
+
+
+def measure_faces_per_s(predict, batch: int, seconds: float = 2.0, min_iters: int = 5, seed: int = 0) -> float:
+    """Faces per second of ``predict`` on random uint8 faces at a fixed batch size (after warm-up)."""
+    faces = np.random.default_rng(seed).integers(0, 256, (batch, 112, 112, 3), dtype=np.uint8)
+    for _ in range(3):
+        predict(faces)
+    iters, t0 = 0, time.perf_counter()
+    while iters < min_iters or time.perf_counter() - t0 < seconds:
+        predict(faces)
+        iters += 1
+    return batch * iters / (time.perf_counter() - t0)
+
+
+def onnx_name_precision(path: Path) -> tuple[str, str]:
+    """The model name and precision from the ONNX file's own metadata."""
+    backend = load_backend("onnxruntime", path, threads=1)
+    return backend.metadata.name, backend.metadata.precision
+
+
+def width_of(name: str) -> float | None:
+    """``footfall-mnv2-w050`` -> 0.5."""
+    match = re.search(r"-w(\d{3})$", name)
+    return int(match.group(1)) / 100 if match else None
+
+
+def export_random(width: float, out_dir: Path, seed: int = 0, stem: str | None = None) -> dict[str, Path]:
+    """FP32 and INT8 ONNX files of an untrained FaceNet of ``width`` (for speed only)."""
+    import torch
+
+    from footfall.model.export import export_onnx, quantize_int8
+    from footfall.model.network import FaceNet
+
+    torch.manual_seed(seed)
+    net = FaceNet(width=width).eval()
+    stem = stem or net.config.name
+    fp32 = export_onnx(net, out_dir / f"{stem}.onnx", version="random-init")
+    # Calibration data only sets quantization ranges; random faces do for a speed measurement.
+    faces = np.random.default_rng(seed).integers(0, 256, (64, 112, 112, 3), dtype=np.uint8)
+    int8 = quantize_int8(fp32, out_dir / f"{stem}.int8.onnx", faces)
+    return {"fp32": fp32, "int8": int8}
+
+
+def speed_table(models: dict[str, dict[str, Path]], batches: list[int], threads: int, seconds: float,
+                rounds: int = 3) -> list[dict]:
+    """One row per (model, batch): FP32 and INT8 faces/s and their ratio.
+
+    FP32 and INT8 are timed alternately, ``rounds`` times each, and the best round counts:
+    other load on the machine only ever slows a round down, so the best is the least disturbed.
+    """
+    rows = []
+    for name, files in models.items():
+        backends = {prec: load_backend("onnxruntime", path, threads=threads) for prec, path in files.items()}
+        for batch in batches:
+            row = {"model": name, "batch": batch}
+            for _ in range(rounds):
+                for prec, backend in backends.items():
+                    row[prec] = max(row.get(prec, 0.0), measure_faces_per_s(backend.predict, batch, seconds / rounds))
+            if "fp32" in row and "int8" in row:
+                row["ratio"] = row["int8"] / row["fp32"]
+            rows.append(row)
+            print(f"  {name} batch {batch}: " + ", ".join(f"{k} {row[k]:.0f} faces/s" for k in ("fp32", "int8")
+                                                          if k in row), flush=True)
+    return rows
+
+
+def size_table(widths: list[float]) -> list[dict]:
+    from footfall.model.network import FaceNet, count_macs, count_parameters
+
+    out = []
+    for w in widths:
+        net = FaceNet(width=w)
+        out.append({"width": w, "name": net.config.name, "params": count_parameters(net), "macs": count_macs(net)})
+    return out
+
+
+def accuracy_by_name(json_files: list[Path]) -> dict[str, dict]:
+    """Head metrics per model name from evaluate JSON files (INT8 preferred, then FP32, then PyTorch)."""
+    rank = {"onnx-int8": 0, "onnx-fp32": 1, "pytorch": 2}
+    best: dict[str, dict] = {}
+    for path in json_files:
+        for r in json.loads(Path(path).read_text())["results"]:
+            if r.get("crops", "dataset") != "dataset":
+                continue
+            current = best.get(r["name"])
+            if current is None or rank.get(r["format"], 9) < rank.get(current["format"], 9):
+                best[r["name"]] = r
+    return best
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", type=Path, help="ONNX files (FP32 and/or INT8, any widths)")
+    parser.add_argument("--random", action="store_true", help="also time untrained exports of --widths")
+    parser.add_argument("--widths", default="0.5,1.0,1.4", help="widths for params/MACs (and --random)")
+    parser.add_argument("--accuracy", nargs="*", type=Path, default=[], help="footfall-evaluate --json files")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, batch and precision")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measurement (best counts)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    widths = [float(w) for w in args.widths.split(",")]
+
+    print(f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.threads} threads per model")
+    models: dict[str, dict[str, Path]] = {}
+    for path in args.models:
+        name, precision = onnx_name_precision(path)
+        models.setdefault(name, {})[precision] = path
+    tmp = tempfile.TemporaryDirectory(prefix="footfall-speed-")
+    if args.random or not models:
+        for w in widths:
+            if NetConfig(width=w).name in models:
+                continue  # a trained file of this width is timed already
+            files = export_random(w, Path(tmp.name))
+            models[f"{NetConfig(width=w).name} (random init)"] = files
+
+    print("\nmeasuring (faces/s):")
+    speed = speed_table(models, batches, args.threads, args.seconds, args.rounds)
+    print(f"\n### Speed: faces/s through the onnxruntime backend, {args.threads} threads\n")
+    print(md_table(["model", "batch", "FP32 faces/s", "INT8 faces/s", "INT8/FP32"],
+                   [[r["model"], str(r["batch"]), f"{r['fp32']:.0f}" if "fp32" in r else "-",
+                     f"{r['int8']:.0f}" if "int8" in r else "-", f"{r['ratio']:.2f}" if "ratio" in r else "-"]
+                    for r in speed]))
+
+    known = sorted(set(widths) | {w for n in models if (w := width_of(n.split(" ")[0])) is not None})
+    sizes = size_table(known)
+    file_mb = {n.split(" ")[0]: {p: f.stat().st_size / 1e6 for p, f in files.items()}
+               for n, files in models.items() if "random" not in n}
+    print("\n### Size per width (112x112 input)\n")
+    print(md_table(["width", "model", "parameters", "multiply-adds", "FP32 file MB", "INT8 file MB"],
+                   [[f"{s['width']:.2f}", s["name"], f"{s['params'] / 1e6:.2f} M", f"{s['macs'] / 1e6:.0f} M",
+                     f"{file_mb[s['name']]['fp32']:.1f}" if "fp32" in file_mb.get(s["name"], {}) else "-",
+                     f"{file_mb[s['name']]['int8']:.1f}" if "int8" in file_mb.get(s["name"], {}) else "-"]
+                    for s in sizes]))
+
+    acc = accuracy_by_name(args.accuracy)
+    speed32 = {}
+    for r in speed:
+        if r["batch"] == max(batches) and "int8" in r:
+            key = r["model"].split(" ")[0]
+            # Trained files take precedence over random-init exports of the same width.
+            if key not in speed32 or "random" not in r["model"]:
+                speed32[key] = r["int8"]
+    rows = []
+    for s in sizes:
+        a = acc.get(s["name"], {}).get("metrics", {})
+        rows.append([s["name"], f"{s['params'] / 1e6:.2f} M", f"{s['macs'] / 1e6:.0f} M",
+                     f"{a['age_mae']:.2f}" if "age_mae" in a else "-",
+                     *(f"{100 * a[k]:.1f}" if k in a else "-" for k in ("gender_acc", "race_acc", "emotion_acc")),
+                     f"{speed32[s['name']]:.0f}" if s["name"] in speed32 else "-"])
+    print(f"\n### Pareto: accuracy (test split, dataset crops) vs INT8 speed (batch {max(batches)}, "
+          f"{args.threads} threads)\n")
+    print(md_table(["model", "parameters", "multiply-adds", "age MAE", "gender %", "race %", "emotion %",
+                    "INT8 faces/s"], rows))
+    missing = [s["name"] for s in sizes if s["name"] not in acc]
+    if missing:
+        print(f"\n(no accuracy given for {', '.join(missing)}: pass footfall-evaluate --json files with --accuracy)")
+    if args.json:
+        args.json.write_text(json.dumps({"loadavg": os.getloadavg()[0], "threads": args.threads, "speed": speed,
+                                         "sizes": sizes, "accuracy": {k: v["metrics"] for k, v in acc.items()}},
+                                        indent=1, default=str))
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The committed ONNX models, run through the product's own inference backend, on real test faces.
+
+Thresholds come from ``model/accuracy_floor.json`` (a little below what the committed model
+measured on the same fixed-seed subset: ``footfall-evaluate model/<file> --limit N --no-robustness``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from footfall.inference.backends import load_backend
+from footfall.model.metrics import head_metrics
+from footfall.predictions import Predictions
+
+from model_files import MODEL_DIR, committed_onnx, fp32_int8_pairs
+
+MODELS = committed_onnx()
+PAIRS = fp32_int8_pairs()
+
+
+def run_backend(path, images: np.ndarray, batch: int = 32) -> Predictions:
+    backend = load_backend("onnxruntime", path, threads=2)
+    assert backend.metadata.input_size == images.shape[1]
+    return Predictions.concat([backend.predict(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def test_a_committed_model_exists():
+    assert MODELS, f"no ONNX model in {MODEL_DIR}: the product needs footfall_w050.onnx / .int8.onnx committed"
+    assert PAIRS, f"no FP32 + INT8 pair (x.onnx and x.int8.onnx) in {MODEL_DIR}"
+
+
+@pytest.mark.parametrize("model_path", MODELS, ids=[p.name for p in MODELS])
+def test_accuracy_above_floor(model_path, test_subset, accuracy_floor):
+    p = run_backend(model_path, test_subset.images)
+    m = head_metrics(p, test_subset.age, test_subset.gender, test_subset.race, test_subset.emotion)
+    measured = {k: round(m[k.rsplit("_", 1)[0]], 4) for k in ("age_mae_max", "gender_acc_min", "race_acc_min",
+                                                               "emotion_acc_min")}
+    assert len(test_subset) == 2 * accuracy_floor["faces_per_dataset"]
+    assert m["age_mae"] <= accuracy_floor["age_mae_max"], measured
+    assert m["gender_acc"] >= accuracy_floor["gender_acc_min"], measured
+    assert m["race_acc"] >= accuracy_floor["race_acc_min"], measured
+    assert m["emotion_acc"] >= accuracy_floor["emotion_acc_min"], measured
+
+
+@pytest.mark.parametrize("fp32_path,int8_path", PAIRS, ids=[p[1].name for p in PAIRS])
+def test_int8_agrees_with_fp32(fp32_path, int8_path, test_subset, accuracy_floor):
+    agree = accuracy_floor["int8_agreement"]
+    a = run_backend(fp32_path, test_subset.images)
+    b = run_backend(int8_path, test_subset.images)
+    gender = float(((a.gender >= 0.5) == (b.gender >= 0.5)).mean())
+    emotion = float((a.emotion.argmax(1) == b.emotion.argmax(1)).mean())
+    age_diff = float(np.abs(a.age - b.age).mean())
+    figures = {"gender_agreement": gender, "emotion_agreement": emotion, "age_mean_abs_diff": age_diff}
+    assert gender >= agree["gender_min"], figures
+    assert emotion >= agree["emotion_min"], figures
+    assert age_diff <= agree["age_mean_abs_diff_max"], figures

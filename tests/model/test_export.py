@@ -1,0 +1,64 @@
+"""ONNX export: dynamic batch, named outputs, metadata in the file, same numbers as PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from footfall.inference.backends import load_backend
+from footfall.inference.backends.base import METADATA_KEY, ModelMetadata, normalize_nchw
+from footfall.labels import EMOTIONS, RACES
+from footfall.model.network import ExportWrapper
+from footfall.model.preprocess import INPUT_SIZE, MEAN, STD
+
+
+def session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_outputs_are_named_after_the_heads_with_a_dynamic_batch(random_model):
+    _, _, onnx_path = random_model
+    sess = session(onnx_path)
+    assert [o.name for o in sess.get_outputs()] == list(ExportWrapper.OUTPUT_NAMES) == ["age", "gender", "race",
+                                                                                         "emotion"]
+    assert sess.get_inputs()[0].shape[1:] == [3, INPUT_SIZE, INPUT_SIZE]
+    assert isinstance(sess.get_inputs()[0].shape[0], str)  # symbolic batch axis
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
+        age, gender, race, emotion = sess.run(None, {"input": x})
+        assert age.shape == (batch,) and gender.shape == (batch,)
+        assert race.shape == (batch, len(RACES)) and emotion.shape == (batch, len(EMOTIONS))
+        np.testing.assert_allclose(emotion.sum(1), 1.0, atol=1e-5)
+        assert np.all((age >= 0) & (age <= 100)) and np.all((gender >= 0) & (gender <= 1))
+
+
+def test_metadata_round_trips_into_model_metadata(random_model):
+    net, _, onnx_path = random_model
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    meta = ModelMetadata.from_json(props[METADATA_KEY])
+    assert meta == ModelMetadata.from_json(meta.to_json())
+    assert meta.name == net.config.name == "footfall-mnv2-w025" and meta.version == "test"
+    assert meta.input_size == INPUT_SIZE and meta.channel_order == "RGB"
+    assert meta.mean == MEAN and meta.std == STD
+    assert meta.races == RACES and meta.emotions == EMOTIONS
+    assert meta.outputs == ExportWrapper.OUTPUT_NAMES and meta.precision == "fp32"
+    # What the serving backend reads is the same metadata.
+    assert load_backend("onnxruntime", onnx_path, threads=1).metadata == meta
+
+
+def test_onnx_matches_pytorch(random_model):
+    net, _, onnx_path = random_model
+    faces = np.random.default_rng(0).integers(0, 256, (5, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    meta = load_backend("onnxruntime", onnx_path, threads=1).metadata
+    x = normalize_nchw(faces, meta)
+    onnx_out = session(onnx_path).run(None, {"input": x})
+    with torch.no_grad():
+        torch_out = ExportWrapper(net.eval())(torch.from_numpy(x))
+    for name, a, b in zip(ExportWrapper.OUTPUT_NAMES, onnx_out, torch_out):
+        # Probabilities to 1e-4; age is in years (an expectation over 101 bins), so the same
+        # float32 rounding shows up about 100 times larger there: 1e-4 of its 0-100 range.
+        np.testing.assert_allclose(a, b.numpy(), atol=1e-2 if name == "age" else 1e-4, err_msg=name)
+    # The outputs vary with the face, so the comparison above means something.
+    assert np.ptp(onnx_out[0]) > 1.0 and np.ptp(onnx_out[1]) > 0.1
