@@ -90,7 +90,8 @@ class InferenceSettings(CommonSettings):
     max_message_mb: int = Field(16, description="Largest gRPC message.")
     max_connection_age_s: int = Field(300, description="Clients are asked to reconnect after this long, so "
                                       "they re-resolve DNS and spread over newly added workers.")
-    npu_cores: str = Field("0,1,2", description="RK3588 NPU cores used by the rknn backend, one context each.")
+    npu_cores: str = Field("0,1,2", description="RK3588 NPU cores used by the rknn backend.")
+    npu_contexts_per_core: int = Field(1, description="RKNNLite contexts per NPU core (each fed from its own thread).")
 
 
 class AggregatorSettings(CommonSettings):

@@ -5,8 +5,8 @@ Streams), started on a free loopback port with persistence off: nothing it holds
 crops included) is ever written to disk.
 
 Example:
-    >>> with EmbeddedRedis() as server:                      # doctest: +SKIP
-    ...     redis.Redis.from_url(server.url).ping()          # doctest: +SKIP
+    >>> with EmbeddedRedis() as server:
+    ...     redis.Redis.from_url(server.url).ping()
     True
 """
 

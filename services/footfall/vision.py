@@ -6,10 +6,10 @@ opencv_zoo release with a pinned sha256 into the models directory when missing
 (``FOOTFALL_MODELS_DIR``; on the development machines it points at ``../shared/models``).
 
 Example (needs the YuNet file):
-    >>> import numpy as np                                         # doctest: +SKIP
-    >>> det = FaceDetector(ensure_yunet(IngestSettings().models_dir))  # doctest: +SKIP
-    >>> faces = det.detect(frame_bgr)                              # doctest: +SKIP
-    >>> crops = [align_face(frame_bgr, lm) for lm in faces.landmarks]  # doctest: +SKIP
+    import numpy as np
+    det = FaceDetector(ensure_yunet(IngestSettings().models_dir))
+    faces = det.detect(frame_bgr)
+    crops = [align_face(frame_bgr, lm) for lm in faces.landmarks]
 """
 
 from __future__ import annotations

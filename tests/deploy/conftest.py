@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from deploy_tools import (
+from .deploy_tools import (
     K8S,
     MIN_KUSTOMIZE,
     OVERLAYS,

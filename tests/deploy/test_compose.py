@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import yaml
-from deploy_tools import COMPOSE_FILE, DOCKERFILE, ROOT, compose_environment, compose_model, missing_requirement, tool
+from .deploy_tools import COMPOSE_FILE, DOCKERFILE, ROOT, compose_environment, compose_model, missing_requirement, tool
 
 FOOTFALL_SERVICES = ("inference", "ingest", "aggregator", "dashboard")
 HEALTH_URLS = {

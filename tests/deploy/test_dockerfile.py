@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from deploy_tools import (
+from .deploy_tools import (
     DOCKERFILE,
     ROOT,
     dockerfile_comments,

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from deploy_tools import (
+from .deploy_tools import (
     KUBERNETES_VERSION,
     OVERLAYS,
     ROOT,

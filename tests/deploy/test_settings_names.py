@@ -6,7 +6,7 @@ into its settings class (a wrong type fails as it would at the service's start).
 from __future__ import annotations
 
 import pytest
-from deploy_tools import (
+from .deploy_tools import (
     DOCKERFILE,
     OVERLAYS,
     compose_environment,

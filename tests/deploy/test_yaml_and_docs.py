@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from deploy_tools import COMPOSE_FILE, K8S, ROOT
+from .deploy_tools import COMPOSE_FILE, K8S, ROOT
 
 YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 120}, document-start: disable}}"
 DOC = ROOT / "docs" / "deploy.md"

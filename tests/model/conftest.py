@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from model_files import FLOOR_FILE
+from .model_files import FLOOR_FILE
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from footfall.inference.backends import load_backend
 from footfall.model.metrics import head_metrics
 from footfall.predictions import Predictions
 
-from model_files import MODEL_DIR, committed_onnx, fp32_int8_pairs
+from .model_files import MODEL_DIR, committed_onnx, fp32_int8_pairs
 
 MODELS = committed_onnx()
 PAIRS = fp32_int8_pairs()

@@ -7,9 +7,10 @@ rotated here. A call that fails with UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_
 INTERNAL is retried on the next target with backoff; INVALID_ARGUMENT is not retried and
 raises ``BadCrop`` naming the offending crop.
 
-Example (needs a running worker):
-    >>> with InferenceClient("127.0.0.1:50051") as client:          # doctest: +SKIP
-    ...     preds = client.predict([jpeg_bytes])                     # doctest: +SKIP
+Example (with a worker running)::
+
+    with InferenceClient("10.0.0.7:50051,10.0.0.8:50051") as client:
+        predictions = client.predict([jpeg_bytes])
 """
 
 from __future__ import annotations

@@ -5,11 +5,10 @@ Images are read straight from the tar archives in the data directory (see
 and cached as ``.npy`` files under the cache directory, so later runs start in seconds.
 Missing labels are marked (-1 or NaN) and masked out of the loss for that head.
 
-Example (needs the datasets):
-    >>> from footfall.model.data import load_split          # doctest: +SKIP
-    >>> val = load_split("val")                              # doctest: +SKIP
-    >>> val.images.shape[1:], val.images.dtype               # doctest: +SKIP
-    ((112, 112, 3), dtype('uint8'))
+Example (needs the datasets)::
+
+    val = load_split("val")
+    val.images.shape[1:], val.images.dtype    # ((112, 112, 3), dtype('uint8'))
 """
 
 from __future__ import annotations

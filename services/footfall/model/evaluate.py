@@ -41,7 +41,7 @@ import numpy as np
 
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES
 from footfall.model.data import DATASETS, DatasetMissing, FaceSet, load_split
-from footfall.model.metrics import head_metrics
+from footfall.model.metrics import agreement, head_metrics
 from footfall.predictions import Predictions
 
 log = logging.getLogger("footfall.evaluate")
@@ -269,13 +269,6 @@ FLOOR_MARGINS = {"acc": 0.03, "age_mae": 0.5, "gender_agreement": 0.015, "emotio
                  "age_mean_abs_diff": 0.5}
 
 
-def int8_agreement(fp32: Predictions, int8: Predictions) -> dict[str, float]:
-    """How often INT8 takes the FP32 decision: gender, emotion argmax, and the mean age difference."""
-    return {"gender": float(((fp32.gender >= 0.5) == (int8.gender >= 0.5)).mean()),
-            "emotion": float((fp32.emotion.argmax(1) == int8.emotion.argmax(1)).mean()),
-            "age_mean_abs_diff": float(np.abs(fp32.age - int8.age).mean())}
-
-
 def accuracy_floor(models: list[Path], faces: FaceSet, limit: int, seed: int, threads: int = 2) -> dict:
     """Thresholds for tests/model (model/accuracy_floor.json): the worst measured figure of the
     models on this subset, minus ``FLOOR_MARGINS``; INT8/FP32 agreement from the pairs among them."""
@@ -300,11 +293,11 @@ def accuracy_floor(models: list[Path], faces: FaceSet, limit: int, seed: int, th
     pairs = [(f, i) for i in preds for f in preds if i.name.endswith(".int8.onnx")
              and f.name == i.name.replace(".int8.onnx", ".onnx")]
     if pairs:
-        agree = [int8_agreement(preds[f], preds[i]) for f, i in pairs]
+        agree = [agreement(preds[i], preds[f]) for f, i in pairs]
         floor["int8_agreement"] = {
-            "gender_min": round(min(a["gender"] for a in agree) - FLOOR_MARGINS["gender_agreement"], 3),
-            "emotion_min": round(min(a["emotion"] for a in agree) - FLOOR_MARGINS["emotion_agreement"], 3),
-            "age_mean_abs_diff_max": round(max(a["age_mean_abs_diff"] for a in agree)
+            "gender_min": round(min(a["gender_agree"] for a in agree) - FLOOR_MARGINS["gender_agreement"], 3),
+            "emotion_min": round(min(a["emotion_agree"] for a in agree) - FLOOR_MARGINS["emotion_agreement"], 3),
+            "age_mean_abs_diff_max": round(max(a["age_abs_diff"] for a in agree)
                                            + FLOOR_MARGINS["age_mean_abs_diff"], 2),
             "measured": {i.name: {k: round(v, 4) for k, v in a.items()} for (_, i), a in zip(pairs, agree)},
         }

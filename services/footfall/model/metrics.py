@@ -74,3 +74,20 @@ def selection_score(m: dict) -> float:
     """One number to pick the best checkpoint: accuracies up, age error down (10 years = 1 point)."""
     return (m.get("gender_acc", 0) + m.get("race_acc", 0) + m.get("emotion_acc", 0)
             - m.get("age_mae", 0) / 10.0)
+
+
+def agreement(p: Predictions, reference: Predictions) -> dict[str, float]:
+    """How closely ``p`` follows ``reference`` on the same faces (decisions and age in years).
+
+    >>> agreement(Predictions(np.array([30., 40.]), np.array([.9, .2]), np.eye(5)[[0, 1]], np.eye(7)[[3, 6]]),
+    ...           Predictions(np.array([31., 40.]), np.array([.8, .6]), np.eye(5)[[0, 1]], np.eye(7)[[3, 5]]))
+    {'age_abs_diff': 0.5, 'age_abs_diff_max': 1.0, 'gender_agree': 0.5, 'race_agree': 1.0, 'emotion_agree': 0.5}
+    """
+    age_diff = np.abs(p.age - reference.age)
+    return {
+        "age_abs_diff": float(age_diff.mean()),
+        "age_abs_diff_max": float(age_diff.max()),
+        "gender_agree": float(((p.gender >= 0.5) == (reference.gender >= 0.5)).mean()),
+        "race_agree": float((p.race.argmax(1) == reference.race.argmax(1)).mean()),
+        "emotion_agree": float((p.emotion.argmax(1) == reference.emotion.argmax(1)).mean()),
+    }

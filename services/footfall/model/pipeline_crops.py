@@ -22,9 +22,9 @@ Labels and sample order are those of ``load_split(split)``, so both crop kinds p
     python -m footfall.model.pipeline_crops --split test
 
 Example (needs the datasets and the YuNet file):
-    >>> crops = load_pipeline_split("test")                    # doctest: +SKIP
-    >>> crops.faces.images.shape[1:], crops.detection_rate()   # doctest: +SKIP
-    ((112, 112, 3), {'utkface': 0.9996, 'ferplus': 0.9439})
+    crops = load_pipeline_split("test")
+    crops.faces.images.shape[1:], crops.detection_rate()
+    # -> ((112, 112, 3), {"utkface": 0.9996, "ferplus": 0.9439})
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """ONNX Runtime on the CPU: FP32 or INT8 (QDQ) ONNX models.
 
 Example:
-    >>> from footfall.inference.backends import load_backend        # doctest: +SKIP
-    >>> be = load_backend("onnxruntime", "model/footfall_w050.int8.onnx", threads=2)  # doctest: +SKIP
+    >>> import numpy as np
+    >>> from footfall.config import InferenceSettings
+    >>> from footfall.inference.backends import load_backend
+    >>> backend = load_backend("onnxruntime", InferenceSettings().face_model, threads=2)
+    >>> backend.predict(np.zeros((2, 112, 112, 3), np.uint8)).emotion.shape
+    (2, 7)
 """
 
 from __future__ import annotations
