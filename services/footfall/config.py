@@ -18,7 +18,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The source checkout (services/footfall/config.py -> repo root); used for defaults only.
@@ -39,7 +39,9 @@ class _Base(BaseSettings):
 class CommonSettings(_Base):
     """Settings shared by all services."""
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the face-crop stream.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the face-crop stream "
+                           "(the conventional `REDIS_URL` is read too).",
+                           validation_alias=AliasChoices("FOOTFALL_REDIS_URL", "REDIS_URL"))
     stream_prefix: str = Field("footfall", description="Prefix of every Redis key Footfall uses.")
     database_url: str = Field(f"sqlite:///{PROJECT_ROOT / '.footfall' / 'footfall.db'}",
                               description="SQLAlchemy URL of the aggregate database (SQLite or PostgreSQL).")

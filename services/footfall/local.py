@@ -1,6 +1,6 @@
 """The whole pipeline on one machine, no Docker, no camera: ``footfall-local``.
 
-Starts, as local processes on loopback: Redis (``FOOTFALL_REDIS_URL`` if set, else an
+Starts, as local processes on loopback: Redis (``FOOTFALL_REDIS_URL`` or ``REDIS_URL`` if set, else an
 embedded real redis-server with persistence off), the inference worker, the aggregator (on
 SQLite by default), one ingest worker for the video sources, and the dashboard. With no
 ``--source`` it plays the demo: the sample clip from the data directory and a synthetic
@@ -81,7 +81,7 @@ class Pipeline:
                                             stderr=None if self.args.verbose else subprocess.PIPE)
 
     def start(self) -> None:
-        redis_url = os.environ.get("FOOTFALL_REDIS_URL")
+        redis_url = os.environ.get("FOOTFALL_REDIS_URL") or os.environ.get("REDIS_URL")
         if not redis_url:
             self.redis_server = EmbeddedRedis().start()
             redis_url = self.redis_server.url
