@@ -66,6 +66,11 @@ class TrainConfig:
     threads: int = 2
     limit: int = 0  # train on this many samples only (smoke tests)
     heads: str = "age,gender,race,emotion"  # single-task models train a subset
+    # Which crops to learn from: the datasets' own (dataset), the ingest worker's YuNet + alignment
+    # crops of the same images (pipeline, footfall.model.pipeline_crops), or per sample either
+    # (mixed, pipeline with probability pipeline_share; validation then on pipeline crops).
+    crops: str = "dataset"
+    pipeline_share: float = 0.5
 
 
 def _age_targets(age: torch.Tensor, bins: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -119,9 +124,11 @@ class MultiTaskLoss(nn.Module):
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
-def to_batch(faces: FaceSet, index: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    """Labels and [0,1] float NCHW images of the samples at ``index``."""
-    img = torch.from_numpy(faces.images[index]).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+def to_batch(faces: FaceSet, index: np.ndarray, device: torch.device,
+             images: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """Labels and [0,1] float NCHW images of the samples at ``index`` (``images``: other crops of them)."""
+    pixels = faces.images[index] if images is None else images
+    img = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
     batch = {"image": img.contiguous(memory_format=torch.channels_last)}
     for key in ("age", "gender", "race", "emotion", "emotion_votes"):
         batch[key] = torch.from_numpy(getattr(faces, key)[index]).to(device)
@@ -188,7 +195,19 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     out_dir.mkdir(parents=True, exist_ok=True)
     train_set = train_set if train_set is not None else load_split("train")
     val_set = val_set if val_set is not None else load_split("val")
+    pipeline_images = None
+    if cfg.crops in ("pipeline", "mixed"):
+        from footfall.model.pipeline_crops import load_pipeline_split
+
+        pipeline_images = load_pipeline_split("train").faces.images
+        val_set = load_pipeline_split("val").faces  # what the model receives in service
+        if cfg.crops == "pipeline":
+            train_set.images, pipeline_images = pipeline_images, None
+    elif cfg.crops != "dataset":
+        raise ValueError(f"crops must be dataset, pipeline or mixed, not {cfg.crops!r}")
     if cfg.limit:
+        if pipeline_images is not None:
+            raise ValueError("--limit works with --crops dataset or pipeline only")
         rng = np.random.default_rng(cfg.seed)
         train_set = train_set.subset(rng.permutation(len(train_set))[:cfg.limit])
         val_set = val_set.subset(rng.permutation(len(val_set))[:max(64, cfg.limit // 4)])
@@ -229,7 +248,12 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         t0, seen, running = time.time(), 0, {}
         for b in range(steps_per_epoch):
             idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-            batch = to_batch(train_set, idx, device)
+            images = None
+            if pipeline_images is not None:
+                images = train_set.images[idx]
+                use = np.random.default_rng(state["step"]).random(len(idx)) < cfg.pipeline_share
+                images[use] = pipeline_images[idx[use]]
+            batch = to_batch(train_set, idx, device, images)
             x = normalize_batch(augment(batch["image"], gen))
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(state["step"], total_steps, cfg.warmup_steps)
