@@ -78,10 +78,12 @@ def compose_clip(path: str | Path, faces_rgb: list[np.ndarray], fps: int = 25, s
             progress = (t - v.enter_s) / (v.leave_s - v.enter_s)
             if directions[v.index] < 0:
                 progress = 1 - progress
-            x = int(0.05 * w + progress * (0.9 * w - face_px))
+            x = int(-0.6 * face_px + progress * (w + 0.2 * face_px))  # walks in and out through the edges
             y = lane_y[v.index % concurrent] + int(6 * np.sin(t * 5 + v.index))  # a little bob
             y = min(max(y, 0), h - face_px)
-            frame[y:y + face_px, x:x + face_px] = tiles[v.index]
+            x0, x1 = max(x, 0), min(x + face_px, w)
+            if x1 > x0:
+                frame[y:y + face_px, x0:x1] = tiles[v.index][:, x0 - x:x1 - x]
         writer.write(frame)
     writer.release()
     return truth

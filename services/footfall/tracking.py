@@ -3,7 +3,9 @@
 A small SORT-style tracker without a Kalman filter: each track predicts its next box from
 its last velocity; detections are matched greedily by IoU with the prediction, then (for
 fast motion at low processing rates) by centre distance relative to the face size. A track
-not matched for ``max_age_s`` is closed and reported once in ``TrackUpdate.ended``.
+not matched for ``max_age_s`` is closed and reported once in ``TrackUpdate.ended``; one whose
+predicted box has left the frame (the visitor walked out of view) is closed at once, so its
+visitor is counted without waiting out ``max_age_s``.
 
 Example:
     >>> import numpy as np
@@ -14,6 +16,11 @@ Example:
     (True, 'cam:run:1')
     >>> t.update(np.zeros((0, 4), np.float32), now=5.0).ended[0].track_id
     'cam:run:1'
+    >>> t.update(np.array([[560, 10, 50, 50]], np.float32), now=6.0, frame_size=(640, 360)).ended
+    []
+    >>> u = t.update(np.array([[590, 10, 50, 50]], np.float32), now=6.2, frame_size=(640, 360))
+    >>> [e.track_id for e in t.update(np.zeros((0, 4), np.float32), now=6.4, frame_size=(640, 360)).ended]
+    ['cam:run:2']
 """
 
 from __future__ import annotations
@@ -47,6 +54,14 @@ class TrackUpdate:
     ended: list[Track]
 
 
+def _outside(box: np.ndarray, frame_size: tuple[int, int]) -> bool:
+    """Less than half of the box is inside the frame."""
+    w, h = frame_size
+    iw = max(0.0, min(box[0] + box[2], w) - max(box[0], 0.0))
+    ih = max(0.0, min(box[1] + box[3], h) - max(box[1], 0.0))
+    return iw * ih < 0.5 * box[2] * box[3]
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU between every box of ``a`` (N, 4) and ``b`` (M, 4), boxes as x, y, w, h."""
     if len(a) == 0 or len(b) == 0:
@@ -70,7 +85,9 @@ class Tracker:
         self.tracks: list[Track] = []
         self._counter = 0
 
-    def update(self, boxes: np.ndarray, now: float) -> TrackUpdate:
+    def update(self, boxes: np.ndarray, now: float, frame_size: tuple[int, int] | None = None) -> TrackUpdate:
+        """Match this frame's boxes (x, y, w, h) to the tracks; ``frame_size`` (w, h) enables
+        closing tracks that left the frame."""
         predicted = np.array([t.predicted_box(now) for t in self.tracks], np.float32).reshape(-1, 4)
         assigned: dict[int, int] = {}  # detection -> track index
         if len(self.tracks) and len(boxes):
@@ -79,9 +96,12 @@ class Tracker:
                                       - (predicted[None, :, :2] + predicted[None, :, 2:] / 2), axis=2)
             size = np.sqrt(boxes[:, None, 2] * boxes[:, None, 3] * predicted[None, :, 2] * predicted[None, :, 3]) ** 0.5
             shift = centre_d / np.maximum(size, 1.0)
+            # A track seen once has no velocity to predict with yet: a walker crossing the view can
+            # be a face width away at the next processed frame, so its gate is twice as wide.
+            gate = np.array([self.max_centre_shift * (2.0 if t.hits == 1 else 1.0) for t in self.tracks])[None, :]
             # IoU matches first (best first), then close centres for the rest.
             score = np.where(iou >= self.iou_threshold, 1.0 + iou,
-                             np.where(shift <= self.max_centre_shift, 1.0 - shift / self.max_centre_shift / 2, 0))
+                             np.where(shift <= gate, 1.0 - shift / gate / 2, 0))
             used_tracks: set[int] = set()
             for flat in np.argsort(-score, axis=None):
                 d, t = np.unravel_index(flat, score.shape)
@@ -98,7 +118,9 @@ class Tracker:
                 dt = max(now - track.last_seen, 1e-3)
                 centre_new = box[:2] + box[2:] / 2
                 centre_old = track.box[:2] + track.box[2:] / 2
-                track.velocity = 0.5 * track.velocity + 0.5 * (centre_new - centre_old) / dt
+                measured = (centre_new - centre_old) / dt
+                # The first measurement stands alone; later ones are smoothed.
+                track.velocity = measured if track.hits == 1 else 0.5 * track.velocity + 0.5 * measured
                 track.box, track.last_seen = box.astype(np.float32), now
                 track.hits += 1
             else:
@@ -106,8 +128,12 @@ class Tracker:
                 track = Track(f"{self.prefix}:{self._counter}", box.astype(np.float32), now, now)
                 self.tracks.append(track)
             ids.append(track.track_id)
-        ended = [t for t in self.tracks if now - t.last_seen > self.max_age_s]
-        self.tracks = [t for t in self.tracks if now - t.last_seen <= self.max_age_s]
+        matched = set(assigned.values())
+        gone = {i for i, t in enumerate(self.tracks) if i < len(predicted) and i not in matched
+                and frame_size is not None and _outside(t.predicted_box(now), frame_size)
+                and not _outside(t.box, frame_size)}  # moved out, not parked half-out at the edge
+        ended = [t for i, t in enumerate(self.tracks) if i in gone or now - t.last_seen > self.max_age_s]
+        self.tracks = [t for i, t in enumerate(self.tracks) if i not in gone and now - t.last_seen <= self.max_age_s]
         return TrackUpdate(ids, ended)
 
     def get(self, track_id: str) -> Track | None:

@@ -222,7 +222,7 @@ class CameraWorker:
             # An edited clip's cut or a moved camera: nobody in view can be the same track.
             messages += self._track_ends(self.tracker.close_all())
         dets = self.detector.detect(frame)
-        update = self.tracker.update(dets.boxes, frame_ts)
+        update = self.tracker.update(dets.boxes, frame_ts, frame_size=(frame.shape[1], frame.shape[0]))
         for i, track_id in enumerate(update.track_ids):
             track = self.tracker.get(track_id)
             if track is None or track.published >= self.s.max_crops_per_track:
