@@ -86,9 +86,9 @@ class InferenceSettings(CommonSettings):
     face_model: Path = Field(PROJECT_ROOT / "model" / "footfall_w050.int8.onnx",
                              description="Model file (.onnx for onnxruntime, .rknn for rknn).")
     threads: int = Field(2, description="CPU threads of the ONNX Runtime backend.")
-    max_batch: int = Field(32, description="Largest batch the micro-batcher forms.")
+    max_batch: int = Field(32, ge=1, description="Largest batch the micro-batcher forms.")
     max_wait_ms: float = Field(4.0, description="How long the micro-batcher waits to fill a batch.")
-    max_request_faces: int = Field(256, description="Most crops accepted in one request.")
+    max_request_faces: int = Field(256, ge=1, description="Most crops accepted in one request.")
     max_message_mb: int = Field(16, description="Largest gRPC message.")
     max_connection_age_s: int = Field(300, description="Clients are asked to reconnect after this long, so "
                                       "they re-resolve DNS and spread over newly added workers.")
@@ -111,13 +111,13 @@ class AggregatorSettings(CommonSettings):
     visit_timeout_s: float = Field(4.0, description="A visitor is final when its track was not seen this long "
                                                     "(stream time).")
     bucket_s: int = Field(60, description="Width of the stored time buckets, seconds.")
-    min_track_faces: int = Field(2, description="Tracks with fewer crops are counted as noise, not visitors.")
+    min_track_faces: int = Field(2, ge=1, description="Tracks with fewer crops are counted as noise, not visitors.")
 
 
 class DashboardSettings(CommonSettings):
     """The analysts' dashboard."""
 
-    k_anonymity: int = Field(5, description="Cells built from fewer visitors are suppressed.")
+    k_anonymity: int = Field(5, ge=2, description="Cells built from fewer visitors are suppressed.")
     auth_username: str = Field("", description="Login name; the dashboard asks for a login when set.")
     auth_password_hash: str = Field("", description="scrypt hash of the password (`footfall-dashboard-hash`).")
     refresh_s: int = Field(30, description="Live-mode refresh interval.")

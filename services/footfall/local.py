@@ -4,8 +4,8 @@ Starts, as local processes on loopback: Redis (``FOOTFALL_REDIS_URL`` or ``REDIS
 embedded real redis-server with persistence off), the inference worker, the aggregator (on
 SQLite by default), one ingest worker for the video sources, and the dashboard. With no
 ``--source`` it plays the demo: the sample clip from the data directory and a synthetic
-entrance clip of labelled dataset faces. Progress is printed while it runs; Ctrl-C stops
-everything gracefully.
+entrance clip of labelled dataset faces. Progress is printed while it runs, the services' logs go to ``.footfall/logs/``;
+Ctrl-C stops everything gracefully.
 
     footfall-local                                  # demo sources, dashboard on :8501
     footfall-local --source door=/videos/door.mp4 --source till=rtsp://cam/stream
@@ -26,18 +26,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import redis
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from footfall.config import PROJECT_ROOT, AggregatorSettings, ModelSettings
 from footfall.db.migrate import upgrade
-from footfall.db.models import VisitorCount
-from footfall.db.store import make_engine
+from footfall.db.store import make_engine, total_visitors
 from footfall.demo import compose_clip
 from footfall.embedded_redis import EmbeddedRedis, free_port
 from footfall.schema import StreamKeys
 
 STATE_DIR = PROJECT_ROOT / ".footfall"
+LOG_DIR = STATE_DIR / "logs"
 
 
 def sample_faces(data_dir: Path, count: int, seed: int = 0) -> list[np.ndarray]:
@@ -76,11 +73,13 @@ class Pipeline:
 
     def _spawn(self, name: str, module: str, extra_env: dict[str, str], args: list[str] | None = None) -> None:
         env = {**self.env, **extra_env}
+        # Each service logs to its own file (a pipe nobody reads would block it once full).
+        log = None if self.args.verbose else open(LOG_DIR / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen([sys.executable, "-m", module, *(args or [])], env=env,
-                                            stdout=None if self.args.verbose else subprocess.DEVNULL,
-                                            stderr=None if self.args.verbose else subprocess.PIPE)
+                                            stdout=subprocess.DEVNULL if log else None, stderr=log)
 
     def start(self) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
         redis_url = os.environ.get("FOOTFALL_REDIS_URL") or os.environ.get("REDIS_URL")
         if not redis_url:
             self.redis_server = EmbeddedRedis().start()
@@ -92,6 +91,8 @@ class Pipeline:
             f"sqlite:///{STATE_DIR / 'footfall.db'}"
         upgrade(db_url)
         self.db_url, self.redis_url = db_url, redis_url
+        self.redis = redis.Redis.from_url(redis_url)
+        self.engine = make_engine(db_url)
         grpc_port = free_port()
         common = {"FOOTFALL_REDIS_URL": redis_url, "FOOTFALL_DATABASE_URL": db_url,
                   "FOOTFALL_LOG_FORMAT": "text", "FOOTFALL_STREAM_PREFIX": self.args.prefix}
@@ -121,32 +122,26 @@ class Pipeline:
             print(f"dashboard  http://127.0.0.1:{port}")
 
     def progress(self, started: float) -> str:
-        r = redis.Redis.from_url(self.redis_url)
+        r = self.redis
         keys = StreamKeys(self.args.prefix)
         cams = []
         for cam in sorted(c.decode() for c in r.smembers(keys.cameras)):
             h = {k.decode(): v.decode() for k, v in r.hgetall(keys.camera(cam)).items()}
             cams.append(f"{cam}={h.get('state', '?')} {float(h.get('frames_per_s', 0)):.1f}fps")
-        with Session(make_engine(self.db_url)) as s:
-            visitors = s.execute(select(func.coalesce(func.sum(VisitorCount.visitors), 0))).scalar_one()
+        visitors = total_visitors(self.engine)
         return (f"[{time.monotonic() - started:5.0f}s] {' '.join(cams) or 'cameras starting'} | "
                 f"stream {r.xlen(keys.faces)} entries | visitors counted {visitors}")
 
     def drained(self) -> bool:
-        r = redis.Redis.from_url(self.redis_url)
-        keys = StreamKeys(self.args.prefix)
-        return r.xlen(keys.faces) == 0
+        return self.redis.xlen(StreamKeys(self.args.prefix).faces) == 0
 
     def failed(self) -> str | None:
         for name, p in self.procs.items():
             code = p.poll()
-            if code not in (None, 0) and name != "ingest":
-                err = p.stderr.read().decode(errors="replace")[-2000:] if p.stderr else ""
-                return f"{name} exited with code {code}\n{err}"
-        ingest = self.procs.get("ingest")
-        if ingest and ingest.poll() not in (None, 0):
-            err = ingest.stderr.read().decode(errors="replace")[-2000:] if ingest.stderr else ""
-            return f"ingest exited with code {ingest.returncode}\n{err}"
+            if code not in (None, 0):
+                log = LOG_DIR / f"{name}.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                return f"{name} exited with code {code} (log: {log})\n{tail}"
         return None
 
     def stop(self) -> None:

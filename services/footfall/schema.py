@@ -29,6 +29,8 @@ SCHEMA_VERSION = "1"
 KIND_FACE = "face"
 KIND_TRACK_END = "track_end"
 MAX_CROP_BYTES = 512 * 1024  # a 112x112 JPEG is ~4 KB; anything this big is not a crop
+MAX_CAMERA_ID = 64  # the database columns' sizes (footfall.db.models)
+MAX_TRACK_ID = 96
 
 
 class MalformedMessage(ValueError):
@@ -57,6 +59,18 @@ class StreamKeys:
     def cameras(self) -> str:
         """Set of the camera ids that have reported."""
         return f"{self.prefix}:cameras"
+
+
+def _num(value: float) -> str:
+    """A float as Redis text (a numpy float's repr would read 'np.float64(...)')."""
+    return repr(float(value))
+
+
+def _ids(camera: str, track: str) -> None:
+    if not camera or not track:
+        raise MalformedMessage("empty camera or track id")
+    if len(camera) > MAX_CAMERA_ID or len(track) > MAX_TRACK_ID:
+        raise MalformedMessage(f"camera id over {MAX_CAMERA_ID} or track id over {MAX_TRACK_ID} characters")
 
 
 def _field(fields: dict, name: str) -> bytes:
@@ -92,7 +106,7 @@ class FaceMessage:
     jpeg: bytes  # aligned 112x112 face crop
 
     def encode(self) -> dict[str, bytes | str]:
-        return {"v": SCHEMA_VERSION, "kind": KIND_FACE, "camera": self.camera_id, "ts": repr(self.ts),
+        return {"v": SCHEMA_VERSION, "kind": KIND_FACE, "camera": self.camera_id, "ts": _num(self.ts),
                 "frame": str(self.frame), "track": self.track_id, "box": json.dumps(list(self.box)),
                 "score": f"{self.score:.4f}", "jpeg": self.jpeg}
 
@@ -111,8 +125,7 @@ class FaceMessage:
         jpeg = _field(fields, "jpeg")
         if not jpeg or len(jpeg) > MAX_CROP_BYTES:
             raise MalformedMessage(f"field 'jpeg' has {len(jpeg)} bytes (expected 1..{MAX_CROP_BYTES})")
-        if not camera or not track:
-            raise MalformedMessage("empty camera or track id")
+        _ids(camera, track)
         return FaceMessage(camera_id=camera, ts=ts, frame=_number(fields, "frame", int), track_id=track,
                            box=box, score=_number(fields, "score"), jpeg=jpeg)
 
@@ -125,15 +138,16 @@ class TrackEnd:
     faces: int  # crops published for this track
 
     def encode(self) -> dict[str, str]:
-        return {"v": SCHEMA_VERSION, "kind": KIND_TRACK_END, "camera": self.camera_id, "ts": repr(self.ts),
+        return {"v": SCHEMA_VERSION, "kind": KIND_TRACK_END, "camera": self.camera_id, "ts": _num(self.ts),
                 "track": self.track_id, "faces": str(self.faces)}
 
     @staticmethod
     def decode(fields: dict) -> TrackEnd:
         if _text(fields, "kind") != KIND_TRACK_END:
             raise MalformedMessage("not a track_end entry")
-        return TrackEnd(camera_id=_text(fields, "camera"), ts=_number(fields, "ts"), track_id=_text(fields, "track"),
-                        faces=_number(fields, "faces", int))
+        camera, track = _text(fields, "camera"), _text(fields, "track")
+        _ids(camera, track)
+        return TrackEnd(camera_id=camera, ts=_number(fields, "ts"), track_id=track, faces=_number(fields, "faces", int))
 
 
 def decode_entry(fields: dict) -> FaceMessage | TrackEnd:
@@ -158,9 +172,9 @@ class CameraState:
     updated_ts: float
 
     def encode(self) -> dict[str, str]:
-        return {"state": self.state, "last_frame_ts": repr(self.last_frame_ts),
+        return {"state": self.state, "last_frame_ts": _num(self.last_frame_ts),
                 "frames_per_s": f"{self.frames_per_s:.2f}", "faces_per_s": f"{self.faces_per_s:.2f}",
-                "updated_ts": repr(self.updated_ts)}
+                "updated_ts": _num(self.updated_ts)}
 
     @staticmethod
     def decode(camera_id: str, fields: dict) -> CameraState:

@@ -14,7 +14,6 @@ Example (needs the YuNet file):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from footfall.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,11 @@ class DetectorUnavailable(RuntimeError):
     """The YuNet model file is missing and could not be downloaded."""
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def ensure_yunet(models_dir: Path, url: str = YUNET_URL) -> Path:
     """Path of the YuNet file in ``models_dir``, downloading and verifying it when missing."""
     path = Path(models_dir) / YUNET_FILE
     if path.exists():
-        if _sha256(path) != YUNET_SHA256:
+        if file_sha256(path) != YUNET_SHA256:
             raise DetectorUnavailable(f"{path} has the wrong sha256 (expected {YUNET_SHA256}); delete it to re-download")
         return path
     log.info("downloading YuNet face detector to %s", path)
@@ -70,7 +67,7 @@ def ensure_yunet(models_dir: Path, url: str = YUNET_URL) -> Path:
         tmp.unlink(missing_ok=True)
         raise DetectorUnavailable(f"YuNet model not in {models_dir} and download from {url} failed: {exc}. "
                                   f"Set FOOTFALL_MODELS_DIR to a folder holding {YUNET_FILE}.") from exc
-    if _sha256(tmp) != YUNET_SHA256:
+    if file_sha256(tmp) != YUNET_SHA256:
         tmp.unlink()
         raise DetectorUnavailable(f"downloaded YuNet file has the wrong sha256 (expected {YUNET_SHA256})")
     tmp.replace(path)
@@ -131,9 +128,10 @@ class FaceDetector:
 def alignment_matrix(landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """2x3 similarity transform taking the five landmarks onto the template (scaled to ``size``)."""
     template = FACE_TEMPLATE_112 * (size / CROP_SIZE)
-    matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32), template, method=cv2.LMEDS)
-    if matrix is None:  # degenerate landmarks: fall back to least squares on all five
-        matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32), template, method=0)
+    points = np.asarray(landmarks, np.float32)
+    if points.shape != (5, 2) or not np.isfinite(points).all() or np.ptp(points, axis=0).max() < 1.0:
+        raise ValueError("cannot align face: degenerate landmarks")
+    matrix, _ = cv2.estimateAffinePartial2D(points, template, method=cv2.LMEDS)
     if matrix is None:
         raise ValueError("cannot align face: degenerate landmarks")
     return matrix

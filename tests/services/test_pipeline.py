@@ -342,3 +342,117 @@ def test_services_serve_health_and_metrics_and_stop_on_sigterm(redis_server_url,
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
+
+
+class _RecordingEvent(threading.Event):
+    def __init__(self):
+        super().__init__()
+        self.waits = []
+
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+        if len(self.waits) >= 5:
+            self.set()
+        return super().wait(0)
+
+
+def test_a_flapping_stream_backs_off_and_a_reader_crash_reconnects(redis_server_url, stream_prefix, models_dir,
+                                                                  monkeypatch):
+    """A source that opens but delivers nothing must not reset the backoff; an exception in the
+    reader reconnects the camera instead of ending its thread."""
+    from footfall.ingest import service as ingest
+
+    class OpensButNoFrames:
+        def isOpened(self):
+            return True
+
+        def grab(self):
+            return False
+
+        def get(self, _):
+            return 25.0
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(ingest.CameraSource, "open", lambda self: OpensButNoFrames())
+    settings = IngestSettings(redis_url=redis_server_url, stream_prefix=stream_prefix, models_dir=models_dir,
+                              cameras="cam=rtsp://127.0.0.1:1/x", reconnect_initial_s=0.5, reconnect_max_s=4)
+    stop = _RecordingEvent()
+    worker = IngestWorker(settings, stop)
+    worker.workers[0].run()
+    assert [w for w in stop.waits if w] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+    class BrokenReader(OpensButNoFrames):
+        def grab(self):
+            raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(ingest.CameraSource, "open", lambda self: BrokenReader())
+    stop = _RecordingEvent()
+    worker = IngestWorker(settings, stop)
+    worker.workers[0].run()  # returns when stopped, having reconnected instead of dying
+    assert len(stop.waits) >= 5 and worker.workers[0].state == "ended"
+
+
+def test_requests_over_the_workers_limit_are_split(redis_server_url, stream_prefix, models_dir, synthetic_clip,
+                                                   face_model, tmp_path):
+    from footfall.config import InferenceSettings
+    from footfall.inference.server import InferenceServer
+
+    path, truth = synthetic_clip
+    run_ingest(redis_server_url, stream_prefix, models_dir, f"entrance={path}")
+    small = InferenceServer(InferenceSettings(grpc_port=0, grpc_host="127.0.0.1", face_model=face_model,
+                                              max_request_faces=3))
+    try:
+        agg = aggregator(redis_server_url, stream_prefix, f"sqlite:///{tmp_path}/s.db", small.port)
+        drain(agg)
+        assert abs(agg.counted - len(truth)) <= 0.1 * len(truth)
+        assert redis.Redis.from_url(redis_server_url).xlen(StreamKeys(stream_prefix).dead_letter) == 0
+    finally:
+        small.stop(grace_s=0.5)
+
+
+def test_database_outage_is_retried_and_a_foreign_model_is_refused(redis_server_url, stream_prefix,
+                                                                    inference_server, shared_data, tmp_path,
+                                                                    monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from footfall.aggregator import service as agg_service
+    from footfall.local import sample_faces
+
+    r = redis.Redis.from_url(redis_server_url)
+    keys = StreamKeys(stream_prefix)
+    jpeg = cv2.imencode(".jpg", cv2.resize(sample_faces(shared_data, 1)[0], (112, 112)))[1].tobytes()
+    for i in range(2):
+        r.xadd(keys.faces, FaceMessage("c", 5.0 + i, i, "c:s:1", (0, 0, 60, 60), 0.9, jpeg).encode())
+    r.xadd(keys.faces, TrackEnd("c", 6.0, "c:s:1", 2).encode())
+    agg = aggregator(redis_server_url, stream_prefix, f"sqlite:///{tmp_path}/o.db", inference_server.port)
+    real_count = agg_service.count_visitors
+    failures = []
+
+    def flaky(engine, visitors):
+        if not failures:
+            failures.append(1)
+            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return real_count(engine, visitors)
+
+    monkeypatch.setattr(agg_service, "count_visitors", flaky)
+    stop = threading.Event()
+    thread = threading.Thread(target=agg.run, args=(stop,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while agg.counted < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(10)
+    assert failures and agg.counted == 1 and r.xlen(keys.faces) == 0
+
+    other = aggregator(redis_server_url, stream_prefix, f"sqlite:///{tmp_path}/o.db", inference_server.port)
+    info = other.client.model_info()
+    del info.emotions[:]
+    info.emotions.extend(["happy", "sad"])
+    monkeypatch.setattr(other.client, "model_info", lambda: info)
+    r.xadd(keys.faces, FaceMessage("c", 9.0, 0, "c:s:2", (0, 0, 60, 60), 0.9, jpeg).encode())
+    with pytest.raises(agg_service.ModelMismatch, match="emotions"):
+        for _ in range(3):  # the first round replays the (empty) pending list
+            other.step()

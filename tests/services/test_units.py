@@ -1,7 +1,5 @@
 """Unit tests of the pure pieces: message schema, tracker, folding, camera parsing."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -78,14 +76,32 @@ def test_parse_cameras_rejects_duplicate_ids():
         parse_cameras("a=/x.mp4,a=/y.mp4")
 
 
-def test_settings_table_lists_every_variable():
-    from footfall.config import ALL_SETTINGS, settings_table
+def test_readme_documents_every_setting_as_the_code_defines_it():
+    from footfall.config import PROJECT_ROOT, settings_table
 
-    table = settings_table()
-    for cls in ALL_SETTINGS:
-        for name in cls.model_fields:
-            assert f"`FOOTFALL_{name.upper()}`" in table
-    json.dumps(table)
+    assert settings_table() in (PROJECT_ROOT / "README.md").read_text(), \
+        "README's configuration table is stale: paste `python -m footfall.config`"
+
+
+def test_numpy_timestamps_encode_as_plain_numbers():
+    msg = _msg(ts=np.float64(12.5))
+    assert msg.encode()["ts"] == "12.5" and FaceMessage.decode(msg.encode()).ts == 12.5
+
+
+def test_overlong_ids_are_malformed_not_database_errors():
+    with pytest.raises(MalformedMessage, match="over 64"):
+        decode_entry(_msg(camera_id="c" * 65).encode())
+    with pytest.raises(ValueError, match="longer than 64"):
+        parse_cameras(f"{'c' * 65}=/x.mp4")
+
+
+def test_degenerate_landmarks_raise_a_clear_error():
+    from footfall.vision import align_face
+
+    img = np.zeros((100, 100, 3), np.uint8)
+    for landmarks in (np.full((5, 2), 50.0), np.full((5, 2), np.nan), np.zeros((3, 2))):
+        with pytest.raises(ValueError, match="degenerate"):
+            align_face(img, landmarks)
 
 
 def test_tracks_leaving_the_frame_close_at_once_but_edge_faces_get_the_grace_period():

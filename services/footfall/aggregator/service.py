@@ -14,7 +14,9 @@ Delivery guarantees (what happens when things break):
 - A malformed entry, or a crop the inference worker rejects, goes to the dead-letter stream
   with the reason (image bytes left out) and processing continues.
 - Inference unavailable: nothing is acknowledged; the entries are retried with backoff.
+- Database unavailable: nothing is acknowledged; the commit is retried with backoff.
 - Redis restarted: the client reconnects, the consumer group is created again.
+- A model whose label names differ from the database schema's is refused at the first call.
 
 A visitor is final when its ``track_end`` entry arrives, or when its track has been idle for
 ``visit_timeout_s`` (both in stream time and here), or for 3x that long here alone (its
@@ -29,17 +31,23 @@ import time
 
 import redis
 from redis.exceptions import ResponseError
+from sqlalchemy.exc import DBAPIError
 
 from footfall.aggregator.folding import OpenVisitor, VisitorRecord
 from footfall.config import AggregatorSettings
 from footfall.db.migrate import upgrade
 from footfall.db.store import count_visitors, make_engine, upsert_camera_health
 from footfall.inference.client import BadCrop, InferenceClient, InferenceUnavailable
+from footfall.labels import EMOTIONS, RACES
 from footfall.observability import (DB_WRITES, DEAD_LETTERS, FRAME_TO_DB, PENDING, STREAM_LAG, VISITORS, ctx,
                                     serve_http, setup_logging, shutdown_event)
 from footfall.schema import CameraState, FaceMessage, MalformedMessage, StreamKeys, TrackEnd, decode_entry
 
 log = logging.getLogger("footfall.aggregator")
+
+
+class ModelMismatch(RuntimeError):
+    """The inference workers' model labels differ from what the database schema stores."""
 DEAD_LETTER_MAXLEN = 1000
 INFERENCE_CHUNK = 64
 
@@ -64,6 +72,7 @@ class Aggregator:
         self._own_pending_cursor: str | None = "0"  # re-read our own pending entries first
         self._next_claim = self._next_heartbeat = self._next_health = 0.0
         self._retry_after = 0.0
+        self._model_checked = False
         self.counted = 0
         self._ensure_group()
 
@@ -85,7 +94,8 @@ class Aggregator:
                 self._own_pending_cursor = None
                 return []
             self._own_pending_cursor = _s(entries[-1][0])
-            return [(_s(i), f) for i, f in entries if f]  # f is None for entries deleted meanwhile
+            self._ack_trimmed(entries)
+            return [(_s(i), f) for i, f in entries if f]
         resp = self.redis.xreadgroup(self.s.consumer_group, self.s.consumer_name, {self.keys.faces: ">"},
                                      count=self.s.read_count, block=self.s.block_ms)
         return [(_s(i), f) for i, f in resp[0][1]] if resp else []
@@ -98,6 +108,7 @@ class Aggregator:
             resp = self.redis.xautoclaim(self.keys.faces, self.s.consumer_group, self.s.consumer_name,
                                          min_idle_time=self.s.claim_idle_ms, start_id=start, count=100)
             start, entries = _s(resp[0]), resp[1]
+            self._ack_trimmed(entries)
             claimed += [(_s(i), f) for i, f in entries if f]
             if start == "0-0" or not entries:
                 break
@@ -106,6 +117,12 @@ class Aggregator:
         if claimed:
             log.info("claimed abandoned entries", **ctx(count=len(claimed)))
         return claimed
+
+    def _ack_trimmed(self, entries) -> None:
+        """Entries trimmed by MAXLEN while pending come back without fields: nothing to count."""
+        gone = [_s(i) for i, f in entries if not f]
+        if gone:
+            self.redis.xack(self.keys.faces, self.s.consumer_group, *gone)
 
     def _refresh_own_entries(self) -> None:
         """Reset the idle time of entries held by open visitors (so nobody claims them away)."""
@@ -134,9 +151,21 @@ class Aggregator:
         pipe.execute()
 
     # -- processing --------------------------------------------------------------------------------
+    def _check_model(self) -> None:
+        """Refuse a model whose label names differ from the ones the database stores."""
+        info = self.client.model_info()
+        if tuple(info.races) != RACES or tuple(info.emotions) != EMOTIONS:
+            raise ModelMismatch(f"model {info.model_name} {info.model_version} has races {list(info.races)} and "
+                                f"emotions {list(info.emotions)}; the database stores {list(RACES)} and {list(EMOTIONS)}")
+        self._model_checked = True
+
     def handle(self, entries: list[tuple[str, dict]]) -> None:
         faces: list[tuple[str, FaceMessage]] = []
         ends: list[tuple[str, TrackEnd]] = []
+        held = {e for v in self.open.values() for e in v.entry_ids}
+        entries = [(i, f) for i, f in entries if i not in held]  # re-read after an outage: folded already
+        if entries and not self._model_checked:
+            self._check_model()
         for entry_id, fields in entries:
             try:
                 msg = decode_entry(fields)
@@ -157,8 +186,15 @@ class Aggregator:
             try:
                 preds = self.client.predict([m.jpeg for _, m in faces], ids=[i for i, _ in faces])
             except BadCrop as exc:
-                if exc.index < 0:
-                    raise
+                if exc.index < 0:  # the request as a whole (e.g. over the worker's size limit)
+                    if len(faces) == 1:
+                        entry_id, msg = faces.pop()
+                        self._dead_letter(entry_id, msg.encode(), f"rejected by inference: {exc}")
+                        continue
+                    half = len(faces) // 2
+                    self._infer_and_fold(faces[:half])
+                    faces = faces[half:]
+                    continue
                 entry_id, msg = faces.pop(exc.index)
                 self._dead_letter(entry_id, msg.encode(), f"rejected by inference: {exc}")
                 continue
@@ -191,29 +227,29 @@ class Aggregator:
             return []
         records = [v.finalize(self.s.bucket_s, self.s.enable_race, self.s.enable_emotion)
                    for v in due if v.faces >= self.s.min_track_faces]
-        new = count_visitors(self.engine, records) if records else 0
+        new = count_visitors(self.engine, records) if records else []
         if records:
             DB_WRITES.labels(kind="visitors").inc()
         committed = time.time()
-        for r in records:
+        for r in new:  # redelivered visitors counted before are not counted (nor measured) again
             VISITORS.labels(camera=r.camera_id).inc()
             FRAME_TO_DB.observe(max(0.0, committed - r.last_ts))
         self._ack([e for v in due for e in v.entry_ids])
         for v in due:
             del self.open[v.track_id]
-        self.counted += new
+        self.counted += len(new)
         if records:
-            log.info("visitors counted", **ctx(new=new, finalized=len(records), noise=len(due) - len(records)))
+            log.info("visitors counted", **ctx(new=len(new), finalized=len(records), noise=len(due) - len(records)))
         return records
 
-    def sync_camera_health(self) -> None:
-        """Copy the ingest workers' camera states from Redis to the database (operator view)."""
+    def sync_camera_health(self, lag: int) -> None:
+        """Copy the ingest workers' camera states from Redis to the database (operator view);
+        ``lag`` is the stream's, the same for every camera."""
         from datetime import datetime, timezone
 
         def utc(ts: float):
             return datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None) if ts > 0 else None
 
-        lag = self.stream_lag()
         rows = []
         for cam in sorted(_s(c) for c in self.redis.smembers(self.keys.cameras)):
             fields = self.redis.hgetall(self.keys.camera(cam))
@@ -227,14 +263,10 @@ class Aggregator:
         upsert_camera_health(self.engine, rows)
 
     def stream_lag(self) -> int:
-        """Entries not yet delivered to this group."""
-        for group in self.redis.xinfo_groups(self.keys.faces):
-            if _s(group["name"]) == self.s.consumer_group:
-                if group.get("lag") is not None:
-                    return int(group["lag"])
-                last = _s(group["last-delivered-id"])
-                return len(self.redis.xrange(self.keys.faces, min=f"({last}", count=100000))
-        return 0
+        """Entries not yet delivered to this group. Counted entries are deleted, so the stream
+        holds exactly the undelivered plus the pending ones."""
+        pending = self.redis.xpending(self.keys.faces, self.s.consumer_group)["pending"]
+        return max(0, self.redis.xlen(self.keys.faces) - int(pending))
 
     def step(self) -> list[VisitorRecord]:
         """One round: read (or claim), infer, fold, commit what is final. Returns the visitors finalized."""
@@ -259,8 +291,9 @@ class Aggregator:
             self._refresh_own_entries()
             self._next_heartbeat = now + self.s.claim_idle_ms / 3000.0
         if now >= self._next_health:
-            self.sync_camera_health()
-            STREAM_LAG.set(self.stream_lag())
+            lag = self.stream_lag()
+            STREAM_LAG.set(lag)
+            self.sync_camera_health(lag)
             PENDING.set(sum(len(v.entry_ids) for v in self.open.values()))
             self._next_health = now + 5.0
         return finalized
@@ -276,6 +309,11 @@ class Aggregator:
                 stop.wait(delay)
                 delay = min(delay * 2, 10.0)
                 self._reconnected()
+            except DBAPIError as exc:
+                # Nothing was acknowledged: the visitors are committed on a later round.
+                log.warning("database unavailable (%s), retrying in %.1fs", str(exc).splitlines()[0], delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis restarted empty: the stream and group are gone
                     log.warning("consumer group missing (Redis restarted?), recreating")

@@ -11,7 +11,7 @@ Example:
     >>> from footfall.aggregator.folding import VisitorRecord
     >>> url = f"sqlite:///{tempfile.mkdtemp()}/f.db"; upgrade(url); engine = make_engine(url)
     >>> v = VisitorRecord("door", "door:a:1", datetime(2026, 1, 1), 0, 1, 3, 30.0, "25-34", "male", "", "happy")
-    >>> count_visitors(engine, [v]), count_visitors(engine, [v])
+    >>> len(count_visitors(engine, [v])), len(count_visitors(engine, [v]))
     (1, 0)
 """
 
@@ -43,10 +43,10 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> int:
-    """Count the visitors not counted before, in one transaction; returns how many were new."""
+def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> list[VisitorRecord]:
+    """Count the visitors not counted before, in one transaction; returns those newly counted."""
     insert = _insert(engine)
-    new = 0
+    new: list[VisitorRecord] = []
     with Session(engine) as session, session.begin():
         for v in visitors:
             claimed = session.execute(
@@ -62,7 +62,7 @@ def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> int:
             session.execute(stmt.on_conflict_do_update(
                 index_elements=["camera_id", "bucket_start", "age_band", "gender", "race", "emotion"],
                 set_={"visitors": VisitorCount.visitors + 1, "age_sum": VisitorCount.age_sum + v.age}))
-            new += 1
+            new.append(v)
     return new
 
 

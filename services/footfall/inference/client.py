@@ -4,7 +4,7 @@
 ``round_robin`` policy, so a ``dns:///name:port`` entry that resolves to several pods (a
 headless Service) is balanced inside the channel, and a list of ``host:port`` entries is
 rotated here. A call that fails with UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED /
-INTERNAL is retried on the next target with backoff; INVALID_ARGUMENT is not retried and
+INTERNAL / UNKNOWN / CANCELLED is retried on the next target with backoff; INVALID_ARGUMENT is not retried and
 raises ``BadCrop`` naming the offending crop.
 
 Example (with a worker running)::
@@ -58,27 +58,25 @@ class InferenceClient:
         self.stubs = [inference_pb2_grpc.FaceInferenceStub(c) for c in self.channels]
         self._next = itertools.cycle(range(len(self.stubs)))
         self.deadline_s, self.retries, self.backoff_s = deadline_s, retries, backoff_s
-        self.model_name = self.model_version = ""
 
     def predict(self, jpegs: list[bytes], ids: list[str] | None = None) -> Predictions:
         """Predictions for encoded face crops, in order."""
         request = inference_pb2.PredictRequest(
             crops=[inference_pb2.FaceCrop(jpeg=j, id=(ids[i] if ids else "")) for i, j in enumerate(jpegs)])
-        response = self._call(request)
-        self.model_name, self.model_version = response.model_name, response.model_version
-        p = response.predictions
+        p = self._call("Predict", request).predictions
         return Predictions(age=np.array([x.age for x in p], np.float32),
                            gender=np.array([x.gender_female for x in p], np.float32),
                            race=np.array([list(x.race) for x in p], np.float32).reshape(len(p), -1),
                            emotion=np.array([list(x.emotion) for x in p], np.float32).reshape(len(p), -1))
 
-    def _call(self, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
+    def _call(self, method: str, request):
+        """``method`` on the next worker, failing over to the others with backoff."""
         last: grpc.RpcError | None = None
         attempts = max(self.retries, len(self.stubs))
         for attempt in range(attempts):
             index = next(self._next)
             try:
-                return self.stubs[index].Predict(request, timeout=self.deadline_s)
+                return getattr(self.stubs[index], method)(request, timeout=self.deadline_s)
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -94,7 +92,8 @@ class InferenceClient:
                                    f"{last.code().name if last else ''} {last.details() if last else ''}")
 
     def model_info(self) -> inference_pb2.ModelInfo:
-        return self.stubs[0].GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=self.deadline_s)
+        """Name, version and label names of the workers' model."""
+        return self._call("GetModelInfo", inference_pb2.ModelInfoRequest())
 
     def close(self) -> None:
         for channel in self.channels:

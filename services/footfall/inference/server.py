@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from footfall.config import InferenceSettings
 from footfall.inference.backends import Backend, load_backend
+from footfall.inference.backends.base import prepare_crops
 from footfall.inference.batcher import BatcherClosed, MicroBatcher
 from footfall.observability import REQUESTS, ctx, serve_http, setup_logging, shutdown_event
 from footfall.proto import inference_pb2, inference_pb2_grpc
@@ -80,13 +81,9 @@ class FaceInferenceServicer(inference_pb2_grpc.FaceInferenceServicer):
         if n > self.max_request_faces:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"{n} crops in one request; at most {self.max_request_faces}")
-        size = self.meta.input_size
-        batch = np.empty((n, size, size, 3), np.uint8)
         try:
-            for i, crop in enumerate(request.crops):
-                rgb = decode_crop(i, crop)
-                batch[i] = rgb if rgb.shape[:2] == (size, size) else cv2.resize(
-                    rgb, (size, size), interpolation=cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_LINEAR)
+            batch = prepare_crops([decode_crop(i, crop) for i, crop in enumerate(request.crops)],
+                                  self.meta.input_size)
         except InvalidCrop as exc:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:

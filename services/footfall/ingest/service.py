@@ -27,7 +27,7 @@ from footfall.config import IngestSettings
 from footfall.observability import (CAMERA_RECONNECTS, CAMERA_UP, FACES_PUBLISHED, FRAMES_DROPPED, FRAMES_PROCESSED,
                                     FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, serve_http, setup_logging,
                                     shutdown_event)
-from footfall.schema import CameraState, FaceMessage, StreamKeys, TrackEnd
+from footfall.schema import MAX_CAMERA_ID, CameraState, FaceMessage, StreamKeys, TrackEnd
 from footfall.tracking import Track, Tracker
 from footfall.vision import FaceDetector, align_face, ensure_yunet
 
@@ -41,7 +41,8 @@ class CameraSource:
 
     @property
     def is_file(self) -> bool:
-        return not self.source.isdigit() and "://" not in self.source
+        """A video file (ends); webcams (index or /dev/video*) and URLs are live (reconnect)."""
+        return not self.source.isdigit() and "://" not in self.source and not self.source.startswith("/dev/")
 
     def open(self) -> cv2.VideoCapture:
         if self.source.isdigit():
@@ -65,26 +66,46 @@ def parse_cameras(spec: str) -> list[CameraSource]:
     ids = [c.camera_id for c in cams]
     if len(set(ids)) != len(ids):
         raise ValueError(f"camera ids must be unique: {ids}")
+    too_long = [i for i in ids if len(i) > MAX_CAMERA_ID]
+    if too_long:
+        raise ValueError(f"camera ids longer than {MAX_CAMERA_ID} characters: {too_long}")
     return cams
 
 
 class Publisher:
-    """Writes crops, track ends and camera state to Redis (bounded stream)."""
+    """Writes crops, track ends and camera state to Redis (bounded stream).
 
-    def __init__(self, client: redis.Redis, keys: StreamKeys, maxlen: int) -> None:
+    After a failure it fails fast for ``retry_after_s`` instead of waiting out a connection
+    timeout on every frame, so live capture does not stall while Redis is down.
+    """
+
+    def __init__(self, client: redis.Redis, keys: StreamKeys, maxlen: int, retry_after_s: float = 1.0) -> None:
         self.client, self.keys, self.maxlen = client, keys, maxlen
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    def _execute(self, pipe) -> None:
+        if time.monotonic() < self._down_until:
+            raise redis.ConnectionError("redis unavailable (retrying shortly)")
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            with self._lock:
+                self._down_until = time.monotonic() + self.retry_after_s
+            raise
 
     def publish(self, messages: list[FaceMessage | TrackEnd]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for m in messages:
             pipe.xadd(self.keys.faces, m.encode(), maxlen=self.maxlen, approximate=True)
-        pipe.execute()
+        self._execute(pipe)
 
     def camera_state(self, state: CameraState) -> None:
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.keys.camera(state.camera_id), mapping=state.encode())
         pipe.sadd(self.keys.cameras, state.camera_id)
-        pipe.execute()
+        self._execute(pipe)
 
 
 class CameraWorker:
@@ -153,10 +174,17 @@ class CameraWorker:
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.s.reconnect_max_s)
                 continue
-            delay = self.s.reconnect_initial_s
-            ended = self._read(cap)
-            cap.release()
+            frames_before = self.frames_processed
+            try:
+                ended = self._read(cap)
+            except Exception:  # noqa: BLE001 - a bug or a bad frame must not end the camera for good
+                log.exception("camera reader failed; reconnecting", **ctx(camera=self.cam.camera_id))
+                ended = False
+            finally:
+                cap.release()
             self._end_tracks(self.tracker.close_all())
+            if self.frames_processed > frames_before:
+                delay = self.s.reconnect_initial_s  # only a source that delivered frames resets the backoff
             if ended and self.cam.is_file and not self.s.loop:
                 break
             if not ended:
@@ -229,7 +257,11 @@ class CameraWorker:
                 continue
             if frame_ts - track.last_published < self.s.track_sample_interval_s:
                 continue
-            crop = align_face(frame, dets.landmarks[i])
+            try:
+                crop = align_face(frame, dets.landmarks[i])
+            except (ValueError, cv2.error) as exc:
+                log.debug("face skipped: %s", exc, **ctx(camera=cid))
+                continue
             ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.s.jpeg_quality])
             if not ok:
                 continue
@@ -324,7 +356,10 @@ def main() -> None:
     stop.set()
     worker.join(timeout=10)
     http.close()
-    log.info("ingest worker stopped")
+    failed = [w.cam.camera_id for w in worker.workers if w.state == "failed"]
+    log.info("ingest worker stopped", **ctx(failed_cameras=failed))
+    if failed and len(failed) == len(worker.workers):
+        raise SystemExit(f"every camera failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Example (needs the datasets)::
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from footfall.files import file_sha256
 from footfall.labels import EMOTIONS, RACES
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,14 @@ def require_data(data_dir: Path) -> None:
     missing = [n for pair in DATASETS.values() for n in pair if not (data_dir / n).exists()]
     if missing:
         raise DatasetMissing(f"training data not found in {data_dir}: missing {', '.join(missing)} "
-                             f"(set FOOTFALL_DATA_DIR, or run `footfall-data download`)")
+                             f"(set FOOTFALL_DATA_DIR to the folder holding them; see model/README.md, Data)")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def verify_data(data_dir: Path) -> None:
+    """Check the archives against their published sha256 (once, before decoding them)."""
+    for name, expected in SHA256.items():
+        if file_sha256(data_dir / name) != expected:
+            raise DatasetMissing(f"{data_dir / name} does not match its published sha256 {expected}")
 
 
 def _read_votes(data_dir: Path) -> dict[str, np.ndarray]:
@@ -154,6 +153,7 @@ def load_split(split: str, data_dir: Path | None = None, size: int = 112,
     if (cache / "done").exists():
         return FaceSet(**{f.name: np.load(cache / f"{f.name}.npy", mmap_mode=None) for f in fields(FaceSet)})
     log.info("decoding %s split from %s (cached afterwards in %s)", split, data_dir, cache)
+    verify_data(data_dir)
     faces = FaceSet.concat([_read_dataset(data_dir, name, split, size) for name in DATASETS])
     cache.mkdir(parents=True, exist_ok=True)
     for f in fields(FaceSet):

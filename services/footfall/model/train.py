@@ -2,7 +2,8 @@
 
 Images are decoded once into memory (``footfall.model.data``), augmented as tensor
 operations on the training device, and fed to ``FaceNet``. Checkpoints (last and best, with
-optimizer, scheduler, EMA and RNG state) go to ``<cache_dir>/runs/<run>/``; running the same
+optimizer and EMA state; the learning rate follows the step count and the augmentation
+generator is reseeded per epoch) go to ``<cache_dir>/runs/<run>/``; running the same
 command again resumes. Validation every epoch on the EMA weights; early stopping on the
 selection score.
 
