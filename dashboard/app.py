@@ -329,13 +329,19 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
         left, right = st.columns([5, 1], vertical_alignment="bottom")
         left.caption(f"{rng.label()} · {len(selection)} of {len(cameras)} cameras · times in {tz}"
                      + (f" · live, updated {now:%H:%M:%S}" if st.session_state.get("f_live") else ""))
-        right.download_button("Download CSV", export.to_csv(index=False).encode("utf-8"),
+        right.download_button("Download CSV", views.export_csv(export),
                               file_name=f"footfall_{rng.start:%Y%m%d}_{rng.end:%Y%m%d}.csv", mime="text/csv",
                               on_click="ignore", icon=":material/download:", key="download_csv")
     render_views(shown, settings, printable, previous_range)
 
 
 # --------------------------------------------------------------------------- operator view
+
+
+# The aggregator measures the lag of its consumer group on the one face stream that all cameras share:
+# it cannot be split by camera, so each row carries the same number.
+STREAM_LAG_HELP = ("one figure for the whole face stream, not per camera (the same value on every row): "
+                   "crops the aggregator has not read yet, so not yet counted.")
 
 
 def health_style(frame: pd.DataFrame):
@@ -376,9 +382,10 @@ def render_operator(settings: DashboardSettings, url: str, groups: dict[str, str
     if flagged:
         st.error(f"{flagged} camera{'s need' if flagged > 1 else ' needs'} attention: "
                  + ", ".join(health.loc[~health["ok"], "camera_id"]) + ".")
-    st.dataframe(health_style(table), hide_index=True, key="table_health")
+    st.dataframe(health_style(table), hide_index=True, key="table_health",
+                 column_config={"Stream lag": st.column_config.NumberColumn(help=STREAM_LAG_HELP)})
     st.caption(f"Flagged red: state not `live`, or no frame for more than {data.HEALTH_STALE_S:.0f} s. "
-               "Stream lag: crops not yet counted by the aggregator.")
+               f"Stream lag: {STREAM_LAG_HELP}")
 
 
 # --------------------------------------------------------------------------- page

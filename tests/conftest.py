@@ -12,12 +12,7 @@ from pathlib import Path
 
 import pytest
 
-
-def missing_requirement(reason: str) -> None:
-    """Skip the calling test, or fail it when running in CI (``CI=true``)."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: a missing requirement is a failure)")
-    pytest.skip(reason)
+from .support import missing_requirement, postgres_schema
 
 
 @pytest.fixture(scope="session")
@@ -69,18 +64,10 @@ def stream_prefix(redis_server_url):
         client.delete(*keys)
 
 
-def _postgres_url() -> str | None:
-    return os.environ.get("FOOTFALL_TEST_POSTGRES_URL")
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     """A fresh, migrated database: SQLite in tmp_path, and PostgreSQL in a schema of its own when
     FOOTFALL_TEST_POSTGRES_URL is set (CI sets it; then an unreachable server is a failure)."""
-    import secrets
-
-    import sqlalchemy as sa
-
     from footfall.db.migrate import upgrade
 
     if request.param == "sqlite":
@@ -88,24 +75,8 @@ def db_url(request, tmp_path):
         upgrade(url)
         yield url
         return
-    base = _postgres_url()
-    if not base:
-        missing_requirement("PostgreSQL not configured: set FOOTFALL_TEST_POSTGRES_URL "
-                            "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    schema = f"fftest_{secrets.token_hex(4)}"
-    admin = sa.create_engine(base)
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {base} unreachable: {exc}")
-    sep = "&" if "?" in base else "?"
-    url = f"{base}{sep}options=-csearch_path%3D{schema}"
-    upgrade(url)
-    yield url
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from footfall.db.migrate import upgrade
 from footfall.db.models import CameraHealth, VisitorCount
-from footfall.labels import AGE_BANDS, GENDERS
+from footfall.labels import GENDERS, age_band
 
 # camera -> (relative traffic, share of women, mean age)
 DEMO_CAMERAS = {
@@ -56,11 +56,6 @@ class DemoSummary:
     cameras: tuple[str, ...]
 
 
-def _band_index(ages: np.ndarray) -> np.ndarray:
-    lower_bounds = np.array([band[1] for band in AGE_BANDS[1:]])
-    return np.searchsorted(lower_bounds, ages, side="right")
-
-
 def demo_frame(start: datetime, end: datetime, seed: int = 0, tz: str = "UTC", peak_per_hour: float = 70.0,
                bucket_s: int = 60, with_race: bool = False, with_emotion: bool = True) -> pd.DataFrame:
     """``visitor_counts`` rows (UTC bucket starts) for the demo cameras in ``[start, end)``."""
@@ -72,7 +67,6 @@ def demo_frame(start: datetime, end: datetime, seed: int = 0, tz: str = "UTC", p
     day_noise = rng.lognormal(0.0, 0.12, size=int((end - start).days) + 2)
     day_index = ((buckets - buckets[0]).days).to_numpy()
     base = peak_per_hour * bucket_s / 3600.0 * profile * WEEKDAY[local.day_of_week.to_numpy()] * day_noise[day_index]
-    band_labels = np.array([b[0] for b in AGE_BANDS])
     parts = []
     for camera, (traffic, female_share, mean_age) in DEMO_CAMERAS.items():
         per_bucket = rng.poisson(base * traffic)
@@ -82,7 +76,7 @@ def demo_frame(start: datetime, end: datetime, seed: int = 0, tz: str = "UTC", p
         visitors = pd.DataFrame({
             "camera_id": camera,
             "bucket_start": buckets[bucket_of_visitor],
-            "age_band": band_labels[_band_index(ages)],
+            "age_band": [age_band(a) for a in ages],
             "gender": np.where(rng.random(n) < female_share, GENDERS[1], GENDERS[0]),
             "race": rng.choice(list(RACE_P), size=n, p=list(RACE_P.values())) if with_race else "",
             "emotion": rng.choice(list(EMOTION_P), size=n, p=list(EMOTION_P.values())) if with_emotion else "",
@@ -97,7 +91,10 @@ def demo_frame(start: datetime, end: datetime, seed: int = 0, tz: str = "UTC", p
 
 
 def demo_health(now: datetime) -> list[dict]:
-    """``camera_health`` rows: three live cameras and one reconnecting with a stale last frame."""
+    """``camera_health`` rows: three live cameras and one reconnecting with a stale last frame.
+
+    ``stream_lag`` is the same on every row, as the aggregator writes it (one face stream for all cameras).
+    """
     rows = []
     for i, camera in enumerate(DEMO_CAMERAS):
         stale = camera == "hamburg-door"
@@ -105,7 +102,7 @@ def demo_health(now: datetime) -> list[dict]:
                      "last_frame_at": now - timedelta(seconds=312 if stale else 1 + i),
                      "frames_per_s": 0.0 if stale else 5.0 - 0.1 * i,
                      "faces_per_s": 0.0 if stale else round(0.9 - 0.15 * i, 2),
-                     "stream_lag": 0 if stale else 3 * i, "updated_at": now - timedelta(seconds=2)})
+                     "stream_lag": 6, "updated_at": now - timedelta(seconds=2)})
     return rows
 
 

@@ -42,13 +42,15 @@ def suppressed_label(k: int) -> str:
     return f"<{k}"
 
 
-def is_small(count: float, k: int) -> bool:
-    """True for a count that primary suppression hides (1 to k-1 visitors).
+def is_small(count, k: int):
+    """True for a count that primary suppression hides (1 to k-1 visitors); elementwise on arrays.
 
     >>> is_small(0, 5), is_small(4, 5), is_small(5, 5)
     (False, True, False)
+    >>> is_small(np.array([0.0, 3.0, 7.0]), 5).tolist()
+    [False, True, False]
     """
-    return 0 < count < k
+    return (count > 0) & (count < k)  # `&`, not a chained comparison: it must work on arrays too
 
 
 def _complement(values: np.ndarray, hidden: np.ndarray, k: int) -> None:
@@ -76,7 +78,7 @@ def suppress(frame: pd.DataFrame, k: int, value: str = "visitors",
     """
     out = frame.reset_index(drop=True).copy()
     values = out[value].to_numpy(dtype=float)
-    hidden = (values > 0) & (values < k)
+    hidden = is_small(values, k)
     if within is None:
         groups = [np.arange(len(out))]
     else:

@@ -28,7 +28,7 @@ import pandas as pd
 from footfall.labels import GENDERS
 
 from . import data
-from .privacy import shown, suppress, suppressed_label
+from .privacy import is_small, shown, suppress, suppressed_label
 
 # Export column names of the dimensions, in the order they appear in the CSV.
 EXPORT_DIMENSIONS = {"period": "period", "camera_id": "camera", "site": "site", "gender": "gender",
@@ -95,17 +95,17 @@ def _hidden(k: int) -> str:
 
 def headline_view(h: data.Headline, k: int) -> View:
     """Display strings of the headline figures, suppressed where they would reveal < k visitors."""
-    total_small = 0 < h.visitors < k
+    total_small = is_small(h.visitors, k)
     genders = suppress(pd.DataFrame({"gender": list(GENDERS), "visitors": [h.by_gender[g] for g in GENDERS]}), k)
     rows: list[tuple[str, str]] = [("Visitors", shown(h.visitors, total_small, k))]
     if h.change_pct is None:
         change = "no data before"
-    elif total_small or 0 < h.previous_visitors < k or 0 < h.current_visitors < k:
+    elif total_small or is_small(h.previous_visitors, k) or is_small(h.current_visitors, k):
         change = _hidden(k)
     else:
         change = f"{h.change_pct:+.1f} %"
     rows.append(("Change vs previous period", change))
-    previous_hidden = 0 < h.previous_visitors < k
+    previous_hidden = is_small(h.previous_visitors, k)
     rows.append(("Previous period", shown(h.previous_visitors, previous_hidden, k)))
     rows.append(("Busiest hour", _hidden(k) if total_small else
                  ("–" if h.busiest_hour is None else f"{h.busiest_hour:02d}:00")))
@@ -132,7 +132,8 @@ def camera_view(summary: pd.DataFrame, groups: dict[str, str], k: int) -> View:
     for i, row in summary.iterrows():
         hidden = bool(current.at[i, "suppressed"])
         prev_hidden = bool(previous.at[i, "suppressed"])
-        gender_hidden = data_small_pair(row["female"], row["male"], k) or hidden
+        # a two-way split is hidden when either side is small
+        gender_hidden = is_small(row["female"], k) or is_small(row["male"], k) or hidden
         if row["previous"] == 0:
             change = "–"
         elif hidden or prev_hidden:
@@ -160,15 +161,6 @@ def camera_view(summary: pd.DataFrame, groups: dict[str, str], k: int) -> View:
 
 def _hour_text(hour) -> str:
     return "–" if hour is None or pd.isna(hour) else f"{int(hour):02d}:00"
-
-
-def data_small_pair(a: float, b: float, k: int) -> bool:
-    """A two-way split (e.g. female/male) is hidden when either side is 1..k-1 visitors.
-
-    >>> data_small_pair(100, 3, 5), data_small_pair(100, 0, 5)
-    (True, False)
-    """
-    return 0 < a < k or 0 < b < k
 
 
 # --------------------------------------------------------------------------- export
@@ -214,6 +206,10 @@ def export_frame(views: list[View], k: int) -> pd.DataFrame:
     return merged[order].astype(object).where(merged[order].notna(), "")
 
 
-def export_csv(views: list[View], k: int) -> bytes:
-    """The CSV bytes the download button serves."""
-    return export_frame(views, k).to_csv(index=False).encode("utf-8")
+def export_csv(frame: pd.DataFrame) -> bytes:
+    r"""The CSV bytes the download button serves, from ``export_frame``'s table.
+
+    >>> export_csv(export_frame([], k=5))
+    b'view,value\n'
+    """
+    return frame.to_csv(index=False).encode("utf-8")

@@ -7,8 +7,6 @@ independently with plain Python (see ``truth``). The clock is pinned at ``NOW`` 
 
 from __future__ import annotations
 
-import os
-import secrets
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,13 +18,13 @@ from footfall.config import PROJECT_ROOT
 from footfall.db.migrate import upgrade
 from footfall.db.models import CameraHealth, VisitorCount
 
+from ..support import postgres_schema
+
 DASHBOARD_DIR = PROJECT_ROOT / "dashboard"
 APP = DASHBOARD_DIR / "app.py"
 if str(DASHBOARD_DIR) not in sys.path:
     sys.path.insert(0, str(DASHBOARD_DIR))
 
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-PG_URL = os.environ.get("FOOTFALL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2024, 5, 8, 15, 30)  # a Wednesday
 DAY = timedelta(days=1)
 TODAY = datetime(2024, 5, 8)
@@ -72,8 +70,9 @@ def health_rows(now_utc: datetime) -> list[dict]:
                 "last_frame_at": None if age_s is None else now_utc - timedelta(seconds=age_s),
                 "frames_per_s": fps, "faces_per_s": faces, "stream_lag": lag, "updated_at": now_utc}
 
-    return [row("cam-a", "live", 2, 5.0, 0.8, 1), row("cam-b", "live", 600, 0.0, 0.0, 0),
-            row("cam-c", "reconnecting", 30, 0.0, 0.0, 0), row(SILENT_CAMERA, "live", 1, 4.9, 0.0, 0)]
+    # stream_lag: one figure for the shared face stream, copied onto every row (as the aggregator does)
+    return [row("cam-a", "live", 2, 5.0, 0.8, 1), row("cam-b", "live", 600, 0.0, 0.0, 1),
+            row("cam-c", "reconnecting", 30, 0.0, 0.0, 1), row(SILENT_CAMERA, "live", 1, 4.9, 0.0, 1)]
 
 
 def write_rows(url: str, rows: list[dict], health: list[dict] | None = None) -> None:
@@ -104,33 +103,14 @@ def known_db(tmp_path) -> str:
 
 @pytest.fixture
 def postgres_url():
-    """A fresh schema in the test PostgreSQL (search_path set in the URL); dropped afterwards."""
-    admin = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        reason = f"PostgreSQL not reachable at {PG_URL}: {str(exc.orig).strip().splitlines()[0]}"
-        if CI:
-            pytest.fail(reason + " (CI=true: PostgreSQL is required)")
-        pytest.skip(reason)
-    schema = f"dash_test_{secrets.token_hex(4)}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    try:
-        upgrade(url)
+    """A fresh migrated schema in the test PostgreSQL (FOOTFALL_TEST_POSTGRES_URL); dropped afterwards."""
+    with postgres_schema("dash_test") as url:
         yield url
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_db(request, tmp_path) -> str:
-    """An empty migrated database of each kind (PostgreSQL skips, or fails with CI=true, when absent)."""
+    """An empty migrated database of each kind (PostgreSQL: see ``tests.support.postgres_schema``)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'any.db'}"
         upgrade(url)
@@ -175,14 +155,6 @@ def app_test(dash_env):
     yield make
     st.cache_data.clear()
     st.cache_resource.clear()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def output_dir() -> Path:

@@ -24,9 +24,11 @@ from pathlib import Path
 import pytest
 
 from footfall.config import PROJECT_ROOT
+from footfall.embedded_redis import free_port
 from footfall_dash import demo
 
-from .conftest import CI, DASHBOARD_ENV, free_port, output_dir
+from ..support import missing_requirement
+from .conftest import DASHBOARD_ENV, output_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -44,10 +46,7 @@ def _require_browser():
     except ImportError:
         problems.append("playwright is not installed (pip install playwright)")
     if problems:
-        reason = "; ".join(problems)
-        if CI:
-            pytest.fail(f"browser test needs: {reason} (CI=true)")
-        pytest.skip(reason)
+        missing_requirement("browser test needs: " + "; ".join(problems))
 
 
 def _wait_healthy(port: int, process: subprocess.Popen, timeout_s: float = 30.0) -> None:

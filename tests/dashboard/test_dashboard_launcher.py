@@ -13,8 +13,9 @@ import pytest
 
 from footfall import dashboard_launcher as launcher
 from footfall.config import PROJECT_ROOT
+from footfall.embedded_redis import free_port
 
-from .conftest import DASHBOARD_ENV, free_port
+from .conftest import DASHBOARD_ENV
 
 
 def test_hash_round_trip_and_salt():

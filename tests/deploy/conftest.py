@@ -6,17 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from .deploy_tools import (
-    K8S,
-    MIN_KUSTOMIZE,
-    OVERLAYS,
-    documents,
-    kustomize_command,
-    missing_requirement,
-    render,
-    version_tuple,
-)
 
+from ..support import missing_requirement
+from .deploy_tools import K8S, MIN_KUSTOMIZE, OVERLAYS, documents, kustomize_command, render, version_tuple
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,13 +39,6 @@ OVERLAYS = {
     "orangepi+rknpu-misc-device": None,
 }
 MIN_KUSTOMIZE = (5, 0)
-
-
-def missing_requirement(reason: str) -> None:
-    """Skip, or fail under CI=true (same rule as tests/conftest.py: CI never passes by skipping)."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: a missing requirement is a failure)")
-    pytest.skip(reason)
 
 
 def tool(name: str) -> str | None:
@@ -152,6 +146,43 @@ def container_environment(objects: list[dict], container: dict) -> dict[str, str
                 assert ref[key]["key"] in data, f"{item['name']}: key {ref[key]['key']} not in {ref[key]['name']}"
                 env[item["name"]] = data[ref[key]["key"]]
     return env
+
+
+# ---- Redis ---------------------------------------------------------------------------------------
+
+def redis_options(argv: list[str] | str) -> dict[str, str]:
+    """``redis-server`` command-line options as {name: value}; a later option wins, as in Redis.
+
+    >>> redis_options(["redis-server", "--save", "", "--appendonly", "no", "--save", "60", "1"])
+    {'save': '60 1', 'appendonly': 'no'}
+    """
+    words = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    options: dict[str, list[str]] = {}
+    values: list[str] = []  # words before the first option (the program name) go nowhere
+    for word in words:
+        if word.startswith("--"):
+            values = options[word[2:]] = []
+        else:
+            values.append(word)
+    return {name: " ".join(parts) for name, parts in options.items()}
+
+
+def redis_persistence_problems(argv: list[str] | str) -> list[str]:
+    """Why a ``redis-server`` command line would write the stream (face crops) to disk, if it would:
+    RDB snapshots are on unless ``--save ""``, and the AOF must be off (``--appendonly no``).
+
+    >>> redis_persistence_problems(["redis-server", "--appendonly", "no", "--save", ""])
+    []
+    >>> redis_persistence_problems(["redis-server", "--appendonly", "no"])
+    ['RDB snapshots not disabled (--save "" missing or overridden: save=None)']
+    """
+    options = redis_options(argv)
+    problems = []
+    if options.get("save") != "":
+        problems.append(f'RDB snapshots not disabled (--save "" missing or overridden: save={options.get("save")!r})')
+    if options.get("appendonly") != "no":
+        problems.append(f"AOF not disabled (--appendonly no missing: appendonly={options.get('appendonly')!r})")
+    return problems
 
 
 # ---- footfall.config -----------------------------------------------------------------------------

@@ -9,7 +9,10 @@ import subprocess
 
 import pytest
 import yaml
-from .deploy_tools import COMPOSE_FILE, DOCKERFILE, ROOT, compose_environment, compose_model, missing_requirement, tool
+
+from ..support import missing_requirement
+from .deploy_tools import (COMPOSE_FILE, DOCKERFILE, ROOT, compose_environment, compose_model,
+                           redis_persistence_problems, tool)
 
 FOOTFALL_SERVICES = ("inference", "ingest", "aggregator", "dashboard")
 HEALTH_URLS = {
@@ -88,6 +91,13 @@ def test_every_service_has_a_healthcheck_and_restarts(compose, name):
     assert test[0] == "CMD" and len(test) > 1
     for key in ("interval", "timeout", "retries"):
         assert key in service["healthcheck"]
+
+
+def test_redis_keeps_the_crops_in_memory_only(compose):
+    """Privacy: the stream holds face crops, which must never reach disk (no RDB, no AOF, no volume)."""
+    redis = compose["services"]["redis"]
+    assert redis_persistence_problems(redis["command"]) == []
+    assert not redis.get("volumes"), "Redis needs no volume: nothing of it may be kept on disk"
 
 
 @pytest.mark.parametrize("name", FOOTFALL_SERVICES)

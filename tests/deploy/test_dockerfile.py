@@ -16,16 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from .deploy_tools import (
-    DOCKERFILE,
-    ROOT,
-    dockerfile_comments,
-    dockerignore_excludes,
-    dockerignore_patterns,
-    missing_requirement,
-    parse_dockerfile,
-    tool,
-)
+
+from footfall.embedded_redis import free_port
+
+from ..support import missing_requirement
+from .deploy_tools import (DOCKERFILE, ROOT, dockerfile_comments, dockerignore_excludes, dockerignore_patterns,
+                           parse_dockerfile, tool)
 
 TEXT = DOCKERFILE.read_text()
 INSTRUCTIONS = parse_dockerfile(TEXT)
@@ -241,11 +237,7 @@ def test_healthcheck_grpc(healthcheck, grpc_health_server):
 
 
 def test_healthcheck_nothing_listening(healthcheck, http_server):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
+    free = free_port()
     assert healthcheck.main([f"http://127.0.0.1:{free}/healthz"]) == 1
     assert healthcheck.main([f"grpc://127.0.0.1:{free}"]) == 1
 

@@ -18,6 +18,7 @@ from .deploy_tools import (
     find,
     footfall_service,
     pod_spec,
+    redis_persistence_problems,
     workloads,
 )
 
@@ -249,6 +250,20 @@ def test_stateful_parts(overlay, rendered):
     aggregator_env = container_environment(objects, containers(find(objects, "Deployment", "footfall-aggregator"))[0])
     assert f":{env['POSTGRES_PASSWORD']}@footfall-postgres:5432/" in aggregator_env["FOOTFALL_DATABASE_URL"], (
         "the services' database URL must carry PostgreSQL's password and Service name")
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_redis_keeps_the_crops_in_memory_only(overlay, rendered):
+    """Privacy: the stream holds face crops, which must never reach disk (no RDB, no AOF, no volume claim)."""
+    objects = rendered[overlay]
+    redis_pods = [w for w in workloads(objects) if any(c["image"].startswith("redis:") for c in containers(w))]
+    assert redis_pods, "no Redis workload rendered"
+    for workload in redis_pods:
+        for container in containers(workload):
+            argv = (container.get("command") or []) + (container.get("args") or [])
+            assert redis_persistence_problems(argv) == [], f"{workload['metadata']['name']}/{container['name']}"
+        assert not workload["spec"].get("volumeClaimTemplates")
+        assert not any("persistentVolumeClaim" in v for v in pod_spec(workload).get("volumes") or [])
 
 
 def test_committed_secrets_are_placeholders(rendered):

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from ..support import missing_requirement
+
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = Path(os.environ.get("FOOTFALL_TEST_MODEL_DIR", REPO / "model"))
-
-
-def skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: a missing requirement is a failure)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +25,7 @@ def rknn_venv() -> Path:
     try:
         return rknn_venv_python().parents[1]
     except RknnToolkitMissing as exc:
-        skip_or_fail(str(exc))
+        missing_requirement(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +33,7 @@ def fp32_model() -> Path:
     """The committed FP32 ONNX model (the one the committed .rknn is converted from)."""
     candidates = sorted(p for p in MODEL_DIR.glob("*.onnx") if not p.name.endswith((".int8.onnx", ".prep.onnx")))
     if not candidates:
-        skip_or_fail(f"no FP32 ONNX model in {MODEL_DIR} (footfall_w050.onnx is committed there)")
+        missing_requirement(f"no FP32 ONNX model in {MODEL_DIR} (footfall_w050.onnx is committed there)")
     return candidates[0]
 
 
@@ -46,5 +42,5 @@ def int8_model(fp32_model) -> Path:
     """The committed ONNX Runtime INT8 model next to the FP32 one."""
     path = fp32_model.with_name(fp32_model.name.replace(".onnx", ".int8.onnx"))
     if not path.exists():
-        skip_or_fail(f"{path} not found (the INT8 ONNX is committed next to the FP32 one)")
+        missing_requirement(f"{path} not found (the INT8 ONNX is committed next to the FP32 one)")
     return path
