@@ -69,3 +69,20 @@ def test_mixed_crops_train_on_both_kinds(tiny_sets, tmp_path, monkeypatch):
     tr.train(tr.TrainConfig(run="mx", width=0.25, epochs=1, batch_size=32, threads=1, crops="mixed"),
              torch.device("cpu"), train_set, val_set)
     assert len(seen) == 3 and 0.2 < np.mean(seen) < 0.8, seen
+
+
+def test_the_gpu_pack_loads_the_same_faces_and_labels(shared_data, tmp_path):
+    """The small WebP pack (../shared/data/device) is what travels to a GPU machine."""
+    pack = shared_data / "device"
+    if not (pack / "utkface_112.tar.gz").exists():
+        from ..support import missing_requirement
+
+        missing_requirement(f"GPU training pack not found in {pack}")
+    full = load_split("val", data_dir=shared_data)
+    packed = load_split("val", data_dir=pack, cache_dir=tmp_path)
+    assert len(packed) == len(full) == 5529
+    for key in ("gender", "race", "emotion", "dataset"):
+        assert np.array_equal(getattr(packed, key), getattr(full, key)), key
+    assert np.allclose(packed.emotion_votes, full.emotion_votes) and np.array_equal(packed.age, full.age, equal_nan=True)
+    diff = np.abs(packed.images.astype(np.int16) - full.images.astype(np.int16)).mean()
+    assert diff < 6, f"pack images differ by {diff:.1f} grey levels on average"  # WebP vs JPEG re-encoding

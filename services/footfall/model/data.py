@@ -14,6 +14,7 @@ Example (needs the datasets)::
 from __future__ import annotations
 
 import csv
+import gzip
 import logging
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,36 @@ SHA256 = {
 }
 
 
+# The same train and val images packed small for the GPU machine (../shared/data/device):
+# WebP in gzipped tars, no test split. Used when the full archives are not there.
+PACK = {
+    "utkface": ("utkface_112.tar.gz", "utkface_112.csv"),
+    "ferplus": ("ferplus_48.tar.gz", "ferplus_48.csv"),
+}
+PACK_VOTES = "ferplus_votes.csv.gz"
+PACK_SHA256 = {
+    "utkface_112.tar.gz": "3db5794d4315db9353eee69eb65cfee8f74543bc8cf48875d855bc887042e060",
+    "utkface_112.csv": "25297fc33bfc9c2f266bfc45b7c4445f18374a4fbf7970926cc87a26ca243543",
+    "ferplus_48.tar.gz": "d73de5f01630e63419fa6eb3acb2507d1fa9bc352de7156f9a939fb001f32df0",
+    "ferplus_48.csv": "660f5abca9c4b0b40962d1253fd194485ac2cc9fcf7383d48de279569e46a475",
+    "ferplus_votes.csv.gz": "d85e586fe062138f15592e66685c7b77f5934f457307c6183d6544b7605a25a6",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which files hold the data: the full archives or the GPU-machine pack."""
+
+    archives: dict[str, tuple[str, str]]
+    votes: str
+    sha256: dict[str, str]
+    tag: str  # part of the cache folder's name
+
+
+FULL_LAYOUT = Layout(DATASETS, FERPLUS_VOTES, SHA256, "")
+PACK_LAYOUT = Layout(PACK, PACK_VOTES, PACK_SHA256, "_pack")
+
+
 class DatasetMissing(FileNotFoundError):
     """The training data is not in the data directory."""
 
@@ -81,27 +112,37 @@ class FaceSet:
         return FaceSet(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(FaceSet)})
 
 
+def data_layout(data_dir: Path) -> Layout:
+    """The full archives when present, else the pack; DatasetMissing when neither is complete."""
+    for layout in (FULL_LAYOUT, PACK_LAYOUT):
+        if all((Path(data_dir) / name).exists() for name in layout.sha256):
+            return layout
+    raise DatasetMissing(f"training data not found in {data_dir}: expected {', '.join(SHA256)} "
+                         f"(or the GPU pack {', '.join(PACK_SHA256)}); set FOOTFALL_DATA_DIR to the folder "
+                         f"holding them (see model/README.md, Data)")
+
+
 def require_data(data_dir: Path) -> None:
-    missing = [n for pair in DATASETS.values() for n in pair if not (data_dir / n).exists()]
-    if missing:
-        raise DatasetMissing(f"training data not found in {data_dir}: missing {', '.join(missing)} "
-                             f"(set FOOTFALL_DATA_DIR to the folder holding them; see model/README.md, Data)")
+    data_layout(data_dir)
 
 
 def verify_data(data_dir: Path) -> None:
     """Check the archives against their published sha256 (once, before decoding them)."""
-    for name, expected in SHA256.items():
+    for name, expected in data_layout(data_dir).sha256.items():
         if file_sha256(data_dir / name) != expected:
             raise DatasetMissing(f"{data_dir / name} does not match its published sha256 {expected}")
 
 
 def _read_votes(data_dir: Path) -> dict[str, np.ndarray]:
+    """FER+ vote shares over our 7 emotions, keyed by the image's name (fer0000001)."""
+    name = data_layout(data_dir).votes
     votes: dict[str, np.ndarray] = {}
-    with open(data_dir / FERPLUS_VOTES, newline="") as fh:
+    with (gzip.open(data_dir / name, "rt", newline="") if name.endswith(".gz") else
+          open(data_dir / name, newline="")) as fh:
         for row in csv.DictReader(fh):
             if row["included"] == "1":
                 v = np.array([float(row[_VOTE_COLUMNS[e]]) for e in EMOTIONS], np.float32)
-                votes[row["file"]] = v / max(v.sum(), 1.0)
+                votes[row["fer_name"]] = v / max(v.sum(), 1.0)
     return votes
 
 
@@ -115,14 +156,17 @@ def _decode(data: bytes, size: int) -> np.ndarray:
 
 
 def _read_dataset(data_dir: Path, name: str, split: str, size: int) -> FaceSet:
-    tar_name, csv_name = DATASETS[name]
+    tar_name, csv_name = data_layout(data_dir).archives[name]
     with open(data_dir / csv_name, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == split]
     votes = _read_votes(data_dir) if name == "ferplus" else {}
-    with tarfile.open(data_dir / tar_name) as tf:
-        blobs = [tf.extractfile(r["file"]).read() for r in rows]
+    wanted, blobs = {r["file"] for r in rows}, {}
+    with tarfile.open(data_dir / tar_name, "r:*") as tf:  # one pass: gzipped tars cannot seek cheaply
+        for member in tf:
+            if member.name in wanted:
+                blobs[member.name] = tf.extractfile(member).read()
     with ThreadPoolExecutor(4) as pool:  # cv2 releases the GIL while decoding
-        images = list(pool.map(lambda b: _decode(b, size), blobs))
+        images = list(pool.map(lambda r: _decode(blobs[r["file"]], size), rows))
     n = len(rows)
 
     def idx(values: tuple[str, ...], key: str) -> np.ndarray:
@@ -134,7 +178,7 @@ def _read_dataset(data_dir: Path, name: str, split: str, size: int) -> FaceSet:
         gender=idx(("male", "female"), "gender"),
         race=idx(RACES, "race"),
         emotion=idx(EMOTIONS, "emotion"),
-        emotion_votes=np.stack([votes.get(r["file"], np.zeros(7, np.float32)) for r in rows])
+        emotion_votes=np.stack([votes.get(Path(r["file"]).stem, np.zeros(7, np.float32)) for r in rows])
         if n else np.zeros((0, 7), np.float32),
         dataset=np.full(n, 0 if name == "utkface" else 1, np.int8),
     )
@@ -148,8 +192,7 @@ def load_split(split: str, data_dir: Path | None = None, size: int = 112,
     settings = ModelSettings()
     data_dir = Path(data_dir or settings.data_dir)
     cache_dir = Path(cache_dir or settings.cache_dir) / "faces"
-    require_data(data_dir)
-    cache = cache_dir / f"{split}_{size}"
+    cache = cache_dir / f"{split}_{size}{data_layout(data_dir).tag}"
     if (cache / "done").exists():
         return FaceSet(**{f.name: np.load(cache / f"{f.name}.npy", mmap_mode=None) for f in fields(FaceSet)})
     log.info("decoding %s split from %s (cached afterwards in %s)", split, data_dir, cache)
