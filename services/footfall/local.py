@@ -75,8 +75,10 @@ class Pipeline:
         env = {**self.env, **extra_env}
         # Each service logs to its own file (a pipe nobody reads would block it once full).
         log = None if self.args.verbose else open(LOG_DIR / f"{name}.log", "ab")
+        # Own session: a terminal's Ctrl-C reaches only this runner, which stops the services in order.
         self.procs[name] = subprocess.Popen([sys.executable, "-m", module, *(args or [])], env=env,
-                                            stdout=subprocess.DEVNULL if log else None, stderr=log)
+                                            stdout=subprocess.DEVNULL if log else None, stderr=log,
+                                            start_new_session=True)
 
     def start(self) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -182,13 +184,21 @@ def main(argv: list[str] | None = None) -> None:
         settings = AggregatorSettings()
         ingest_done_at = None
         while not stop["now"]:
-            time.sleep(3)
+            for _ in range(30):
+                if stop["now"]:
+                    break
+                time.sleep(0.1)
+            if stop["now"]:
+                break
             problem = pipeline.failed()
             if problem:
                 print(f"error: {problem}", file=sys.stderr)
                 code = 1
                 break
-            print(pipeline.progress(started), flush=True)
+            try:
+                print(pipeline.progress(started), flush=True)
+            except (redis.RedisError, OSError) as exc:
+                print(f"(progress unavailable: {exc})", flush=True)
             if pipeline.procs["ingest"].poll() == 0 and ingest_done_at is None:
                 ingest_done_at = time.monotonic()
                 print("all sources ended; counting the last visitors ...", flush=True)
