@@ -456,3 +456,33 @@ def test_database_outage_is_retried_and_a_foreign_model_is_refused(redis_server_
     with pytest.raises(agg_service.ModelMismatch, match="emotions"):
         for _ in range(3):  # the first round replays the (empty) pending list
             other.step()
+
+
+def test_nothing_is_acknowledged_while_no_inference_worker_answers(redis_server_url, stream_prefix, face_model,
+                                                                   shared_data, tmp_path):
+    from footfall.config import InferenceSettings
+    from footfall.embedded_redis import free_port
+    from footfall.inference.server import InferenceServer
+    from footfall.local import sample_faces
+
+    r = redis.Redis.from_url(redis_server_url)
+    keys = StreamKeys(stream_prefix)
+    jpeg = cv2.imencode(".jpg", cv2.resize(sample_faces(shared_data, 1)[0], (112, 112)))[1].tobytes()
+    for i in range(3):
+        r.xadd(keys.faces, FaceMessage("c", 5.0 + i, i, "c:s:1", (0, 0, 60, 60), 0.9, jpeg).encode())
+    r.xadd(keys.faces, TrackEnd("c", 8.0, "c:s:1", 3).encode())
+    port = free_port()
+    agg = aggregator(redis_server_url, stream_prefix, f"sqlite:///{tmp_path}/d.db", port, inference_deadline_s=0.5,
+                     inference_retries=2)
+    agg.client.backoff_s = 0.01
+    for _ in range(3):
+        agg.step()  # inference is down: reads, fails, acknowledges nothing
+    assert r.xpending(keys.faces, agg.s.consumer_group)["pending"] == 4 and agg.counted == 0
+    assert table(agg.s.database_url) == []
+    server = InferenceServer(InferenceSettings(grpc_port=port, grpc_host="127.0.0.1", face_model=face_model))
+    try:
+        agg._retry_after = 0.0  # skip the 2 s pause the aggregator takes after an outage
+        drain(agg)
+        assert agg.counted == 1 and r.xlen(keys.faces) == 0
+    finally:
+        server.stop(grace_s=0.5)
