@@ -53,6 +53,26 @@ def table(db_url):
         return sorted((*r[:7], round(r[7], 2)) for r in rows)
 
 
+@pytest.fixture(scope="module")
+def face_jpeg(shared_data) -> bytes:
+    """One real test-split face as a 112x112 JPEG crop."""
+    from footfall.local import sample_faces
+
+    return cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(sample_faces(shared_data, 1)[0], (112, 112)),
+                                             cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def visitor_entries(jpeg: bytes, track: str = "c:s:1", crops: int = 3, t0: float = 5.0) -> list:
+    """One visitor as the ingest worker publishes it: ``crops`` face entries, then its track end."""
+    return [FaceMessage("c", t0 + i, i, track, (0, 0, 60, 60), 0.9, jpeg) for i in range(crops)] + \
+        [TrackEnd("c", t0 + crops, track, crops)]
+
+
+def publish(client: redis.Redis, keys: StreamKeys, entries: list) -> None:
+    for entry in entries:
+        client.xadd(keys.faces, entry.encode())
+
+
 def aggregator(redis_url, prefix, db_url, port, **kw):
     s = AggregatorSettings(redis_url=redis_url, stream_prefix=prefix, database_url=db_url, block_ms=50,
                            inference_targets=port if isinstance(port, str) else f"127.0.0.1:{port}", **kw)
@@ -150,35 +170,24 @@ def test_aggregator_killed_mid_run_counts_the_same_as_uninterrupted(redis_server
 
 
 def test_a_message_processed_twice_is_counted_once(redis_server_url, stream_prefix, db_url, inference_server,
-                                                  shared_data):
-    from footfall.local import sample_faces
-
-    face = cv2.cvtColor(cv2.resize(sample_faces(shared_data, 1)[0], (112, 112)), cv2.COLOR_RGB2BGR)
-    jpeg = cv2.imencode(".jpg", face)[1].tobytes()
+                                                  face_jpeg):
     r = redis.Redis.from_url(redis_server_url)
     keys = StreamKeys(stream_prefix)
-    entries = [FaceMessage("c", 1000.0 + i, i, "c:s:1", (0, 0, 50, 50), 0.9, jpeg) for i in range(3)]
-    for m in entries:
-        r.xadd(keys.faces, m.encode())
-    r.xadd(keys.faces, TrackEnd("c", 1003.0, "c:s:1", 3).encode())
+    entries = visitor_entries(face_jpeg, t0=1000.0)
+    publish(r, keys, entries)
     agg = aggregator(redis_server_url, stream_prefix, db_url, inference_server.port)
     records = drain(agg)
     assert len(records) == 1 and agg.counted == 1
-    # Replay: as if the commit happened but the acknowledgement was lost in a crash.
-    for m in entries:
-        r.xadd(keys.faces, m.encode())
-    r.xadd(keys.faces, TrackEnd("c", 1003.0, "c:s:1", 3).encode())
+    publish(r, keys, entries)  # replay: as if the commit happened but the acknowledgement was lost in a crash
     drain(agg)
     assert agg.counted == 1 and sum(row[6] for row in table(db_url)) == 1
 
 
 def test_malformed_and_corrupt_entries_go_to_the_dead_letter_stream(redis_server_url, stream_prefix, db_url,
-                                                                   inference_server, shared_data):
-    from footfall.local import sample_faces
-
+                                                                   inference_server, face_jpeg):
     r = redis.Redis.from_url(redis_server_url)
     keys = StreamKeys(stream_prefix)
-    jpeg = cv2.imencode(".jpg", cv2.resize(sample_faces(shared_data, 1)[0], (112, 112)))[1].tobytes()
+    jpeg = face_jpeg
     good = [FaceMessage("c", 10.0 + i, i, "c:s:1", (0, 0, 50, 50), 0.9, jpeg) for i in range(3)]
     r.xadd(keys.faces, good[0].encode())
     r.xadd(keys.faces, {"kind": "face", "camera": "c"})  # missing fields
@@ -217,10 +226,9 @@ def test_processing_continues_when_one_inference_worker_stops(redis_server_url, 
     assert abs(agg.counted - len(truth)) <= 0.1 * len(truth) and len(records) > 0
 
 
-def test_workers_reconnect_after_redis_restarts(models_dir, inference_server, tmp_path, shared_data):
+def test_workers_reconnect_after_redis_restarts(models_dir, inference_server, tmp_path, face_jpeg):
     from footfall.embedded_redis import EmbeddedRedis, free_port
     from footfall.ingest.service import Publisher
-    from footfall.local import sample_faces
 
     port = free_port()
     server = EmbeddedRedis(port).start()
@@ -228,11 +236,9 @@ def test_workers_reconnect_after_redis_restarts(models_dir, inference_server, tm
     agg = aggregator(url, "rr", f"sqlite:///{tmp_path}/r.db", inference_server.port, visit_timeout_s=0.5)
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
     publisher = Publisher(client, StreamKeys("rr"), 1000)
-    jpeg = cv2.imencode(".jpg", cv2.resize(sample_faces(shared_data, 1)[0], (112, 112)))[1].tobytes()
 
     def visitor(track):
-        return [FaceMessage("c", 5.0 + i, i, track, (0, 0, 60, 60), 0.9, jpeg) for i in range(2)] + \
-            [TrackEnd("c", 6.0, track, 2)]
+        return visitor_entries(face_jpeg, track, crops=2)
 
     stop = threading.Event()
     thread = threading.Thread(target=agg.run, args=(stop,), daemon=True)
@@ -413,19 +419,16 @@ def test_requests_over_the_workers_limit_are_split(redis_server_url, stream_pref
 
 
 def test_database_outage_is_retried_and_a_foreign_model_is_refused(redis_server_url, stream_prefix,
-                                                                    inference_server, shared_data, tmp_path,
+                                                                    inference_server, face_jpeg, tmp_path,
                                                                     monkeypatch):
     from sqlalchemy.exc import OperationalError
 
     from footfall.aggregator import service as agg_service
-    from footfall.local import sample_faces
 
     r = redis.Redis.from_url(redis_server_url)
     keys = StreamKeys(stream_prefix)
-    jpeg = cv2.imencode(".jpg", cv2.resize(sample_faces(shared_data, 1)[0], (112, 112)))[1].tobytes()
-    for i in range(2):
-        r.xadd(keys.faces, FaceMessage("c", 5.0 + i, i, "c:s:1", (0, 0, 60, 60), 0.9, jpeg).encode())
-    r.xadd(keys.faces, TrackEnd("c", 6.0, "c:s:1", 2).encode())
+    jpeg = face_jpeg
+    publish(r, keys, visitor_entries(jpeg, crops=2))
     agg = aggregator(redis_server_url, stream_prefix, f"sqlite:///{tmp_path}/o.db", inference_server.port)
     real_count = agg_service.count_visitors
     failures = []
@@ -459,18 +462,14 @@ def test_database_outage_is_retried_and_a_foreign_model_is_refused(redis_server_
 
 
 def test_nothing_is_acknowledged_while_no_inference_worker_answers(redis_server_url, stream_prefix, face_model,
-                                                                   shared_data, tmp_path):
+                                                                   face_jpeg, tmp_path):
     from footfall.config import InferenceSettings
     from footfall.embedded_redis import free_port
     from footfall.inference.server import InferenceServer
-    from footfall.local import sample_faces
 
     r = redis.Redis.from_url(redis_server_url)
     keys = StreamKeys(stream_prefix)
-    jpeg = cv2.imencode(".jpg", cv2.resize(sample_faces(shared_data, 1)[0], (112, 112)))[1].tobytes()
-    for i in range(3):
-        r.xadd(keys.faces, FaceMessage("c", 5.0 + i, i, "c:s:1", (0, 0, 60, 60), 0.9, jpeg).encode())
-    r.xadd(keys.faces, TrackEnd("c", 8.0, "c:s:1", 3).encode())
+    publish(r, keys, visitor_entries(face_jpeg))
     port = free_port()
     agg = aggregator(redis_server_url, stream_prefix, f"sqlite:///{tmp_path}/d.db", port, inference_deadline_s=0.5,
                      inference_retries=2)
