@@ -19,7 +19,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +35,6 @@ from footfall.inference.backends import load_backend
 from footfall.inference.client import InferenceClient
 from footfall.ingest.service import IngestWorker
 from footfall.local import sample_faces
-from footfall.schema import StreamKeys
 
 
 def make_clip(directory: Path, seconds: float) -> Path:

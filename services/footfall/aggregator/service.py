@@ -112,9 +112,7 @@ class Aggregator:
             claimed += [(_s(i), f) for i, f in entries if f]
             if start == "0-0" or not entries:
                 break
-        own = {e for v in self.open.values() for e in v.entry_ids}
-        claimed = [(i, f) for i, f in claimed if i not in own]
-        if claimed:
+        if claimed:  # handle() skips any that our own open visitors already hold
             log.info("claimed abandoned entries", **ctx(count=len(claimed)))
         return claimed
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from footfall.model.augment import AugmentConfig, augment
+from footfall.model.augment import augment
 from footfall.model.data import FaceSet, load_split
 from footfall.model.metrics import head_metrics, selection_score
 from footfall.model.network import FaceNet
