@@ -32,6 +32,81 @@ def test_training_checkpoints_and_resumes(tiny_sets, tmp_path, monkeypatch):
     assert net.config.width == 0.25 and not net.training
 
 
+def test_init_starts_from_exported_weights_with_a_fresh_schedule(tiny_sets, tmp_path, monkeypatch):
+    from footfall.model.export import save_weights
+
+    monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
+    train_set, val_set = tiny_sets
+    cfg = tr.TrainConfig(run="a", width=0.25, epochs=1, batch_size=32, warmup_steps=2, threads=1)
+    first = torch.load(tr.train(cfg, torch.device("cpu"), train_set, val_set), weights_only=False)
+    shipped = save_weights(first, tmp_path / "shipped.pt", "test")
+    loaded = []  # every state dict a FaceNet is given: random init copied to the EMA, then --init
+    original = tr.FaceNet.load_state_dict
+    monkeypatch.setattr(tr.FaceNet, "load_state_dict",
+                        lambda self, sd, **kw: (loaded.append({k: v.clone() for k, v in sd.items()}),
+                                                original(self, sd, **kw))[1])
+    cfg2 = tr.TrainConfig(run="b", width=0.25, epochs=1, batch_size=32, warmup_steps=2, threads=1,
+                          init=str(shipped))
+    tr.train(cfg2, torch.device("cpu"), train_set, val_set)
+    from_init = [sd for sd in loaded if all(torch.equal(sd[k], v) for k, v in first["ema"].items())]
+    assert len(from_init) == 2  # the trained net and its EMA both start from the shipped weights
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["state"]
+    assert state["epoch"] == 1 and state["step"] == 3  # its own schedule, not the first run's
+    with pytest.raises(ValueError, match="width"):
+        tr.train(tr.TrainConfig(run="c", width=0.5, init=str(shipped)), torch.device("cpu"), train_set, val_set)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(tiny_sets, tmp_path, monkeypatch):
+    train_set, val_set = tiny_sets
+    torch.manual_seed(0)
+    teacher, student = tr.FaceNet(width=0.25), tr.FaceNet(width=0.25)
+    x = tr.to_batch(train_set, np.arange(32), torch.device("cpu"))["image"]
+    with torch.no_grad():
+        for net in (teacher, student):
+            # Fresh nets answer the same for every face: give them data-driven BatchNorm
+            # statistics and larger heads so that their outputs differ.
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.momentum = None
+            net.train()(x)
+            for head in (net.emotion_head, net.race_head, net.age_head, net.gender_head):
+                torch.nn.init.normal_(head.weight, 0.0, 3.0 / head.in_features ** 0.5)
+        t_out, s_out = teacher.eval()(x), student.eval()(x)
+    to_itself = tr.distillation_loss(t_out, t_out, 2.0)
+    # Only the gender BCE's entropy remains when the student answers as the teacher does.
+    p = torch.sigmoid(t_out["gender_logit"])
+    entropy = -(p * torch.log(p) + (1 - p) * torch.log(1 - p)).mean()
+    assert torch.allclose(to_itself, entropy, atol=1e-4)
+    assert tr.distillation_loss(s_out, t_out, 2.0) > to_itself + 0.1
+
+    # In training: the teacher's soft targets add a loss term for every batch.
+    monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
+    teacher_file = tmp_path / "teacher.pt"
+    torch.save({"ema": teacher.state_dict(), "config": {"width": 0.25}}, teacher_file)
+    terms = []
+    original = tr.distillation_loss
+    monkeypatch.setattr(tr, "distillation_loss", lambda *a: terms.append(original(*a)) or terms[-1])
+    tr.train(tr.TrainConfig(run="d", width=0.25, epochs=1, batch_size=32, threads=1, teacher=str(teacher_file)),
+             torch.device("cpu"), train_set, val_set)
+    assert len(terms) == 3 and all(torch.isfinite(t) and t > 0 for t in terms)
+
+
+def test_augmentations_switch_off_for_ablations():
+    from footfall.model.augment import AugmentConfig, augment
+
+    x = torch.rand(6, 3, 112, 112)
+    everything_off = AugmentConfig().without(list(AugmentConfig.GROUPS))
+    torch.testing.assert_close(augment(x.clone(), torch.Generator().manual_seed(0), everything_off), x,
+                               atol=1e-4, rtol=0)
+    only_flip = AugmentConfig().without([g for g in AugmentConfig.GROUPS if g != "flip"])
+    y = augment(x.clone(), torch.Generator().manual_seed(0), only_flip)
+    flipped = [bool(torch.allclose(y[i], x[i].flip(-1), atol=1e-4)) for i in range(6)]
+    unchanged = [bool(torch.allclose(y[i], x[i], atol=1e-4)) for i in range(6)]
+    assert all(f != u for f, u in zip(flipped, unchanged)) and any(flipped) and any(unchanged)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        AugmentConfig().without(["sepia"])
+
+
 def test_loss_ignores_heads_without_labels(tiny_sets):
     train_set, _ = tiny_sets
     fer = np.flatnonzero(train_set.dataset == 1)[:8]

@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,30 @@ class AugmentConfig:
     noise: float = 0.15
     noise_std: float = 0.04
     erase: float = 0.25
+
+    # What each name of ``without`` switches off (for ablations: footfall-train --augment-off).
+    GROUPS: ClassVar[dict[str, dict]] = {
+        "flip": {"flip": 0.0},
+        "affine": {"max_rotate_deg": 0.0, "scale": (1.0, 1.0), "max_translate": 0.0},
+        "color": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0},
+        "grayscale": {"grayscale": 0.0},
+        "downscale": {"downscale": 0.0},
+        "blur": {"blur": 0.0},
+        "noise": {"noise": 0.0},
+        "erase": {"erase": 0.0},
+    }
+
+    def without(self, groups: list[str]) -> AugmentConfig:
+        """This config with the named augmentation groups switched off.
+
+        >>> AugmentConfig().without(["blur", "flip"]).blur, AugmentConfig().without([]).blur
+        (0.0, 0.1)
+        """
+        unknown = set(groups) - set(self.GROUPS)
+        if unknown:
+            raise ValueError(f"unknown augmentation {sorted(unknown)}; choose from {', '.join(self.GROUPS)}")
+        changes = {k: v for g in groups for k, v in self.GROUPS[g].items()}
+        return dataclasses.replace(self, **changes)
 
 
 def _rand(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from footfall.model.augment import augment
+from footfall.model.augment import AugmentConfig, augment
 from footfall.model.data import FaceSet, load_split
 from footfall.model.metrics import head_metrics, selection_score
 from footfall.model.network import FaceNet
@@ -72,6 +72,16 @@ class TrainConfig:
     # (mixed, pipeline with probability pipeline_share; validation then on pipeline crops).
     crops: str = "dataset"
     pipeline_share: float = 0.5
+    # Start from these weights (a run's best.pt or a committed model/*.pt) with a fresh optimizer
+    # and schedule, so training accumulates across machines; ignored when the run resumes.
+    init: str = ""
+    # Knowledge distillation: a trained (larger) model's outputs as extra soft targets for every
+    # sample, which also gives FER faces age/gender/race targets and UTKFace faces emotion ones.
+    teacher: str = ""
+    distill_weight: float = 1.0
+    distill_temperature: float = 2.0
+    # Augmentations to switch off (comma-separated AugmentConfig groups), to measure what each buys.
+    augment_off: str = ""
 
 
 def _age_targets(age: torch.Tensor, bins: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -123,6 +133,22 @@ class MultiTaskLoss(nn.Module):
                 else:
                     total = total + w * terms[name]
         return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                      temperature: float) -> torch.Tensor:
+    """Soft-target loss (Hinton et al. 2015) summed over the four heads, for every sample.
+
+    Softmax heads (age distribution, race, emotion): KL divergence at ``temperature``, scaled
+    by its square so gradients keep their size; gender: BCE to the teacher's probability.
+    """
+    total = student["gender_logit"].new_zeros(())
+    for key in ("age_logits", "race_logits", "emotion_logits"):
+        t = torch.softmax(teacher[key].float() / temperature, dim=1)
+        s = torch.log_softmax(student[key].float() / temperature, dim=1)
+        total = total + F.kl_div(s, t, reduction="batchmean") * temperature**2
+    target = torch.sigmoid(teacher["gender_logit"].float())
+    return total + F.binary_cross_entropy_with_logits(student["gender_logit"].float(), target)
 
 
 def to_batch(faces: FaceSet, index: np.ndarray, device: torch.device,
@@ -223,10 +249,21 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     steps_per_epoch = len(train_set) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     ema = EMA(net, cfg.ema_decay)
+    teacher = None
+    if cfg.teacher:
+        teacher = load_checkpoint(Path(cfg.teacher)).to(device).to(memory_format=torch.channels_last)
+    augment_config = AugmentConfig().without(cfg.augment_off.split(",") if cfg.augment_off else [])
     use_amp = device.type == "cuda"
     state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": -1, "history": []}
 
     last = out_dir / "last.pt"
+    if cfg.init and not last.exists():
+        start = torch.load(cfg.init, map_location=device, weights_only=False)
+        if start["config"]["width"] != cfg.width:
+            raise ValueError(f"--init {cfg.init} has width {start['config']['width']}, not {cfg.width}")
+        net.load_state_dict(start["ema"])
+        ema.model.load_state_dict(start["ema"])
+        log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
     if last.exists():
         ckpt = torch.load(last, map_location=device, weights_only=False)
         net.load_state_dict(ckpt["model"])
@@ -255,12 +292,18 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
                 use = np.random.default_rng(state["step"]).random(len(idx)) < cfg.pipeline_share
                 images[use] = pipeline_images[idx[use]]
             batch = to_batch(train_set, idx, device, images)
-            x = normalize_batch(augment(batch["image"], gen))
+            x = normalize_batch(augment(batch["image"], gen, augment_config))
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(state["step"], total_steps, cfg.warmup_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = net(x.contiguous(memory_format=torch.channels_last))
             loss, parts = criterion({k: v.float() for k, v in out.items()}, batch)
+            if teacher is not None:
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    soft = teacher(x.contiguous(memory_format=torch.channels_last))
+                parts["distill"] = distillation_loss(out, soft, cfg.distill_temperature)
+                loss = loss + cfg.distill_weight * parts["distill"]
+                parts["distill"] = float(parts["distill"].detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 5.0)
