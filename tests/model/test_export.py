@@ -62,3 +62,32 @@ def test_onnx_matches_pytorch(random_model):
         np.testing.assert_allclose(a, b.numpy(), atol=1e-2 if name == "age" else 1e-4, err_msg=name)
     # The outputs vary with the face, so the comparison above means something.
     assert np.ptp(onnx_out[0]) > 1.0 and np.ptp(onnx_out[1]) > 0.1
+
+
+def test_weights_recovered_from_onnx_give_the_same_outputs(random_model):
+    """scripts/onnx_to_checkpoint.py: BatchNorms folded by the export are unfolded again."""
+    import importlib.util
+
+    from .model_files import REPO
+
+    spec = importlib.util.spec_from_file_location("onnx_to_checkpoint", REPO / "scripts" / "onnx_to_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    net, _, onnx_path = random_model
+    faces = np.random.default_rng(1).integers(0, 256, (64, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    recovered = tool.net_from_onnx(onnx_path, faces)
+    assert recovered.config.width == net.config.width == 0.25
+    x = torch.from_numpy(normalize_nchw(faces[:8], load_backend("onnxruntime", onnx_path, threads=1).metadata))
+    with torch.no_grad():
+        want, got = net.eval()(x), recovered(x)
+        for key in ("gender", "race", "emotion"):
+            torch.testing.assert_close(got[key], want[key], atol=1e-4, rtol=0)
+        torch.testing.assert_close(got["age"], want["age"], atol=0.05, rtol=0)
+        # Train mode normalises with the batch's statistics; on the faces the statistics came from
+        # they are the unfolded running ones, so (dropout aside) the output stays the same.
+        everything = torch.from_numpy(normalize_nchw(faces, load_backend("onnxruntime", onnx_path, threads=1).metadata))
+        reference = recovered(everything)
+        recovered.train()
+        recovered.dropout.eval()
+        train_mode = recovered(everything)
+    torch.testing.assert_close(train_mode["emotion"], reference["emotion"], atol=1e-4, rtol=0)
