@@ -55,3 +55,25 @@ def test_int8_agrees_with_fp32(fp32_path, int8_path, test_subset, accuracy_floor
     assert gender >= agree["gender_min"], figures
     assert emotion >= agree["emotion_min"], figures
     assert age_diff <= agree["age_mean_abs_diff_max"], figures
+
+
+def test_committed_files_fit_the_size_budget():
+    # Issue 7: committed model files at most 25 MB together.
+    files = [p for p in MODEL_DIR.iterdir() if p.suffix in (".onnx", ".rknn", ".pt")]
+    total = sum(p.stat().st_size for p in files)
+    assert total <= 25_000_000, {p.name: p.stat().st_size for p in files}
+
+
+@pytest.mark.parametrize("fp32_path", [p for p, _ in PAIRS], ids=[p[0].name for p in PAIRS])
+def test_committed_pytorch_weights_are_the_onnx_model(fp32_path, test_subset):
+    """The shipped ``.pt`` (what training continues from) is the same network as the shipped ONNX."""
+    from footfall.model.train import load_checkpoint, predict_torch
+
+    weights = fp32_path.with_suffix(".pt")
+    assert weights.exists(), f"{weights} missing: footfall-export writes it next to the ONNX files"
+    images = test_subset.images[::10]
+    torch_p = predict_torch(load_checkpoint(weights), images, __import__("torch").device("cpu"))
+    onnx_p = run_backend(fp32_path, images)
+    np.testing.assert_allclose(torch_p.age, onnx_p.age, atol=0.05)
+    np.testing.assert_allclose(torch_p.emotion, onnx_p.emotion, atol=1e-3)
+    np.testing.assert_allclose(torch_p.gender, onnx_p.gender, atol=1e-3)

@@ -355,8 +355,8 @@ def render(results: list[dict], markdown: bool = False) -> str:
         if "detection_rate" in r:
             rates = ", ".join(f"{k} {100 * v:.2f} %" for k, v in r["detection_rate"].items())
             det = ", ".join(f"{t} {fmt(k, r['detected_only'].get(k))}" for k, t in HEADLINE if k in r["detected_only"])
-            out += [f"YuNet detection rate (pipeline crops): {rates}. Faces without a detection keep the dataset crop; "
-                    f"on detected faces only: {det}", ""]
+            out += [f"{h}YuNet detection rate, {label}", "",
+                    f"{rates}. Faces without a detection keep the dataset crop; on detected faces only: {det}", ""]
         rows = []
         for axis in ("race", "gender", "age_band"):
             for group, g in r["fairness"][axis].items():

@@ -1,9 +1,11 @@
-"""Export a trained checkpoint to ONNX FP32 and ONNX Runtime static INT8 (QDQ).
+"""Export a trained checkpoint to ONNX FP32, ONNX Runtime static INT8 (QDQ) and PyTorch weights.
 
 The ONNX files carry a dynamic batch axis, outputs named after the heads, and the model's
 metadata (name, version, preprocessing, label names) under the ``footfall`` key, which every
 consumer reads (``footfall.inference.backends.base.ModelMetadata``). INT8 calibration uses
-real training faces.
+real training faces. The PyTorch weights (``<stem>.pt``: EMA weights and the run's config,
+no optimizer) ship too, so that training can continue from them on any machine
+(``footfall-train --init model/footfall_w050.pt``) and evaluation can compare against them.
 
     footfall-export ~/.cache/footfall/runs/w050/best.pt --out model/ --version 2026.11.25
 """
@@ -51,6 +53,13 @@ def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
     _set_metadata(model, model_metadata(net, version))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+    return path
+
+
+def save_weights(checkpoint: dict, path: Path, version: str) -> Path:
+    """The shippable part of a training checkpoint: EMA weights, config, epoch, validation metrics."""
+    keep = {k: checkpoint[k] for k in ("ema", "config", "epoch", "metrics") if k in checkpoint}
+    torch.save({**keep, "version": version}, path)
     return path
 
 
@@ -110,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     stem = net.config.name.replace("footfall-mnv2-", "footfall_")
     fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version)
     int8 = quantize_int8(fp32, args.out / f"{stem}.int8.onnx", calibration_faces(args.calibration))
-    print(f"wrote {fp32} ({fp32.stat().st_size / 1e6:.1f} MB) and {int8} ({int8.stat().st_size / 1e6:.1f} MB)")
+    weights = save_weights(torch.load(args.checkpoint, map_location="cpu", weights_only=False),
+                           args.out / f"{stem}.pt", args.version)
+    for path in (fp32, int8, weights):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

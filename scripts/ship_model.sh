@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Ship a trained checkpoint as the committed model: every format, the CI floors and the model card.
+#   bash scripts/ship_model.sh ~/.cache/footfall/runs/w050b/best.pt 2026.11.26-cpu
+# Writes model/<stem>.onnx, .int8.onnx, .pt, .rknn (+ .json) and accuracy_floor.json, then refreshes
+# the model card's evaluation and RKNN tables. Speed tables are left alone (measure them on an idle
+# machine: python scripts/refresh_model_card.py --only model_speed --only multitask_vs_single).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+checkpoint=${1:?checkpoint (.pt) to ship}
+version=${2:?model version, e.g. 2026.11.26-cpu}
+export PATH="$PWD/.venv/bin:$PATH"
+stem=$(python -c "import sys, torch; from footfall.model.network import NetConfig
+print(NetConfig(width=torch.load(sys.argv[1], map_location='cpu', weights_only=False)['config']['width']).name
+      .replace('footfall-mnv2-', 'footfall_'))" "$checkpoint")
+footfall-export "$checkpoint" --out model --version "$version"
+footfall-rknn convert "model/$stem.onnx"
+footfall-evaluate "model/$stem.onnx" "model/$stem.int8.onnx" --limit 300 --no-robustness --floor model/accuracy_floor.json
+python scripts/refresh_model_card.py --skip model_speed --skip multitask_vs_single
+echo "shipped $checkpoint as model/$stem.* ($version); check the card's status block and commit" >&2
