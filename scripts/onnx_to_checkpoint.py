@@ -28,7 +28,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from footfall.inference.backends.base import METADATA_KEY, ModelMetadata
+from footfall.inference.backends.base import ModelMetadata
 from footfall.model.network import FaceNet
 from footfall.model.preprocess import normalize_batch
 from footfall.model.train import TrainConfig
@@ -42,7 +42,7 @@ def width_from_name(name: str) -> float:
 def net_from_onnx(path: Path, faces: np.ndarray) -> FaceNet:
     """An eval-mode FaceNet equal to the ONNX model, BatchNorms unfolded on ``faces`` (uint8 RGB)."""
     model = onnx.load(str(path))
-    meta = ModelMetadata.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    meta = ModelMetadata.from_onnx(model)
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     net = FaceNet(width=width_from_name(meta.name)).eval()
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]

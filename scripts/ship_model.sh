@@ -9,9 +9,8 @@ cd "$(dirname "$0")/.."
 checkpoint=${1:?checkpoint (.pt) to ship}
 version=${2:?model version, e.g. 2026.11.26-cpu}
 export PATH="$PWD/.venv/bin:$PATH"
-stem=$(python -c "import sys, torch; from footfall.model.network import NetConfig
-print(NetConfig(width=torch.load(sys.argv[1], map_location='cpu', weights_only=False)['config']['width']).name
-      .replace('footfall-mnv2-', 'footfall_'))" "$checkpoint")
+stem=$(python -c "import sys; from footfall.model.train import load_checkpoint
+print(load_checkpoint(sys.argv[1]).config.file_stem)" "$checkpoint")
 footfall-export "$checkpoint" --out model --version "$version"
 footfall-rknn convert "model/$stem.onnx"
 footfall-evaluate "model/$stem.onnx" "model/$stem.int8.onnx" --limit 300 --no-robustness --floor model/accuracy_floor.json

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from footfall.inference.backends import load_backend
 from footfall.model.metrics import head_metrics
@@ -72,7 +73,7 @@ def test_committed_pytorch_weights_are_the_onnx_model(fp32_path, test_subset):
     weights = fp32_path.with_suffix(".pt")
     assert weights.exists(), f"{weights} missing: footfall-export writes it next to the ONNX files"
     images = test_subset.images[::10]
-    torch_p = predict_torch(load_checkpoint(weights), images, __import__("torch").device("cpu"))
+    torch_p = predict_torch(load_checkpoint(weights), images, torch.device("cpu"))
     onnx_p = run_backend(fp32_path, images)
     np.testing.assert_allclose(torch_p.age, onnx_p.age, atol=0.05)
     np.testing.assert_allclose(torch_p.emotion, onnx_p.emotion, atol=1e-3)

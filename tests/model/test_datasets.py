@@ -260,7 +260,7 @@ def test_prepare_builds_what_load_split_reads(fake_sources, tmp_path, monkeypatc
 
     for name in data.SHA256:  # the published digests replaced by these files' own
         monkeypatch.setitem(data.SHA256, name, file_sha256(dest / name))
-    assert ds.sha256_mismatches(dest, data.SHA256) == []
+    assert data.sha256_mismatches(dest, data.SHA256) == []
     for split in ("train", "val", "test"):
         faces = data.load_split(split, data_dir=dest, cache_dir=tmp_path / "cache", size=64)
         utk_names = sorted(n for n in truth if split_of[n] == split)

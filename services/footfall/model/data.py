@@ -126,11 +126,22 @@ def require_data(data_dir: Path) -> None:
     data_layout(data_dir)
 
 
+def sha256_mismatches(folder: Path, expected: dict[str, str]) -> list[str]:
+    """One line per file whose sha256 differs from the published one (or that is missing)."""
+    problems = []
+    for name, digest in expected.items():
+        path = Path(folder) / name
+        got = file_sha256(path) if path.is_file() else "missing"
+        if got != digest:
+            problems.append(f"{name}: expected sha256 {digest}, got {got}")
+    return problems
+
+
 def verify_data(data_dir: Path) -> None:
     """Check the archives against their published sha256 (once, before decoding them)."""
-    for name, expected in data_layout(data_dir).sha256.items():
-        if file_sha256(data_dir / name) != expected:
-            raise DatasetMissing(f"{data_dir / name} does not match its published sha256 {expected}")
+    problems = sha256_mismatches(data_dir, data_layout(data_dir).sha256)
+    if problems:
+        raise DatasetMissing(f"files in {data_dir} do not match their published sha256: {'; '.join(problems)}")
 
 
 def _read_votes(data_dir: Path) -> dict[str, np.ndarray]:

@@ -51,9 +51,8 @@ from typing import NamedTuple, TypeVar
 import cv2
 import numpy as np
 
-from footfall.files import file_sha256
 from footfall.labels import EMOTIONS, GENDERS, RACES
-from footfall.model.data import SHA256, DatasetMissing, data_layout
+from footfall.model.data import SHA256, DatasetMissing, data_layout, sha256_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -460,17 +459,6 @@ def locate_snapshot(snapshot: Snapshot, sources: Path, scratch: Path) -> Path:
     raise FileNotFoundError(f"snapshot {snapshot.owner}/{snapshot.repo}@{snapshot.commit[:12]} not in {sources}: "
                             f"expected {snapshot.archive_name} or a folder {snapshot.folder_name}/ "
                             f"holding {', '.join(snapshot.folders)} (footfall-data download fetches it)")
-
-
-def sha256_mismatches(folder: Path, expected: Mapping[str, str]) -> list[str]:
-    """One line per file whose sha256 differs from the published one (or that is missing)."""
-    problems = []
-    for name, digest in expected.items():
-        path = Path(folder) / name
-        got = file_sha256(path) if path.is_file() else "missing"
-        if got != digest:
-            problems.append(f"{name}: expected sha256 {digest}, got {got}")
-    return problems
 
 
 def prepare(sources: Path, dest: Path, check: bool = True, workers: int | None = None) -> list[str]:

@@ -79,7 +79,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray) -> Path:
 
     from footfall.inference.backends.base import normalize_nchw
 
-    meta = ModelMetadata.from_json({p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}[METADATA_KEY])
+    meta = ModelMetadata.from_onnx(onnx.load(str(fp32_path)))
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     net = load_checkpoint(args.checkpoint)
-    stem = net.config.name.replace("footfall-mnv2-", "footfall_")
+    stem = net.config.file_stem
     fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version)
     int8 = quantize_int8(fp32, args.out / f"{stem}.int8.onnx", calibration_faces(args.calibration))
     weights = save_weights(torch.load(args.checkpoint, map_location="cpu", weights_only=False),

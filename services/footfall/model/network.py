@@ -93,6 +93,11 @@ class NetConfig:
     def name(self) -> str:
         return f"footfall-mnv2-w{int(round(self.width * 100)):03d}"
 
+    @property
+    def file_stem(self) -> str:
+        """Stem of the model's files in model/ (``footfall_w050``.onnx, .int8.onnx, .pt, .rknn)."""
+        return self.name.replace("footfall-mnv2-", "footfall_")
+
 
 class FaceNet(nn.Module):
     """MobileNetV2-style multi-task network for 112x112 RGB faces."""

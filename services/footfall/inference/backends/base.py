@@ -49,6 +49,14 @@ class ModelMetadata:
         return ModelMetadata(**d)
 
     @staticmethod
+    def from_onnx(model) -> ModelMetadata:
+        """The metadata of a loaded ``onnx.ModelProto`` (its ``metadata_props[METADATA_KEY]``)."""
+        props = {p.key: p.value for p in model.metadata_props}
+        if METADATA_KEY not in props:
+            raise ValueError(f"ONNX model has no '{METADATA_KEY}' metadata: export it with footfall-export")
+        return ModelMetadata.from_json(props[METADATA_KEY])
+
+    @staticmethod
     def from_sidecar(model_path: Path) -> ModelMetadata:
         sidecar = Path(str(model_path) + ".json")
         if not sidecar.exists():
