@@ -161,3 +161,26 @@ def test_the_gpu_pack_loads_the_same_faces_and_labels(shared_data, tmp_path):
     assert np.allclose(packed.emotion_votes, full.emotion_votes) and np.array_equal(packed.age, full.age, equal_nan=True)
     diff = np.abs(packed.images.astype(np.int16) - full.images.astype(np.int16)).mean()
     assert diff < 6, f"pack images differ by {diff:.1f} grey levels on average"  # WebP vs JPEG re-encoding
+
+
+def test_low_resolution_training_runs_and_the_exported_graph_has_no_resize(tiny_sets, tmp_path, monkeypatch):
+    """--image-size 64 trains and validates on smaller faces; the 112-pixel export is unchanged."""
+    import onnx
+
+    from footfall.model.export import export_onnx
+
+    monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
+    seen = []
+    original = tr.FaceNet.embed
+    monkeypatch.setattr(tr.FaceNet, "embed", lambda self, x: (seen.append(int(x.shape[-1])), original(self, x))[1])
+    train_set, val_set = tiny_sets
+    best = tr.train(tr.TrainConfig(run="lr", width=0.25, epochs=1, batch_size=32, threads=1, image_size=64),
+                    torch.device("cpu"), train_set, val_set)
+    assert set(seen) == {64}  # training batches and validation alike
+    state = torch.load(tmp_path / "lr" / "last.pt", weights_only=False)["state"]
+    assert np.isfinite(state["history"][0]["score"])
+    seen.clear()
+    net = tr.load_checkpoint(best)
+    onnx_file = export_onnx(net, tmp_path / "lr.onnx", "test")
+    ops = {node.op_type for node in onnx.load(onnx_file).graph.node}
+    assert set(seen) == {112} and "Resize" not in ops and "GlobalAveragePool" not in ops

@@ -30,11 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from footfall.labels import AGE_BINS, EMOTIONS, RACES
-
-INPUT_SIZE = 112
+from footfall.model.preprocess import INPUT_SIZE
 # (expansion t, output channels c, repeats n, first stride s) as in MobileNetV2.
 _INVERTED_RESIDUAL_PLAN = (
     (1, 16, 1, 1),
@@ -143,7 +143,14 @@ class FaceNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(torch.flatten(self.gdc(self.features(x)), 1))
+        fmap = self.features(x)
+        kernel = self.gdc[0].kernel_size
+        if tuple(fmap.shape[-2:]) != kernel:
+            # Low-resolution training (footfall-train --image-size 64): the GDC's kernel covers
+            # the 112x112 map, so the smaller final map is stretched to it. Never true at 112,
+            # so the exported graph has no resize.
+            fmap = F.interpolate(fmap, size=kernel, mode="bilinear", align_corners=False)
+        return self.dropout(torch.flatten(self.gdc(fmap), 1))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.embed(x)
