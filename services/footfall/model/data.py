@@ -18,6 +18,7 @@ import gzip
 import logging
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -35,16 +36,12 @@ DATASETS = {
     "ferplus": ("ferplus_48.tar", "ferplus_48.csv"),
 }
 FERPLUS_VOTES = "ferplus_votes.csv"
-# Column of ferplus_votes.csv for each of our emotions, in EMOTIONS order.
-_VOTE_COLUMNS = {
-    "angry": "votes_anger",
-    "disgust": "votes_disgust",
-    "fear": "votes_fear",
-    "happy": "votes_happiness",
-    "sad": "votes_sadness",
-    "surprise": "votes_surprise",
-    "neutral": "votes_neutral",
-}
+# FER+'s ten vote categories (the votes_* columns of ferplus_votes.csv, in this order) and which
+# of them are our emotions (contempt, unknown and not-a-face are not).
+VOTE_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+              "unknown", "NF")
+FERPLUS_TO_EMOTION = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happiness": "happy",
+                      "sadness": "sad", "surprise": "surprise", "neutral": "neutral"}
 # Published sha256 of the files in the shared data directory (see its README).
 SHA256 = {
     "utkface_128.tar": "ff92b0c14b6158b0383bf0159e5cd0468e436917a7b613d228d7f47ba09a387f",
@@ -144,6 +141,19 @@ def verify_data(data_dir: Path) -> None:
         raise DatasetMissing(f"files in {data_dir} do not match their published sha256: {'; '.join(problems)}")
 
 
+def vote_shares(votes: Sequence[int]) -> np.ndarray:
+    """Share of the raw votes (10, VOTE_NAMES order) of each of our 7 emotions (EMOTIONS order),
+    over the votes for those 7 only: the soft emotion target training learns from.
+
+    >>> vote_shares([6, 0, 1, 1, 0, 0, 0, 0, 2, 0]).round(3).tolist()
+    [0.0, 0.0, 0.0, 0.0, 0.125, 0.125, 0.75]
+    """
+    by_name = dict(zip(VOTE_NAMES, votes))
+    inverse = {emotion: name for name, emotion in FERPLUS_TO_EMOTION.items()}
+    counts = np.array([by_name[inverse[e]] for e in EMOTIONS], np.float32)
+    return counts / max(float(counts.sum()), 1.0)
+
+
 def _read_votes(data_dir: Path) -> dict[str, np.ndarray]:
     """FER+ vote shares over our 7 emotions, keyed by the image's name (fer0000001)."""
     name = data_layout(data_dir).votes
@@ -152,8 +162,7 @@ def _read_votes(data_dir: Path) -> dict[str, np.ndarray]:
           open(data_dir / name, newline="")) as fh:
         for row in csv.DictReader(fh):
             if row["included"] == "1":
-                v = np.array([float(row[_VOTE_COLUMNS[e]]) for e in EMOTIONS], np.float32)
-                votes[row["fer_name"]] = v / max(v.sum(), 1.0)
+                votes[row["fer_name"]] = vote_shares([int(row[f"votes_{n}"]) for n in VOTE_NAMES])
     return votes
 
 

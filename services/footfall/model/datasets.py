@@ -52,7 +52,8 @@ import cv2
 import numpy as np
 
 from footfall.labels import EMOTIONS, GENDERS, RACES
-from footfall.model.data import SHA256, DatasetMissing, data_layout, sha256_mismatches
+from footfall.model.data import (FERPLUS_TO_EMOTION, SHA256, VOTE_NAMES, DatasetMissing, data_layout,
+                                 sha256_mismatches)
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,6 @@ UTK_SIZE = 128
 FER_SIZE = 48
 UTK_SPLIT_SALT = "utkface-v1"
 # The 10 FER+ vote columns, in the order of the label.csv files.
-VOTE_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
-              "unknown", "NF")
-FERPLUS_TO_EMOTION = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happiness": "happy",
-                      "sadness": "sad", "surprise": "surprise", "neutral": "neutral"}
 VOTES_COLUMNS = ("fer_name", "fer2013_usage", "split", *(f"votes_{n}" for n in VOTE_NAMES),
                  "ferplus_majority", "status", "included", "file", "fer2013_label")
 # Original-label matching: a FER+ image takes the label of its closest FaceExp image when their
@@ -231,19 +228,6 @@ def ferplus_majority(votes: Sequence[int]) -> Majority:
     if category not in FERPLUS_TO_EMOTION:
         return Majority(None, f"majority_{category}")
     return Majority(FERPLUS_TO_EMOTION[category], "ok")
-
-
-def vote_shares(votes: Sequence[int]) -> np.ndarray:
-    """Share of the raw votes (10, VOTE_NAMES order) of each of our 7 emotions (EMOTIONS order),
-    over the votes for those 7 only: the soft target ``footfall.model.data`` trains on.
-
-    >>> vote_shares([6, 0, 1, 1, 0, 0, 0, 0, 2, 0]).round(3).tolist()
-    [0.0, 0.0, 0.0, 0.0, 0.125, 0.125, 0.75]
-    """
-    by_name = dict(zip(VOTE_NAMES, votes))
-    inverse = {emotion: name for name, emotion in FERPLUS_TO_EMOTION.items()}
-    counts = np.array([by_name[inverse[e]] for e in EMOTIONS], np.float32)
-    return counts / max(float(counts.sum()), 1.0)
 
 
 def ferplus_rows(name: str, usage: str, split: str, votes: Sequence[int],
