@@ -72,10 +72,12 @@ def model_format(path: Path) -> str:
     if suffix == ".onnx":
         import onnx
 
-        from footfall.inference.backends.base import METADATA_KEY, ModelMetadata
+        from footfall.inference.backends.base import ModelMetadata
 
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        precision = ModelMetadata.from_json(props[METADATA_KEY]).precision if METADATA_KEY in props else "fp32"
+        try:
+            precision = ModelMetadata.from_onnx(onnx.load(str(path), load_external_data=False)).precision
+        except ValueError:  # an ONNX file without our metadata: a plain float export
+            precision = "fp32"
         return f"onnx-{precision}"
     raise ValueError(f"unknown model format of {path} (expected .pt, .onnx or .rknn)")
 
