@@ -145,10 +145,10 @@ class FaceNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         fmap = self.features(x)
         kernel = self.gdc[0].kernel_size
-        if tuple(fmap.shape[-2:]) != kernel:
+        if not torch.jit.is_tracing() and tuple(fmap.shape[-2:]) != kernel:
             # Low-resolution training (footfall-train --image-size 64): the GDC's kernel covers
             # the 112x112 map, so the smaller final map is stretched to it. Never true at 112,
-            # so the exported graph has no resize.
+            # and the ONNX export (a trace at 112) leaves the check out of the graph.
             fmap = F.interpolate(fmap, size=kernel, mode="bilinear", align_corners=False)
         return self.dropout(torch.flatten(self.gdc(fmap), 1))
 
