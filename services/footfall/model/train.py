@@ -344,9 +344,10 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
                 "config": asdict(cfg)}
         torch.save(ckpt, out_dir / "last.tmp")
         (out_dir / "last.tmp").replace(last)
-        if improved:
+        if improved:  # also written whole or not at all: a time-boxed run may be stopped at any moment
             torch.save({"ema": ema.model.state_dict(), "config": asdict(cfg), "metrics": metrics,
-                        "epoch": epoch + 1}, out_dir / "best.pt")
+                        "epoch": epoch + 1}, out_dir / "best.tmp")
+            (out_dir / "best.tmp").replace(out_dir / "best.pt")
         print(f"epoch {epoch + 1} val {json.dumps(summary)} score={score:.4f}"
               f"{' (best)' if improved else ''} {time.time() - t0:.0f}s", flush=True)
     return out_dir / "best.pt"
