@@ -18,11 +18,10 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = --collect ]; then
   dir=${2:?folder with the files the device tool brought back}
-  for first in "$dir"/*.pt.part-aa "$dir"/*.pt; do
+  for first in "$dir"/*.pt.part-aa; do
     [ -e "$first" ] || continue
-    case $first in
-      *.part-aa) cat "${first%-aa}"-* > "${first%.part-aa}" && rm "${first%.part-aa}".part-* ;;
-    esac
+    pt=${first%.part-aa}
+    cat "$pt".part-* > "$pt" && rm "$pt".part-*
   done
   ls -l "$dir"/*.pt
   exit 0

@@ -17,8 +17,8 @@ import csv
 import gzip
 import logging
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -42,6 +42,9 @@ VOTE_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust",
               "unknown", "NF")
 FERPLUS_TO_EMOTION = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happiness": "happy",
                       "sadness": "sad", "surprise": "surprise", "neutral": "neutral"}
+# Position in VOTE_NAMES of each of our emotions, in EMOTIONS order.
+_EMOTION_VOTE_INDEX = tuple(VOTE_NAMES.index({e: n for n, e in FERPLUS_TO_EMOTION.items()}[emotion])
+                            for emotion in EMOTIONS)
 # Published sha256 of the files in the shared data directory (see its README).
 SHA256 = {
     "utkface_128.tar": "ff92b0c14b6158b0383bf0159e5cd0468e436917a7b613d228d7f47ba09a387f",
@@ -148,9 +151,7 @@ def vote_shares(votes: Sequence[int]) -> np.ndarray:
     >>> vote_shares([6, 0, 1, 1, 0, 0, 0, 0, 2, 0]).round(3).tolist()
     [0.0, 0.0, 0.0, 0.0, 0.125, 0.125, 0.75]
     """
-    by_name = dict(zip(VOTE_NAMES, votes))
-    inverse = {emotion: name for name, emotion in FERPLUS_TO_EMOTION.items()}
-    counts = np.array([by_name[inverse[e]] for e in EMOTIONS], np.float32)
+    counts = np.asarray(votes, np.float32)[list(_EMOTION_VOTE_INDEX)]
     return counts / max(float(counts.sum()), 1.0)
 
 

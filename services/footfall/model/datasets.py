@@ -108,7 +108,7 @@ JPEG_QUALITY = 92
 UTK_SIZE = 128
 FER_SIZE = 48
 UTK_SPLIT_SALT = "utkface-v1"
-# The 10 FER+ vote columns, in the order of the label.csv files.
+# Columns of ferplus_votes.csv: the 10 vote counts in VOTE_NAMES order (that of FER+'s label.csv files).
 VOTES_COLUMNS = ("fer_name", "fer2013_usage", "split", *(f"votes_{n}" for n in VOTE_NAMES),
                  "ferplus_majority", "status", "included", "file", "fer2013_label")
 # Original-label matching: a FER+ image takes the label of its closest FaceExp image when their

@@ -342,15 +342,20 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         ckpt = {"model": net.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
                 "optimizer": opt.state_dict(), "criterion": criterion.state_dict(), "state": state,
                 "config": asdict(cfg)}
-        torch.save(ckpt, out_dir / "last.tmp")
-        (out_dir / "last.tmp").replace(last)
-        if improved:  # also written whole or not at all: a time-boxed run may be stopped at any moment
-            torch.save({"ema": ema.model.state_dict(), "config": asdict(cfg), "metrics": metrics,
-                        "epoch": epoch + 1}, out_dir / "best.tmp")
-            (out_dir / "best.tmp").replace(out_dir / "best.pt")
+        save_whole(ckpt, last)
+        if improved:
+            save_whole({"ema": ema.model.state_dict(), "config": asdict(cfg), "metrics": metrics,
+                        "epoch": epoch + 1}, out_dir / "best.pt")
         print(f"epoch {epoch + 1} val {json.dumps(summary)} score={score:.4f}"
               f"{' (best)' if improved else ''} {time.time() - t0:.0f}s", flush=True)
     return out_dir / "best.pt"
+
+
+def save_whole(obj: dict, path: Path) -> None:
+    """torch.save to ``path`` whole or not at all (a run may be stopped at any moment, e.g. by a time box)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> FaceNet:
