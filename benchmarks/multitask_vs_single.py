@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_speed import export_random, md_table, measure_faces_per_s  # noqa: E402
 
 from footfall.inference.backends import load_backend  # noqa: E402
+from footfall.predictions import HEADS  # noqa: E402
 
-HEADS = ("age", "gender", "race", "emotion")
 # The figures of each head: (metric key, title, lower is better).
 HEAD_METRICS = {
     "age": [("age_mae", "age MAE (years)", True)],

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The model's heads, in the order of its outputs (ONNX, RKNN, PyTorch) and of Predictions' fields.
+HEADS = ("age", "gender", "race", "emotion")
+
 
 @dataclass
 class Predictions:
@@ -32,4 +35,4 @@ class Predictions:
     @staticmethod
     def concat(parts: list[Predictions]) -> Predictions:
         return Predictions(*(np.concatenate([getattr(p, k) for p in parts])
-                             for k in ("age", "gender", "race", "emotion")))
+                             for k in HEADS))

@@ -119,6 +119,24 @@ def test_loss_ignores_heads_without_labels(tiny_sets):
         assert set(parts) == heads and torch.isfinite(total)
 
 
+def test_a_single_task_run_trains_on_its_labelled_faces_and_is_chosen_by_its_head(tiny_sets, tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
+    train_set, val_set = tiny_sets
+    batches = []
+    original = tr.to_batch
+    monkeypatch.setattr(tr, "to_batch", lambda faces, idx, *a, **kw: (batches.append(faces.dataset[idx]),
+                                                                       original(faces, idx, *a, **kw))[1])
+    cfg = tr.TrainConfig(run="emo", width=0.25, epochs=1, batch_size=16, warmup_steps=2, threads=1, heads="emotion")
+    tr.train(cfg, torch.device("cpu"), train_set, val_set)
+    fer = int((train_set.dataset == 1).sum())
+    assert np.concatenate(batches).tolist() == [1] * (fer // 16 * 16)  # FER faces only, every full batch
+    history = torch.load(tmp_path / "emo" / "last.pt", weights_only=False)["state"]["history"]
+    assert history[0]["score"] == pytest.approx(history[0]["emotion_acc"], abs=1e-4)  # untrained heads do not count
+    assert tr.labelled_for(train_set, ("age", "emotion")).size == len(train_set)
+    with pytest.raises(ValueError, match="heads must be among"):
+        tr.labelled_for(train_set, ("smile",))
+
+
 def test_mixed_crops_refuse_a_subset_limit(tiny_sets, tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
     monkeypatch.setattr("footfall.model.pipeline_crops.load_pipeline_split",
@@ -179,6 +197,12 @@ def test_low_resolution_training_runs_and_the_exported_graph_has_no_resize(tiny_
     assert set(seen) == {64}  # training batches and validation alike
     state = torch.load(tmp_path / "lr" / "last.pt", weights_only=False)["state"]
     assert np.isfinite(state["history"][0]["score"])
+    from footfall.model.evaluate import load_predictor
+
+    seen.clear()
+    predictor, _ = load_predictor(best, threads=1)
+    predictor(val_set.images[:4])
+    assert set(seen) == {64}  # a .pt is scored at the resolution it learned at
     seen.clear()
     net = tr.load_checkpoint(best)
     onnx_file = export_onnx(net, tmp_path / "lr.onnx", "test")

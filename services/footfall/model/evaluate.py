@@ -93,7 +93,8 @@ def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64) -> 
 
         torch.set_num_threads(threads)
         net = load_checkpoint(model_path)
-        return partial(predict_torch, net, device=torch.device("cpu"), batch_size=batch_size), net.config.name
+        return (partial(predict_torch, net, device=torch.device("cpu"), batch_size=batch_size,
+                        image_size=net.image_size), net.config.name)
     from footfall.inference.backends import load_backend
 
     backend = load_backend("onnxruntime" if fmt.startswith("onnx") else "rknn", model_path, threads=threads)
@@ -252,6 +253,10 @@ def evaluate_model(model_path: Path, faces: FaceSet, detected: np.ndarray | None
         "metrics": head_metrics(p, **labels),
         "fairness": fairness(p, faces),
     }
+    if result["format"] == "pytorch":  # several runs' checkpoints share a model name: tell them apart
+        import torch
+
+        result["run"] = torch.load(model_path, map_location="cpu", weights_only=False)["config"].get("run", "")
     if detected is not None:
         result["detection_rate"] = {n: float(detected[faces.dataset == i].mean())
                                     for i, n in enumerate(DATASETS) if (faces.dataset == i).any()}
@@ -330,45 +335,50 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def label(result: dict) -> str:
+    """A results row's name: model, format, crops, and the training run of a checkpoint."""
+    run = f", run {result['run']}" if result.get("run") else ""
+    return f"{result['name']} {result['format']} ({result['crops']} crops{run})"
+
+
 def render(results: list[dict], markdown: bool = False) -> str:
     """All tables of the results (accuracies in %, MAE in years)."""
     h = "### " if markdown else "== "
     out = [f"{h}Head metrics (test split; accuracies in %, MAE in years)", ""]
-    rows = [[f"{r['name']} {r['format']} ({r['crops']} crops)"] + [fmt(k, r["metrics"].get(k)) for k, _ in HEADLINE]
-            + [str(sum(r["faces"].values()))] for r in results]
+    rows = [[label(r)] + [fmt(k, r["metrics"].get(k)) for k, _ in HEADLINE] + [str(sum(r["faces"].values()))]
+            for r in results]
     out += [table(["model"] + [t for _, t in HEADLINE] + ["faces"], rows, markdown), ""]
     bands = [b for b, _, _ in AGE_BANDS]
-    rows = [[f"{r['name']} {r['format']} ({r['crops']} crops)"]
-            + [fmt("mae", r["metrics"].get("age_mae_by_band", {}).get(b)) for b in bands] for r in results]
+    rows = [[label(r)] + [fmt("mae", r["metrics"].get("age_mae_by_band", {}).get(b)) for b in bands] for r in results]
     out += [f"{h}Age MAE per age band (years)", "", table(["model"] + bands, rows, markdown), ""]
     for r in results:
-        label = f"{r['name']} {r['format']} ({r['crops']} crops)"
+        name = label(r)
         m = r["metrics"]
         if "emotion_confusion" in m:
             cm = np.array(m["emotion_confusion"])
             rows = [[e] + [str(v) for v in cm[i]] + [fmt("acc", cm[i, i] / max(cm[i].sum(), 1))]
                     for i, e in enumerate(EMOTIONS)]
-            out += [f"{h}Emotion confusion, {label} (rows: truth, columns: predicted)", "",
+            out += [f"{h}Emotion confusion, {name} (rows: truth, columns: predicted)", "",
                     table(["truth"] + list(EMOTIONS) + ["recall %"], rows, markdown), ""]
             vcm = np.array(m["valence_confusion"])
             rows = [[v] + [str(x) for x in vcm[i]] for i, v in enumerate(("positive", "neutral", "negative"))]
-            out += [f"{h}Valence confusion, {label}: accuracy {fmt('acc', m['valence_acc'])} %", "",
+            out += [f"{h}Valence confusion, {name}: accuracy {fmt('acc', m['valence_acc'])} %", "",
                     table(["truth", "positive", "neutral", "negative"], rows, markdown), ""]
         if "detection_rate" in r:
             rates = ", ".join(f"{k} {100 * v:.2f} %" for k, v in r["detection_rate"].items())
             det = ", ".join(f"{t} {fmt(k, r['detected_only'].get(k))}" for k, t in HEADLINE if k in r["detected_only"])
-            out += [f"{h}YuNet detection rate, {label}", "",
+            out += [f"{h}YuNet detection rate, {name}", "",
                     f"{rates}. Faces without a detection keep the dataset crop; on detected faces only: {det}", ""]
         rows = []
         for axis in ("race", "gender", "age_band"):
             for group, g in r["fairness"][axis].items():
                 rows.append([f"{axis}={group}", str(g["n"]), fmt("acc", g.get("gender_acc")),
                              fmt("mae", g.get("age_mae"))])
-        out += [f"{h}Fairness, {label} (UTKFace test)", "",
+        out += [f"{h}Fairness, {name} (UTKFace test)", "",
                 table(["group", "faces", "gender acc", "age MAE"], rows, markdown), ""]
         if "robustness" in r:
             rows = [[cond] + [fmt(k, v.get(k)) for k, _ in HEADLINE] for cond, v in r["robustness"].items()]
-            out += [f"{h}Robustness, {label}", "", table(["condition"] + [t for _, t in HEADLINE], rows, markdown), ""]
+            out += [f"{h}Robustness, {name}", "", table(["condition"] + [t for _, t in HEADLINE], rows, markdown), ""]
     return "\n".join(out)
 
 

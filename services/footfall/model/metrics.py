@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from footfall.labels import AGE_BANDS, EMOTIONS, RACES, VALENCE
-from footfall.predictions import Predictions
+from footfall.predictions import HEADS, Predictions
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:
@@ -70,10 +70,16 @@ def head_metrics(p: Predictions, age: np.ndarray, gender: np.ndarray, race: np.n
     return out
 
 
-def selection_score(m: dict) -> float:
-    """One number to pick the best checkpoint: accuracies up, age error down (10 years = 1 point)."""
-    return (m.get("gender_acc", 0) + m.get("race_acc", 0) + m.get("emotion_acc", 0)
-            - m.get("age_mae", 0) / 10.0)
+def selection_score(m: dict, heads: tuple[str, ...] = HEADS) -> float:
+    """One number to pick the best checkpoint: accuracies up, age error down (10 years = 1 point).
+
+    Only the ``heads`` a model is trained for count (a single-task model's other heads are untrained).
+
+    >>> round(selection_score({"age_mae": 5.0, "gender_acc": 0.9, "race_acc": 0.8}, ("age", "gender")), 2)
+    0.4
+    """
+    return (sum(m.get(f"{h}_acc", 0) for h in ("gender", "race", "emotion") if h in heads)
+            - (m.get("age_mae", 0) / 10.0 if "age" in heads else 0.0))
 
 
 def agreement(p: Predictions, reference: Predictions) -> dict[str, float]:

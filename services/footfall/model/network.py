@@ -35,6 +35,7 @@ from torch import nn
 
 from footfall.labels import AGE_BINS, EMOTIONS, RACES
 from footfall.model.preprocess import INPUT_SIZE
+from footfall.predictions import HEADS
 # (expansion t, output channels c, repeats n, first stride s) as in MobileNetV2.
 _INVERTED_RESIDUAL_PLAN = (
     (1, 16, 1, 1),
@@ -173,7 +174,7 @@ class FaceNet(nn.Module):
 class ExportWrapper(nn.Module):
     """The four product outputs only, in a fixed order, for ONNX export."""
 
-    OUTPUT_NAMES = ("age", "gender", "race", "emotion")
+    OUTPUT_NAMES = HEADS
 
     def __init__(self, net: FaceNet) -> None:
         super().__init__()

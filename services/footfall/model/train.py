@@ -37,7 +37,7 @@ from footfall.model.data import FaceSet, load_split
 from footfall.model.metrics import head_metrics, selection_score
 from footfall.model.network import FaceNet
 from footfall.model.preprocess import INPUT_SIZE, normalize_batch
-from footfall.predictions import Predictions
+from footfall.predictions import HEADS, Predictions
 
 log = logging.getLogger("footfall.train")
 
@@ -127,7 +127,7 @@ class MultiTaskLoss(nn.Module):
                 terms["emotion"] = -(batch["emotion_votes"][m] * torch.log_softmax(logits, 1)).sum(1).mean()
             else:
                 terms["emotion"] = F.cross_entropy(logits, batch["emotion"][m].long(), label_smoothing=0.05)
-        names = ("age", "gender", "race", "emotion")
+        names = HEADS
         weights = (cfg.w_age, cfg.w_gender, cfg.w_race, cfg.w_emotion)
         total = out["age"].new_zeros(())
         for i, (name, w) in enumerate(zip(names, weights)):
@@ -183,7 +183,7 @@ def predict_torch(net: FaceNet, images: np.ndarray, device: torch.device, batch_
         x = torch.from_numpy(images[i:i + batch_size]).to(device).permute(0, 3, 1, 2).float().div_(255.0)
         x = resize_batch(x, image_size)
         out = net(normalize_batch(x).contiguous(memory_format=torch.channels_last))
-        parts.append(Predictions(*(out[k].float().cpu().numpy() for k in ("age", "gender", "race", "emotion"))))
+        parts.append(Predictions(*(out[k].float().cpu().numpy() for k in HEADS)))
     return Predictions.concat(parts)
 
 
@@ -245,6 +245,16 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
             train_set.images, pipeline_images = pipeline_images, None
     elif cfg.crops != "dataset":
         raise ValueError(f"crops must be dataset, pipeline or mixed, not {cfg.crops!r}")
+    heads = tuple(cfg.heads.split(","))
+    if set(heads) != set(HEADS):
+        # A single-task model learns from the faces labelled for its heads only: the others would
+        # cost a forward/backward pass each and contribute no gradient.
+        keep = labelled_for(train_set, heads)
+        train_set = train_set.subset(keep)
+        pipeline_images = pipeline_images[keep] if pipeline_images is not None else None
+        val_set = val_set.subset(labelled_for(val_set, heads))
+        log.info("heads %s: %d training and %d validation faces carry their labels", cfg.heads, len(train_set),
+                 len(val_set))
     if cfg.limit:
         if pipeline_images is not None:
             raise ValueError("--limit works with --crops dataset or pipeline only")
@@ -332,7 +342,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
                       f"{rate:.0f} img/s loss " + " ".join(f"{k}={v:.3f}" for k, v in running.items()),
                       flush=True)
         metrics = evaluate_faces(ema.model, val_set, device, cfg.image_size)
-        score = selection_score(metrics)
+        score = selection_score(metrics, heads)
         summary = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         state["history"].append({"epoch": epoch + 1, "score": score, "seconds": time.time() - t0, **summary})
         state["epoch"] = epoch + 1
@@ -351,6 +361,16 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     return out_dir / "best.pt"
 
 
+def labelled_for(faces: FaceSet, heads: tuple[str, ...]) -> np.ndarray:
+    """Indices of the faces that carry a label for at least one of ``heads``."""
+    unknown = ValueError(f"heads must be among {', '.join(HEADS)}, got {', '.join(heads)}")
+    if not heads or not set(heads) <= set(HEADS):
+        raise unknown
+    has = {"age": ~np.isnan(faces.age), "gender": faces.gender >= 0, "race": faces.race >= 0,
+           "emotion": faces.emotion >= 0}
+    return np.flatnonzero(np.logical_or.reduce([has[h] for h in heads]))
+
+
 def save_whole(obj: dict, path: Path) -> None:
     """torch.save to ``path`` whole or not at all (a run may be stopped at any moment, e.g. by a time box)."""
     tmp = path.with_suffix(".tmp")
@@ -363,6 +383,9 @@ def load_checkpoint(path: Path, device: str = "cpu") -> FaceNet:
     ckpt = torch.load(path, map_location=device, weights_only=False)
     net = FaceNet(width=ckpt["config"]["width"])
     net.load_state_dict(ckpt["ema"])
+    # The resolution it learned at (--image-size): scoring a 64 px model on 112 px faces would
+    # measure the mismatch, not the model.
+    net.image_size = int(ckpt["config"].get("image_size", INPUT_SIZE))
     return net.eval()
 
 

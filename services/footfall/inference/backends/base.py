@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from footfall.predictions import Predictions
+from footfall.predictions import HEADS, Predictions
 
 # Keys of the metadata stored in the model file (written by footfall.model.export).
 METADATA_KEY = "footfall"
@@ -35,7 +35,7 @@ class ModelMetadata:
     std: tuple[float, float, float]
     races: tuple[str, ...]
     emotions: tuple[str, ...]
-    outputs: tuple[str, ...] = ("age", "gender", "race", "emotion")
+    outputs: tuple[str, ...] = HEADS
     precision: str = "fp32"  # fp32 / int8
 
     def to_json(self) -> str:
