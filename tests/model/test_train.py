@@ -90,6 +90,14 @@ def test_distillation_pulls_the_student_towards_the_teacher(tiny_sets, tmp_path,
              torch.device("cpu"), train_set, val_set)
     assert len(terms) == 3 and all(torch.isfinite(t) and t > 0 for t in terms)
 
+    # A low-resolution student learns from a teacher that sees the same faces at its own 112 px.
+    seen = []
+    embed = tr.FaceNet.embed
+    monkeypatch.setattr(tr.FaceNet, "embed", lambda self, x: (seen.append(int(x.shape[-1])), embed(self, x))[1])
+    tr.train(tr.TrainConfig(run="d64", width=0.25, epochs=1, batch_size=32, threads=1, teacher=str(teacher_file),
+                            image_size=64), torch.device("cpu"), train_set, val_set)
+    assert seen.count(112) == 3 and seen.count(64) >= 3  # teacher per batch; student per batch and validation
+
 
 def test_augmentations_switch_off_for_ablations():
     from footfall.model.augment import AugmentConfig, augment

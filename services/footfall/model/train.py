@@ -315,7 +315,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
                 use = np.random.default_rng(state["step"]).random(len(idx)) < cfg.pipeline_share
                 images[use] = pipeline_images[idx[use]]
             batch = to_batch(train_set, idx, device, images)
-            x = normalize_batch(resize_batch(augment(batch["image"], gen, augment_config), cfg.image_size))
+            augmented = augment(batch["image"], gen, augment_config)
+            x = normalize_batch(resize_batch(augmented, cfg.image_size))
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(state["step"], total_steps, cfg.warmup_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -323,7 +324,10 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
             loss, parts = criterion({k: v.float() for k, v in out.items()}, batch)
             if teacher is not None:
                 with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    soft = teacher(x.contiguous(memory_format=torch.channels_last))
+                    # the same augmented faces, at the resolution the teacher learned at
+                    tx = x if teacher.image_size == cfg.image_size else normalize_batch(
+                        resize_batch(augmented, teacher.image_size))
+                    soft = teacher(tx.contiguous(memory_format=torch.channels_last))
                 parts["distill"] = distillation_loss(out, soft, cfg.distill_temperature)
                 loss = loss + cfg.distill_weight * parts["distill"]
                 parts["distill"] = float(parts["distill"].detach())
