@@ -16,8 +16,7 @@ NO_AUG=flip,affine,color,grayscale,downscale,blur,noise,erase
 # run name|extra arguments (width 0.5 unless given); each lane runs its list in order.
 LANE_A=("p64-w050|" "p64-w050-age|--heads age" "p64-w050-gender|--heads gender" "p64-w050-race|--heads race"
         "p64-w050-emotion|--heads emotion" "p64-w050-nocamera|--augment-off downscale,blur,noise"
-        "p64-w050-distil|--teacher model/footfall_w050.pt" "p64-w050-hard|--emotion-target hard"
-        "p64-w050-huber|--age-loss huber")
+        "p64-w050-distil|--teacher model/footfall_w050.pt" "p64-w050-hard|--emotion-target hard")
 LANE_B=("p64-w100|--width 1.0" "p64-w050-paperloss|--age-loss huber --w-age 0.08 --emotion-target hard"
         "p64-w050-seed1|--seed 1" "p64-w050-kendall|--weighting uncertainty" "p64-w050-noaug|--augment-off $NO_AUG"
         "p64-w050-mixed|--crops mixed" "p64-w050-emo2|--w-emotion 1.7")
@@ -40,7 +39,10 @@ report() {
     case $run in *-age|*-gender|*-race|*-emotion) continue ;; esac
     [ -f "$CACHE/runs/$run/best.pt" ] && runs+=("$CACHE/runs/$run/best.pt") || echo "missing: $run" >&2
   done
-  footfall-evaluate "${runs[@]}" --threads 2 --json "$out/eval.json" --markdown > "$out/eval.md"
+  footfall-evaluate "${runs[@]}" --no-robustness --json "$out/eval.json" --markdown > "$out/eval.md"
+  # what augmentation buys on degraded faces: the robustness passes for the augmentation runs
+  footfall-evaluate "$CACHE/runs/p64-w050"{,-nocamera,-noaug}/best.pt --json "$out/eval_robustness.json" \
+    --markdown > "$out/eval_robustness.md"
   python benchmarks/multitask_vs_single.py --multi "$CACHE/runs/p64-w050/best.pt" \
     --single "age=$CACHE/runs/p64-w050-age/best.pt" --single "gender=$CACHE/runs/p64-w050-gender/best.pt" \
     --single "race=$CACHE/runs/p64-w050-race/best.pt" --single "emotion=$CACHE/runs/p64-w050-emotion/best.pt" \
