@@ -87,6 +87,11 @@ class TrainConfig:
     # spend its first epochs there and finish at 112 with --init from the low-resolution best.pt.
     image_size: int = INPUT_SIZE
 
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The heads this run trains (``heads`` split at the commas)."""
+        return tuple(self.heads.split(","))
+
 
 def _age_targets(age: torch.Tensor, bins: torch.Tensor, sigma: float) -> torch.Tensor:
     d = -((bins[None, :] - age[:, None]) ** 2) / (2 * sigma**2)
@@ -98,7 +103,7 @@ class MultiTaskLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("bins", bins)
-        self.heads = tuple(cfg.heads.split(","))
+        self.heads = cfg.head_names
         # log variances for uncertainty weighting (Kendall, Gal & Cipolla 2018)
         self.log_vars = nn.Parameter(torch.zeros(4)) if cfg.weighting == "uncertainty" else None
 
@@ -245,7 +250,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
             train_set.images, pipeline_images = pipeline_images, None
     elif cfg.crops != "dataset":
         raise ValueError(f"crops must be dataset, pipeline or mixed, not {cfg.crops!r}")
-    heads = tuple(cfg.heads.split(","))
+    heads = cfg.head_names
     if set(heads) != set(HEADS):
         # A single-task model learns from the faces labelled for its heads only: the others would
         # cost a forward/backward pass each and contribute no gradient.
@@ -367,9 +372,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
 
 def labelled_for(faces: FaceSet, heads: tuple[str, ...]) -> np.ndarray:
     """Indices of the faces that carry a label for at least one of ``heads``."""
-    unknown = ValueError(f"heads must be among {', '.join(HEADS)}, got {', '.join(heads)}")
     if not heads or not set(heads) <= set(HEADS):
-        raise unknown
+        raise ValueError(f"heads must be among {', '.join(HEADS)}, got {', '.join(heads)}")
     has = {"age": ~np.isnan(faces.age), "gender": faces.gender >= 0, "race": faces.race >= 0,
            "emotion": faces.emotion >= 0}
     return np.flatnonzero(np.logical_or.reduce([has[h] for h in heads]))
