@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 
 from footfall.inference.backends import load_backend
@@ -91,3 +92,21 @@ def test_weights_recovered_from_onnx_give_the_same_outputs(random_model):
         recovered.dropout.eval()
         train_mode = recovered(everything)
     torch.testing.assert_close(train_mode["emotion"], reference["emotion"], atol=1e-4, rtol=0)
+
+
+def test_weights_that_learned_below_112_px_are_not_exported(random_model, tmp_path, capsys):
+    from footfall.model.export import export_onnx, main
+    from footfall.model.network import FaceNet
+
+    net = FaceNet(width=0.25)
+    net.image_size = 64
+    with pytest.raises(ValueError, match="learned at 64 px"):
+        export_onnx(net, tmp_path / "low.onnx", version="test")
+    assert not (tmp_path / "low.onnx").exists()
+    # The command line says the same before it writes anything.
+    _, pt, _ = random_model
+    low = tmp_path / "low.pt"
+    torch.save({**torch.load(pt, weights_only=False), "config": {"width": 0.25, "image_size": 64}}, low)
+    with pytest.raises(SystemExit):
+        main([str(low), "--out", str(tmp_path), "--version", "test"])
+    assert "--image-size 112" in capsys.readouterr().err and not list(tmp_path.glob("*.onnx"))

@@ -42,7 +42,15 @@ def _set_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
 
 
 def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
-    """Write the FP32 ONNX model with metadata; returns its path."""
+    """Write the FP32 ONNX model with metadata; returns its path.
+
+    The graph always takes 112x112 faces (what the product feeds), so weights that learned at a
+    lower resolution are refused: finish them at 112 first.
+    """
+    if net.image_size != INPUT_SIZE:
+        raise ValueError(f"{net.config.name} learned at {net.image_size} px but the exported model takes "
+                         f"{INPUT_SIZE} px faces: finish it at {INPUT_SIZE} first "
+                         f"(footfall-train --init CHECKPOINT --image-size {INPUT_SIZE})")
     net = net.eval().to(memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
@@ -117,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     net = load_checkpoint(args.checkpoint)
     stem = net.config.file_stem
-    fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version)
+    try:
+        fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version)
+    except ValueError as error:  # nothing written yet
+        parser.error(f"{args.checkpoint}: {error}")
     int8 = quantize_int8(fp32, args.out / f"{stem}.int8.onnx", calibration_faces(args.calibration))
     weights = save_weights(torch.load(args.checkpoint, map_location="cpu", weights_only=False),
                            args.out / f"{stem}.pt", args.version)

@@ -103,6 +103,9 @@ class NetConfig:
 class FaceNet(nn.Module):
     """MobileNetV2-style multi-task network for 112x112 RGB faces."""
 
+    #: The face size the weights learned at (``footfall-train --image-size``; set by ``load_checkpoint``).
+    image_size: int = INPUT_SIZE
+
     def __init__(self, width: float = 1.0, dropout: float = 0.2) -> None:
         super().__init__()
         self.config = NetConfig(width=width, dropout=dropout)
