@@ -110,3 +110,20 @@ def test_weights_that_learned_below_112_px_are_not_exported(random_model, tmp_pa
     with pytest.raises(SystemExit):
         main([str(low), "--out", str(tmp_path), "--version", "test"])
     assert "--image-size 112" in capsys.readouterr().err and not list(tmp_path.glob("*.onnx"))
+
+
+def test_the_benchmarks_four_single_task_networks_export_as_one_graph(tmp_path):
+    """benchmarks/multitask_vs_single.py times this graph; it goes through the same exporter."""
+    import importlib.util
+
+    from footfall.config import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("multitask_vs_single",
+                                                  PROJECT_ROOT / "benchmarks" / "multitask_vs_single.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    backend = load_backend("onnxruntime", bench.export_four_single(0.25, tmp_path / "four.onnx", int8=False),
+                           threads=1)
+    faces = np.random.default_rng(0).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    p = backend.predict(faces)
+    assert p.age.shape == (3,) and p.race.shape == (3, len(RACES)) and p.emotion.shape == (3, len(EMOTIONS))
