@@ -189,8 +189,8 @@ def test_the_gpu_pack_loads_the_same_faces_and_labels(shared_data, tmp_path):
     assert diff < 6, f"pack images differ by {diff:.1f} grey levels on average"  # WebP vs JPEG re-encoding
 
 
-def test_low_resolution_training_runs_and_the_exported_graph_has_no_resize(tiny_sets, tmp_path, monkeypatch):
-    """--image-size 64 trains and validates on smaller faces; the 112-pixel export is unchanged."""
+def test_low_resolution_training_runs_and_finished_at_112_exports_without_resize(tiny_sets, tmp_path, monkeypatch):
+    """--image-size 64 trains and validates on smaller faces; finished at 112 (--init), the export is unchanged."""
     import onnx
 
     from footfall.model.export import export_onnx
@@ -211,8 +211,12 @@ def test_low_resolution_training_runs_and_the_exported_graph_has_no_resize(tiny_
     predictor, _ = load_predictor(best, threads=1)
     predictor(val_set.images[:4])
     assert set(seen) == {64}  # a .pt is scored at the resolution it learned at
+    with pytest.raises(ValueError, match="learned at 64 px"):  # the export takes 112 px faces
+        export_onnx(tr.load_checkpoint(best), tmp_path / "lr.onnx", "test")
+    finished = tr.train(tr.TrainConfig(run="lr112", width=0.25, epochs=1, batch_size=32, threads=1,
+                                       init=str(best)), torch.device("cpu"), train_set, val_set)
     seen.clear()
-    net = tr.load_checkpoint(best)
+    net = tr.load_checkpoint(finished)
     onnx_file = export_onnx(net, tmp_path / "lr.onnx", "test")
     ops = {node.op_type for node in onnx.load(onnx_file).graph.node}
     assert set(seen) == {112} and "Resize" not in ops and "GlobalAveragePool" not in ops
