@@ -4,14 +4,19 @@
   absent: skip with the reason, but fail under ``CI=true`` (CI must never pass by skipping).
 - ``postgres_schema``: a throwaway, migrated schema in the test PostgreSQL
   (``FOOTFALL_TEST_POSTGRES_URL``; CI sets it through .ci/run).
+- ``import_file``: a script of the repository (``scripts/``, ``benchmarks/``, ``docker/``), which
+  is no package module, imported by its path.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -29,6 +34,14 @@ def missing_requirement(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: a missing requirement is a failure)")
     pytest.skip(reason)
+
+
+def import_file(path: Path) -> ModuleType:
+    """The Python file at ``path`` imported as a module named after its stem."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def with_search_path(url: str, schema: str) -> str:

@@ -5,7 +5,6 @@ slim builder needs no compiler), and the health-check script against real server
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from footfall.embedded_redis import free_port
 
-from ..support import missing_requirement
+from ..support import import_file, missing_requirement
 from .deploy_tools import (DOCKERFILE, ROOT, dockerfile_comments, dockerignore_excludes, dockerignore_patterns,
                            parse_dockerfile, tool)
 
@@ -178,10 +177,7 @@ def test_every_runtime_dependency_has_a_wheel(arch, wheel_reports):
 
 @pytest.fixture(scope="module")
 def healthcheck():
-    spec = importlib.util.spec_from_file_location("footfall_container_healthcheck", ROOT / "docker/healthcheck.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file(ROOT / "docker/healthcheck.py")
 
 
 @pytest.fixture()

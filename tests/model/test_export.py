@@ -14,6 +14,9 @@ from footfall.labels import EMOTIONS, RACES
 from footfall.model.network import ExportWrapper
 from footfall.model.preprocess import INPUT_SIZE, MEAN, STD
 
+from ..support import import_file
+from .model_files import REPO
+
 
 def session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -67,13 +70,7 @@ def test_onnx_matches_pytorch(random_model):
 
 def test_weights_recovered_from_onnx_give_the_same_outputs(random_model):
     """scripts/onnx_to_checkpoint.py: BatchNorms folded by the export are unfolded again."""
-    import importlib.util
-
-    from .model_files import REPO
-
-    spec = importlib.util.spec_from_file_location("onnx_to_checkpoint", REPO / "scripts" / "onnx_to_checkpoint.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = import_file(REPO / "scripts" / "onnx_to_checkpoint.py")
     net, _, onnx_path = random_model
     faces = np.random.default_rng(1).integers(0, 256, (64, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     recovered = tool.net_from_onnx(onnx_path, faces)
@@ -114,14 +111,7 @@ def test_weights_that_learned_below_112_px_are_not_exported(random_model, tmp_pa
 
 def test_the_benchmarks_four_single_task_networks_export_as_one_graph(tmp_path):
     """benchmarks/multitask_vs_single.py times this graph; it goes through the same exporter."""
-    import importlib.util
-
-    from footfall.config import PROJECT_ROOT
-
-    spec = importlib.util.spec_from_file_location("multitask_vs_single",
-                                                  PROJECT_ROOT / "benchmarks" / "multitask_vs_single.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = import_file(REPO / "benchmarks" / "multitask_vs_single.py")
     backend = load_backend("onnxruntime", bench.export_four_single(0.25, tmp_path / "four.onnx", int8=False),
                            threads=1)
     faces = np.random.default_rng(0).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import pytest
 
+from ..support import import_file
 from .model_files import REPO
 
-spec = importlib.util.spec_from_file_location("refresh_model_card", REPO / "scripts" / "refresh_model_card.py")
-card_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(card_tool)
+card_tool = import_file(REPO / "scripts" / "refresh_model_card.py")
 
 CARD = """intro
 <!-- generated: echo run >> {log} && printf '### Alpha\\n\\n| a |\\n### Beta\\n\\n| b |\\n' | sections: Beta; Alpha -->
