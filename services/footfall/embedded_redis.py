@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -21,10 +22,48 @@ import time
 import redis
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; other systems fall back to their own choice below
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that are free now, for servers a child process will bind.
+
+    They are drawn below the kernel's ephemeral range: a port from that range, released
+    here, can be taken by any process's next outgoing connection before the child binds it
+    (a CI run lost the ingest worker's metrics port that way). Each port is held open
+    until all are chosen, so the ports differ from one another.
+
+    >>> a, b = free_ports(2)
+    >>> a != b
+    True
+    """
+    low, _ = _ephemeral_range()
+    held: list[socket.socket] = []
+    try:
+        candidates = random.sample(range(10000, low), min(low - 10000, 400)) if low > 11000 else []
+        for port in candidates + [0] * count:  # 0: the kernel's pick, only if none below is free
+            if len(held) == count:
+                break
+            s = socket.socket()
+            try:
+                s.bind(("", port))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def redis_server_binary() -> str:

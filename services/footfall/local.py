@@ -30,7 +30,7 @@ from footfall.config import PROJECT_ROOT, AggregatorSettings, ModelSettings
 from footfall.db.migrate import upgrade
 from footfall.db.store import make_engine, total_visitors
 from footfall.demo import compose_clip
-from footfall.embedded_redis import EmbeddedRedis, free_port
+from footfall.embedded_redis import EmbeddedRedis, free_ports
 from footfall.schema import StreamKeys
 
 STATE_DIR = PROJECT_ROOT / ".footfall"
@@ -95,16 +95,16 @@ class Pipeline:
         self.db_url, self.redis_url = db_url, redis_url
         self.redis = redis.Redis.from_url(redis_url)
         self.engine = make_engine(db_url)
-        grpc_port = free_port()
+        grpc_port, inference_metrics, aggregator_metrics, ingest_metrics = free_ports(4)
         common = {"FOOTFALL_REDIS_URL": redis_url, "FOOTFALL_DATABASE_URL": db_url,
                   "FOOTFALL_LOG_FORMAT": "text", "FOOTFALL_STREAM_PREFIX": self.args.prefix}
         self.env.update(common)
         self._spawn("inference", "footfall.inference.server",
                     {"FOOTFALL_GRPC_PORT": str(grpc_port), "FOOTFALL_GRPC_HOST": "127.0.0.1",
-                     "FOOTFALL_METRICS_PORT": str(free_port())})
+                     "FOOTFALL_METRICS_PORT": str(inference_metrics)})
         print(f"inference  gRPC 127.0.0.1:{grpc_port}")
         self._spawn("aggregator", "footfall.aggregator.service",
-                    {"FOOTFALL_INFERENCE_TARGETS": f"127.0.0.1:{grpc_port}", "FOOTFALL_METRICS_PORT": str(free_port()),
+                    {"FOOTFALL_INFERENCE_TARGETS": f"127.0.0.1:{grpc_port}", "FOOTFALL_METRICS_PORT": str(aggregator_metrics),
                      "FOOTFALL_CONSUMER_NAME": "local"})
         print(f"database   {db_url}")
         sources = self.args.source or demo_sources(STATE_DIR / "media")
@@ -113,7 +113,7 @@ class Pipeline:
                              f"{ModelSettings().data_dir})")
         self.sources = sources
         self._spawn("ingest", "footfall.ingest.service",
-                    {"FOOTFALL_CAMERAS": ",".join(sources), "FOOTFALL_METRICS_PORT": str(free_port()),
+                    {"FOOTFALL_CAMERAS": ",".join(sources), "FOOTFALL_METRICS_PORT": str(ingest_metrics),
                      "FOOTFALL_LOOP": "true" if self.args.loop else "false",
                      "FOOTFALL_REALTIME": "false" if self.args.fast else "true"})
         print(f"ingest     {', '.join(sources)}")

@@ -315,9 +315,9 @@ def test_services_serve_health_and_metrics_and_stop_on_sigterm(redis_server_url,
                                                               tmp_path):
     import urllib.request
 
-    from footfall.embedded_redis import free_port
+    from footfall.embedded_redis import free_ports
 
-    grpc_port, m_inf, m_agg = free_port(), free_port(), free_port()
+    grpc_port, m_inf, m_agg = free_ports(3)
     env = {**os.environ, "FOOTFALL_REDIS_URL": redis_server_url, "FOOTFALL_STREAM_PREFIX": stream_prefix,
            "FOOTFALL_DATABASE_URL": f"sqlite:///{tmp_path}/s.db", "FOOTFALL_FACE_MODEL": str(face_model)}
     procs = {

@@ -124,3 +124,20 @@ def test_a_fast_walker_keeps_one_track_from_its_first_sighting():
     ids = {t.update(np.array([[-5 + 130 * k, 470, 140, 180]], np.float32), 0.2 * k, (1280, 720)).track_ids[0]
            for k in range(9)}
     assert ids == {"c:r:1"}
+
+
+def test_ports_for_child_servers_are_distinct_free_and_outside_the_ephemeral_range():
+    """The local run hands these to child processes to bind later; an outgoing connection
+    from any process (Redis and gRPC clients included) takes its local port from the ephemeral
+    range, so a port drawn from there could be gone by the time the child binds it."""
+    import socket
+
+    from footfall.embedded_redis import _ephemeral_range, free_ports
+
+    low, high = _ephemeral_range()
+    ports = free_ports(6)
+    assert len(set(ports)) == 6
+    assert all(p < low or p > high for p in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("", port))
