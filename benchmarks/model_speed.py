@@ -12,6 +12,8 @@ Accuracy columns of the Pareto table come from ``footfall-evaluate --json`` file
         --accuracy /tmp/eval_w050.json
     # speed of untrained nets of several widths (speed does not depend on the weights)
     python benchmarks/model_speed.py --random --widths 0.5,1.0,1.4
+    # the trained files also flip-averaged (FOOTFALL_FLIP_AVERAGE: each face and its mirror image)
+    python benchmarks/model_speed.py model/footfall_w050.onnx model/footfall_w050.int8.onnx --flip
 
 It prints figures; it asserts nothing. The 1-minute load average is printed first: timings
 taken while other work (e.g. a training run) shares the CPU are lower than on an idle machine.
@@ -45,6 +47,9 @@ def measure_faces_per_s(predict, batch: int, seconds: float = 2.0, min_iters: in
     return batch * iters / (time.perf_counter() - t0)
 
 
+FLIP = " + flip"  # suffix of the rows (and evaluate results) of flip-averaged models
+
+
 def onnx_name_precision(path: Path) -> tuple[str, str]:
     """The model name and precision from the ONNX file's own metadata."""
     backend = load_backend("onnxruntime", path, threads=1)
@@ -76,14 +81,16 @@ def export_random(width: float, out_dir: Path, seed: int = 0, stem: str | None =
 
 def speed_table(models: dict[str, dict[str, Path]], batches: list[int], threads: int, seconds: float,
                 rounds: int = 3) -> list[dict]:
-    """One row per (model, batch): FP32 and INT8 faces/s and their ratio.
+    """One row per (model, batch): FP32 and INT8 faces/s and their ratio; a model named
+    ``... + flip`` runs flip-averaged (each face and its mirror image).
 
     FP32 and INT8 are timed alternately, ``rounds`` times each, and the best round counts:
     other load on the machine only ever slows a round down, so the best is the least disturbed.
     """
     rows = []
     for name, files in models.items():
-        backends = {prec: load_backend("onnxruntime", path, threads=threads) for prec, path in files.items()}
+        backends = {prec: load_backend("onnxruntime", path, threads=threads, flip_average=name.endswith(FLIP))
+                    for prec, path in files.items()}
         for batch in batches:
             row = {"model": name, "batch": batch}
             for _ in range(rounds):
@@ -108,16 +115,18 @@ def size_table(widths: list[float]) -> list[dict]:
 
 
 def accuracy_by_name(json_files: list[Path]) -> dict[str, dict]:
-    """Head metrics per model name from evaluate JSON files (INT8 preferred, then FP32, then PyTorch)."""
+    """Head metrics per model name (``+ flip`` for flip-averaged results) from evaluate JSON files
+    (INT8 preferred, then FP32, then PyTorch)."""
     rank = {"onnx-int8": 0, "onnx-fp32": 1, "pytorch": 2}
     best: dict[str, dict] = {}
     for path in json_files:
         for r in json.loads(Path(path).read_text())["results"]:
             if r.get("crops", "dataset") != "dataset":
                 continue
-            current = best.get(r["name"])
+            name = r["name"] + (FLIP if r.get("flip") else "")
+            current = best.get(name)
             if current is None or rank.get(r["format"], 9) < rank.get(current["format"], 9):
-                best[r["name"]] = r
+                best[name] = r
     return best
 
 
@@ -136,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, batch and precision")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measurement (best counts)")
+    parser.add_argument("--flip", action="store_true", help="also time the given files flip-averaged")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
@@ -146,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.models:
         name, precision = onnx_name_precision(path)
         models.setdefault(name, {})[precision] = path
+    if args.flip:
+        models.update({name + FLIP: files for name, files in list(models.items())})
     tmp = tempfile.TemporaryDirectory(prefix="footfall-speed-")
     if args.random or not models:
         for w in widths:
@@ -165,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     known = sorted(set(widths) | {w for n in models if (w := width_of(n.split(" ")[0])) is not None})
     sizes = size_table(known)
     file_mb = {n.split(" ")[0]: {p: f.stat().st_size / 1e6 for p, f in files.items()}
-               for n, files in models.items() if "random" not in n}
+               for n, files in models.items() if "random" not in n and not n.endswith(FLIP)}
     print("\n### Size per width (112x112 input)\n")
     print(md_table(["width", "model", "parameters", "multiply-adds", "FP32 file MB", "INT8 file MB"],
                    [[f"{s['width']:.2f}", s["name"], f"{s['params'] / 1e6:.2f} M", f"{s['macs'] / 1e6:.0f} M",
@@ -177,20 +189,24 @@ def main(argv: list[str] | None = None) -> None:
     speed32 = {}
     for r in speed:
         if r["batch"] == max(batches) and "int8" in r:
-            key = r["model"].split(" ")[0]
+            key = r["model"] if r["model"].endswith(FLIP) else r["model"].split(" ")[0]
             # Trained files take precedence over random-init exports of the same width.
             if key not in speed32 or "random" not in r["model"]:
                 speed32[key] = r["int8"]
     rows = []
     for s in sizes:
-        a = acc.get(s["name"], {}).get("metrics", {})
-        rows.append([s["name"], f"{s['params'] / 1e6:.2f} M", f"{s['macs'] / 1e6:.0f} M",
-                     f"{a['age_mae']:.2f}" if "age_mae" in a else "-",
-                     *(f"{100 * a[k]:.1f}" if k in a else "-" for k in ("gender_acc", "race_acc", "emotion_acc")),
-                     f"{speed32[s['name']]:.0f}" if s["name"] in speed32 else "-"])
+        # A flip-averaged model runs the same network twice per face.
+        for name, passes in ((s["name"], 1), (s["name"] + FLIP, 2)):
+            if passes == 2 and name not in speed32 and name not in acc:
+                continue
+            a = acc.get(name, {}).get("metrics", {})
+            rows.append([name, f"{s['params'] / 1e6:.2f} M", f"{passes * s['macs'] / 1e6:.0f} M",
+                         f"{a['age_mae']:.2f}" if "age_mae" in a else "-",
+                         *(f"{100 * a[k]:.1f}" if k in a else "-" for k in ("gender_acc", "race_acc", "emotion_acc")),
+                         f"{speed32[name]:.0f}" if name in speed32 else "-"])
     print(f"\n### Pareto: accuracy (test split, dataset crops) vs INT8 speed (batch {max(batches)}, "
           f"{args.threads} threads)\n")
-    print(md_table(["model", "parameters", "multiply-adds", "age MAE", "gender %", "race %", "emotion %",
+    print(md_table(["model", "parameters", "multiply-adds per face", "age MAE", "gender %", "race %", "emotion %",
                     "INT8 faces/s"], rows))
     missing = [s["name"] for s in sizes if s["name"] not in acc]
     if missing:

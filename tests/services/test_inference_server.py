@@ -33,6 +33,27 @@ def test_predictions_equal_the_backend_run_directly(inference_server, face_model
     assert got.race.shape == (5, 5) and np.allclose(got.race.sum(1), 1, atol=1e-3)
 
 
+def test_flip_averaging_setting_serves_the_mean_of_each_face_and_its_mirror_image(face_model):
+    from footfall.config import InferenceSettings
+    from footfall.inference.server import InferenceServer
+
+    server = InferenceServer(InferenceSettings(grpc_port=0, grpc_host="127.0.0.1", face_model=face_model,
+                                               flip_average=True))
+    try:
+        faces = _faces(3, seed=1)
+        with InferenceClient(f"127.0.0.1:{server.port}") as client:
+            got = client.predict([_jpeg(f) for f in faces])
+            info = client.model_info()
+    finally:
+        server.stop(grace_s=1)
+    plain = load_backend("onnxruntime", face_model)
+    a, b = plain.predict(np.stack(faces)), plain.predict(np.stack([f[:, ::-1] for f in faces]))
+    assert np.allclose(got.age, (a.age + b.age) / 2, atol=1e-3)
+    assert np.allclose(got.emotion, (a.emotion + b.emotion) / 2, atol=1e-4)
+    assert not np.allclose(got.emotion, a.emotion, atol=1e-4)  # random faces: the mirror image changes the answer
+    assert info.backend == "onnxruntime+flip"
+
+
 def test_concurrent_requests_share_micro_batches(inference_server):
     stub = inference_pb2_grpc.FaceInferenceStub(grpc.insecure_channel(f"127.0.0.1:{inference_server.port}"))
     request = inference_pb2.PredictRequest(crops=[inference_pb2.FaceCrop(jpeg=_jpeg(f)) for f in _faces(2)])

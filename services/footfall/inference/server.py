@@ -113,7 +113,7 @@ class InferenceServer:
     def __init__(self, settings: InferenceSettings, backend: Backend | None = None) -> None:
         self.settings = settings
         self.backend = backend or load_backend(settings.backend, settings.face_model, threads=settings.threads,
-                                               npu_cores=settings.npu_cores,
+                                               flip_average=settings.flip_average, npu_cores=settings.npu_cores,
                                                contexts_per_core=settings.npu_contexts_per_core)
         self.batcher = MicroBatcher(self.backend, settings.max_batch, settings.max_wait_ms / 1000.0)
         limit = settings.max_message_mb * 1024 * 1024

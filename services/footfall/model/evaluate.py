@@ -82,22 +82,27 @@ def model_format(path: Path) -> str:
     raise ValueError(f"unknown model format of {path} (expected .pt, .onnx or .rknn)")
 
 
-def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64) -> tuple[Predictor, str]:
-    """A function faces -> Predictions for the model file, and the model's name."""
+def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64,
+                   flip: bool = False) -> tuple[Predictor, str]:
+    """A function faces -> Predictions for the model file, and the model's name (``flip``: each
+    face averaged with its mirror image, as the inference worker's ``FOOTFALL_FLIP_AVERAGE``)."""
     model_path = Path(model_path)
     fmt = model_format(model_path)
     if fmt == "pytorch":
         import torch
 
+        from footfall.inference.backends.base import flip_averaged
         from footfall.model.train import load_checkpoint, predict_torch
 
         torch.set_num_threads(threads)
         net = load_checkpoint(model_path)
-        return (partial(predict_torch, net, device=torch.device("cpu"), batch_size=batch_size,
-                        image_size=net.image_size), net.config.name)
+        predictor = partial(predict_torch, net, device=torch.device("cpu"), batch_size=batch_size,
+                            image_size=net.image_size)
+        return (flip_averaged(predictor) if flip else predictor), net.config.name
     from footfall.inference.backends import load_backend
 
-    backend = load_backend("onnxruntime" if fmt.startswith("onnx") else "rknn", model_path, threads=threads)
+    backend = load_backend("onnxruntime" if fmt.startswith("onnx") else "rknn", model_path, threads=threads,
+                           flip_average=flip)
 
     def run(images: np.ndarray) -> Predictions:
         if len(images) == 0:
@@ -108,9 +113,9 @@ def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64) -> 
     return run, backend.metadata.name
 
 
-def predict(model_path: Path, images: np.ndarray, threads: int = 2) -> Predictions:
+def predict(model_path: Path, images: np.ndarray, threads: int = 2, flip: bool = False) -> Predictions:
     """Predictions of any model file on uint8 RGB faces (N, 112, 112, 3)."""
-    predictor, _ = load_predictor(model_path, threads=threads)
+    predictor, _ = load_predictor(model_path, threads=threads, flip=flip)
     return predictor(images)
 
 
@@ -238,16 +243,17 @@ def scalars(metrics: dict) -> dict[str, float]:
 
 
 def evaluate_model(model_path: Path, faces: FaceSet, detected: np.ndarray | None = None, robustness: bool = True,
-                   threads: int = 2, crops: str = "dataset") -> dict:
+                   threads: int = 2, crops: str = "dataset", flip: bool = False) -> dict:
     """Every report of one model file on ``faces``, as a JSON-ready dict."""
     t0 = time.time()
-    predictor, name = load_predictor(model_path, threads=threads)
+    predictor, name = load_predictor(model_path, threads=threads, flip=flip)
     p = predictor(faces.images)
     labels = dict(age=faces.age, gender=faces.gender, race=faces.race, emotion=faces.emotion)
     result = {
         "model": str(model_path),
         "name": name,
         "format": model_format(model_path),
+        "flip": flip,
         "crops": crops,
         "faces": {n: int((faces.dataset == i).sum()) for i, n in enumerate(DATASETS)},
         "metrics": head_metrics(p, **labels),
@@ -276,26 +282,42 @@ FLOOR_MARGINS = {"acc": 0.03, "age_mae": 0.5, "gender_agreement": 0.015, "emotio
                  "age_mean_abs_diff": 0.5}
 
 
+def floors(measured: dict[str, dict[str, float]]) -> dict:
+    """The worst figure of the measured models minus ``FLOOR_MARGINS``.
+
+    >>> floors({"a.onnx": {"age_mae": 5.0, "gender_acc": 0.9, "race_acc": 0.8, "emotion_acc": 0.8},
+    ...         "b.onnx": {"age_mae": 5.2, "gender_acc": 0.92, "race_acc": 0.79, "emotion_acc": 0.81}})["race_acc_min"]
+    0.76
+    """
+    worst = lambda key, pick: pick(m[key] for m in measured.values())  # noqa: E731
+    return {"age_mae_max": round(worst("age_mae", max) + FLOOR_MARGINS["age_mae"], 2),
+            "gender_acc_min": round(worst("gender_acc", min) - FLOOR_MARGINS["acc"], 3),
+            "race_acc_min": round(worst("race_acc", min) - FLOOR_MARGINS["acc"], 3),
+            "emotion_acc_min": round(worst("emotion_acc", min) - FLOOR_MARGINS["acc"], 3),
+            "measured": measured}
+
+
 def accuracy_floor(models: list[Path], faces: FaceSet, limit: int, seed: int, threads: int = 2) -> dict:
     """Thresholds for tests/model (model/accuracy_floor.json): the worst measured figure of the
-    models on this subset, minus ``FLOOR_MARGINS``; INT8/FP32 agreement from the pairs among them."""
-    preds, measured = {}, {}
+    models on this subset, minus ``FLOOR_MARGINS``, single pass and flip-averaged; INT8/FP32
+    agreement from the pairs among them."""
+    preds: dict[Path, Predictions] = {}
+    measured: dict[bool, dict[str, dict[str, float]]] = {False: {}, True: {}}
     for path in models:
-        predictor, _ = load_predictor(path, threads=threads)
-        preds[Path(path)] = p = predictor(faces.images)
-        measured[Path(path).name] = {k: round(v, 4) for k, v in scalars(
-            head_metrics(p, faces.age, faces.gender, faces.race, faces.emotion)).items()}
-    worst = lambda key, pick: pick(m[key] for m in measured.values())  # noqa: E731
+        for flip in (False, True):
+            predictor, _ = load_predictor(path, threads=threads, flip=flip)
+            p = predictor(faces.images)
+            if not flip:
+                preds[Path(path)] = p
+            measured[flip][Path(path).name] = {k: round(v, 4) for k, v in scalars(
+                head_metrics(p, faces.age, faces.gender, faces.race, faces.emotion)).items()}
     floor = {
         "comment": "Thresholds of tests/model/test_committed_model.py: measured on this fixed subset "
                    "(footfall-evaluate MODELS --limit N --seed S --floor FILE) minus margins. Regenerate "
                    "whenever the committed model changes.",
         "faces_per_dataset": limit, "seed": seed,
-        "age_mae_max": round(worst("age_mae", max) + FLOOR_MARGINS["age_mae"], 2),
-        "gender_acc_min": round(worst("gender_acc", min) - FLOOR_MARGINS["acc"], 3),
-        "race_acc_min": round(worst("race_acc", min) - FLOOR_MARGINS["acc"], 3),
-        "emotion_acc_min": round(worst("emotion_acc", min) - FLOOR_MARGINS["acc"], 3),
-        "measured": measured,
+        **floors(measured[False]),
+        "flip_average": floors(measured[True]),
     }
     pairs = [(f, i) for i in preds for f in preds if i.name.endswith(".int8.onnx")
              and f.name == i.name.replace(".int8.onnx", ".onnx")]
@@ -336,9 +358,10 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 
 def label(result: dict) -> str:
-    """A results row's name: model, format, crops, and the training run of a checkpoint."""
+    """A results row's name: model, format, flip averaging, crops, and the training run of a checkpoint."""
     run = f", run {result['run']}" if result.get("run") else ""
-    return f"{result['name']} {result['format']} ({result['crops']} crops{run})"
+    flip = " + flip" if result.get("flip") else ""
+    return f"{result['name']} {result['format']}{flip} ({result['crops']} crops{run})"
 
 
 def render(results: list[dict], markdown: bool = False) -> str:
@@ -391,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-robustness", action="store_true", help="skip the 7 degraded passes")
+    parser.add_argument("--flip", choices=("off", "on", "both"), default="off",
+                        help="average each face with its mirror image (FOOTFALL_FLIP_AVERAGE); both: each model twice")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the model card)")
     parser.add_argument("--floor", type=Path, help="only write the CI test's accuracy floors (measured minus "
@@ -412,10 +437,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(json.dumps(floor, indent=2) + "\n")
         return
     results = []
+    flips = {"off": [False], "on": [True], "both": [False, True]}[args.flip]
     for path in args.models:
-        log.info("evaluating %s on %d faces (%s crops)", path, len(faces), args.crops)
-        results.append(evaluate_model(path, faces, detected, robustness=not args.no_robustness,
-                                      threads=args.threads, crops=args.crops))
+        for flip in flips:
+            log.info("evaluating %s%s on %d faces (%s crops)", path, " flip-averaged" if flip else "", len(faces),
+                     args.crops)
+            results.append(evaluate_model(path, faces, detected, robustness=not args.no_robustness,
+                                          threads=args.threads, crops=args.crops, flip=flip))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"split": args.split, "limit": args.limit, "seed": args.seed,

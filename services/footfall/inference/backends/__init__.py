@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from footfall.inference.backends.base import Backend, BackendUnavailable, ModelMetadata
+from footfall.inference.backends.base import Backend, BackendUnavailable, FlipAveragedBackend, ModelMetadata
 
 # name -> "module:class", imported lazily by load_backend.
 BACKENDS = {
@@ -23,15 +23,17 @@ BACKENDS = {
 }
 
 
-def load_backend(name: str, model_path: str | Path, **options) -> Backend:
-    """Instantiate the backend called ``name`` on ``model_path``."""
+def load_backend(name: str, model_path: str | Path, flip_average: bool = False, **options) -> Backend:
+    """Instantiate the backend called ``name`` on ``model_path`` (``flip_average``: each face's
+    predictions averaged with its mirror image's, see ``base.flip_averaged``)."""
     try:
         target = BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown inference backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
     module_name, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(Path(model_path), **options)
+    backend = cls(Path(model_path), **options)
+    return FlipAveragedBackend(backend) if flip_average else backend
 
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "ModelMetadata", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "FlipAveragedBackend", "ModelMetadata", "load_backend"]

@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -103,3 +105,40 @@ class Backend(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def flip_averaged(predict: Callable[[np.ndarray], Predictions]) -> Callable[[np.ndarray], Predictions]:
+    """``predict`` run on each face and its mirror image in one batch, the two averaged.
+
+    Test-time augmentation: a face and its mirror image carry the same labels, and the model's
+    errors on the two are partly independent, so the mean is more accurate (measured on the
+    model card) for twice the compute per face.
+
+    >>> left_pixel = lambda b: Predictions(b[:, 0, 0, 0].astype(float), np.zeros(len(b)),
+    ...                                    np.zeros((len(b), 5)), np.zeros((len(b), 7)))
+    >>> ramp = np.tile(np.array([0, 1, 2, 9], np.uint8)[None, :, None], (4, 1, 3))[None]  # one 4x4 face
+    >>> left_pixel(ramp).age, flip_averaged(left_pixel)(ramp).age  # (0 + 9) / 2
+    (array([0.]), array([4.5]))
+    """
+    def run(batch: np.ndarray) -> Predictions:
+        n = len(batch)
+        both = predict(np.concatenate([batch, batch[:, :, ::-1]]))
+        return Predictions(*((getattr(both, head)[:n] + getattr(both, head)[n:]) / 2 for head in HEADS))
+
+    return run
+
+
+class FlipAveragedBackend(Backend):
+    """Any backend with ``flip_averaged`` predictions (setting ``FOOTFALL_FLIP_AVERAGE``)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}+flip"
+        self.metadata = inner.metadata
+        self._predict = flip_averaged(inner.predict)
+
+    def predict(self, batch: np.ndarray) -> Predictions:
+        return self._predict(batch)
+
+    def close(self) -> None:
+        self.inner.close()
