@@ -30,7 +30,7 @@ import redis
 from footfall.aggregator.service import Aggregator
 from footfall.config import AggregatorSettings, IngestSettings, InferenceSettings, ModelSettings
 from footfall.demo import compose_clip
-from footfall.embedded_redis import EmbeddedRedis, free_port
+from footfall.embedded_redis import EmbeddedRedis, free_ports
 from footfall.inference.backends import load_backend
 from footfall.inference.client import InferenceClient
 from footfall.ingest.service import IngestWorker
@@ -101,19 +101,19 @@ def bench_end_to_end(redis_url: str, clip: Path, cameras: int, face_model: Path,
     """Real-time playback through separate ingest and inference processes, aggregator here."""
     prefix = f"bench-{secrets.token_hex(3)}"
     db = f"sqlite:///{workdir / f'e2e_{cameras}.db'}"
-    grpc_port = free_port()
+    grpc_port, inference_metrics, ingest_metrics = free_ports(3)
     env = {**os.environ, "FOOTFALL_REDIS_URL": redis_url, "FOOTFALL_STREAM_PREFIX": prefix,
            "FOOTFALL_LOG_LEVEL": "WARNING"}
     inference = subprocess.Popen([sys.executable, "-m", "footfall.inference.server"],
                                  env={**env, "FOOTFALL_GRPC_PORT": str(grpc_port), "FOOTFALL_GRPC_HOST": "127.0.0.1",
-                                      "FOOTFALL_FACE_MODEL": str(face_model), "FOOTFALL_METRICS_PORT": str(free_port())})
+                                      "FOOTFALL_FACE_MODEL": str(face_model), "FOOTFALL_METRICS_PORT": str(inference_metrics)})
     time.sleep(2.0)
     agg = Aggregator(AggregatorSettings(redis_url=redis_url, stream_prefix=prefix, database_url=db,
                                         inference_targets=f"127.0.0.1:{grpc_port}", block_ms=20))
     spec = ",".join(f"cam{i}={clip}" for i in range(cameras))
     ingest = subprocess.Popen([sys.executable, "-m", "footfall.ingest.service"],
                               env={**env, "FOOTFALL_CAMERAS": spec, "FOOTFALL_REALTIME": "true",
-                                   "FOOTFALL_METRICS_PORT": str(free_port())})
+                                   "FOOTFALL_METRICS_PORT": str(ingest_metrics)})
     latencies, faces = [], 0
     t0 = time.perf_counter()
     while True:
