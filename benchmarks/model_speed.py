@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from footfall.inference.backends import load_backend
+from footfall.model.evaluate import FLIP_LABEL
 from footfall.model.network import NetConfig
 
 
@@ -45,9 +46,6 @@ def measure_faces_per_s(predict, batch: int, seconds: float = 2.0, min_iters: in
         predict(faces)
         iters += 1
     return batch * iters / (time.perf_counter() - t0)
-
-
-FLIP = " + flip"  # suffix of the rows (and evaluate results) of flip-averaged models
 
 
 def onnx_name_precision(path: Path) -> tuple[str, str]:
@@ -89,7 +87,8 @@ def speed_table(models: dict[str, dict[str, Path]], batches: list[int], threads:
     """
     rows = []
     for name, files in models.items():
-        backends = {prec: load_backend("onnxruntime", path, threads=threads, flip_average=name.endswith(FLIP))
+        flip = name.endswith(FLIP_LABEL)
+        backends = {prec: load_backend("onnxruntime", path, threads=threads, flip_average=flip)
                     for prec, path in files.items()}
         for batch in batches:
             row = {"model": name, "batch": batch}
@@ -123,7 +122,7 @@ def accuracy_by_name(json_files: list[Path]) -> dict[str, dict]:
         for r in json.loads(Path(path).read_text())["results"]:
             if r.get("crops", "dataset") != "dataset":
                 continue
-            name = r["name"] + (FLIP if r.get("flip") else "")
+            name = r["name"] + (FLIP_LABEL if r.get("flip") else "")
             current = best.get(name)
             if current is None or rank.get(r["format"], 9) < rank.get(current["format"], 9):
                 best[name] = r
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         name, precision = onnx_name_precision(path)
         models.setdefault(name, {})[precision] = path
     if args.flip:
-        models.update({name + FLIP: files for name, files in list(models.items())})
+        models.update({name + FLIP_LABEL: files for name, files in list(models.items())})
     tmp = tempfile.TemporaryDirectory(prefix="footfall-speed-")
     if args.random or not models:
         for w in widths:
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     known = sorted(set(widths) | {w for n in models if (w := width_of(n.split(" ")[0])) is not None})
     sizes = size_table(known)
     file_mb = {n.split(" ")[0]: {p: f.stat().st_size / 1e6 for p, f in files.items()}
-               for n, files in models.items() if "random" not in n and not n.endswith(FLIP)}
+               for n, files in models.items() if "random" not in n and not n.endswith(FLIP_LABEL)}
     print("\n### Size per width (112x112 input)\n")
     print(md_table(["width", "model", "parameters", "multiply-adds", "FP32 file MB", "INT8 file MB"],
                    [[f"{s['width']:.2f}", s["name"], f"{s['params'] / 1e6:.2f} M", f"{s['macs'] / 1e6:.0f} M",
@@ -189,14 +188,14 @@ def main(argv: list[str] | None = None) -> None:
     speed32 = {}
     for r in speed:
         if r["batch"] == max(batches) and "int8" in r:
-            key = r["model"] if r["model"].endswith(FLIP) else r["model"].split(" ")[0]
+            key = r["model"] if r["model"].endswith(FLIP_LABEL) else r["model"].split(" ")[0]
             # Trained files take precedence over random-init exports of the same width.
             if key not in speed32 or "random" not in r["model"]:
                 speed32[key] = r["int8"]
     rows = []
     for s in sizes:
         # A flip-averaged model runs the same network twice per face.
-        for name, passes in ((s["name"], 1), (s["name"] + FLIP, 2)):
+        for name, passes in ((s["name"], 1), (s["name"] + FLIP_LABEL, 2)):
             if passes == 2 and name not in speed32 and name not in acc:
                 continue
             a = acc.get(name, {}).get("metrics", {})

@@ -39,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from footfall.inference.backends.base import flip_averaged
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES
 from footfall.model.data import DATASETS, DatasetMissing, FaceSet, load_split
 from footfall.model.metrics import agreement, head_metrics
@@ -47,6 +48,7 @@ from footfall.predictions import Predictions
 log = logging.getLogger("footfall.evaluate")
 
 Predictor = Callable[[np.ndarray], Predictions]
+FLIP_LABEL = " + flip"  # marks flip-averaged results in row names (tables here, benchmarks/model_speed.py)
 # Scalar head metrics shown in summary tables, with their column titles.
 HEADLINE = (
     ("age_mae", "age MAE"),
@@ -91,7 +93,6 @@ def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64,
     if fmt == "pytorch":
         import torch
 
-        from footfall.inference.backends.base import flip_averaged
         from footfall.model.train import load_checkpoint, predict_torch
 
         torch.set_num_threads(threads)
@@ -304,9 +305,9 @@ def accuracy_floor(models: list[Path], faces: FaceSet, limit: int, seed: int, th
     preds: dict[Path, Predictions] = {}
     measured: dict[bool, dict[str, dict[str, float]]] = {False: {}, True: {}}
     for path in models:
+        predictor, _ = load_predictor(path, threads=threads)  # loaded once, run both ways
         for flip in (False, True):
-            predictor, _ = load_predictor(path, threads=threads, flip=flip)
-            p = predictor(faces.images)
+            p = (flip_averaged(predictor) if flip else predictor)(faces.images)
             if not flip:
                 preds[Path(path)] = p
             measured[flip][Path(path).name] = {k: round(v, 4) for k, v in scalars(
@@ -360,7 +361,7 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
 def label(result: dict) -> str:
     """A results row's name: model, format, flip averaging, crops, and the training run of a checkpoint."""
     run = f", run {result['run']}" if result.get("run") else ""
-    flip = " + flip" if result.get("flip") else ""
+    flip = FLIP_LABEL if result.get("flip") else ""
     return f"{result['name']} {result['format']}{flip} ({result['crops']} crops{run})"
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from collections.abc import Callable
 
 import cv2
 import numpy as np
