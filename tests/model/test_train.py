@@ -1,5 +1,7 @@
 """Training on a tiny real subset: it runs, checkpoints, resumes, and masks missing labels."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +99,22 @@ def test_distillation_pulls_the_student_towards_the_teacher(tiny_sets, tmp_path,
     tr.train(tr.TrainConfig(run="d64", width=0.25, epochs=1, batch_size=32, threads=1, teacher=str(teacher_file),
                             image_size=64), torch.device("cpu"), train_set, val_set)
     assert seen.count(112) == 3 and seen.count(64) >= 3  # teacher per batch; student per batch and validation
+
+    # --teacher-flip: the teacher sees each batch with its mirror image (twice the faces per pass).
+    sizes = []
+    monkeypatch.setattr(tr.FaceNet, "embed", lambda self, x: (sizes.append(len(x)), embed(self, x))[1])
+    tr.train(tr.TrainConfig(run="dflip", width=0.25, epochs=1, batch_size=32, threads=1, teacher=str(teacher_file),
+                            teacher_flip=True), torch.device("cpu"), train_set, val_set)
+    assert sizes[:6] == [32, 64] * 3  # per batch: student, then teacher on faces + mirrors
+
+
+def test_boolean_settings_parse_as_on_off_flags(monkeypatch):
+    configs = []
+    monkeypatch.setattr(tr, "train", lambda cfg, device=None: configs.append(cfg) or Path("best.pt"))
+    tr.main(["--teacher-flip"])
+    tr.main(["--no-teacher-flip"])
+    tr.main([])
+    assert [c.teacher_flip for c in configs] == [True, False, False]
 
 
 def test_augmentations_switch_off_for_ablations():
