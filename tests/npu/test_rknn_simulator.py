@@ -54,7 +54,7 @@ def simulated(rknn_venv, fp32_model, shared_data, tmp_path_factory):
     t0 = time.time()
     int8 = fp32_model.with_name(fp32_model.name.replace(".onnx", ".int8.onnx"))
     result, predictions = simulate(fp32_model, faces, int8_onnx=int8 if int8.exists() else None,
-                                   calibration=calibration, out=out, venv=rknn_venv)
+                                   calibration=calibration, out=out, venv=rknn_venv, flip=True)
     print(json.dumps({k: v["agreement_with_fp32"] for k, v in result["formats"].items()}, indent=1))
     print(json.dumps({k: {m: v["metrics"][m] for m in ("age_mae", "gender_acc", "race_acc", "emotion_acc")}
                       for k, v in result["formats"].items()}, indent=1))
@@ -146,6 +146,22 @@ def test_rknn_int8_accuracy_close_to_fp32(simulated):
     assert sim["age_mae"] <= fp32["age_mae"] + 0.5, (sim, fp32)
     for head in ("gender_acc", "race_acc", "emotion_acc"):
         assert sim[head] >= fp32[head] - 0.04, (head, sim[head], fp32[head])  # 100 faces: 1 face = 1 point
+
+
+def test_flip_averaged_rknn_follows_flip_averaged_fp32(simulated):
+    """The worker's default on the NPU: the simulator's faces and mirror images, averaged."""
+    result, predictions, faces, _ = simulated
+    sim, fp32 = predictions["rknn-int8-sim + flip"], predictions["onnx-fp32 + flip"]
+    assert len(sim) == len(faces) == len(predictions["rknn-int8-sim"])
+    # the mean of two different answers: not the single pass's
+    assert not np.allclose(sim.emotion, predictions["rknn-int8-sim"].emotion, atol=1e-3)
+    agree = result["formats"]["rknn-int8-sim + flip"]["agreement_with_fp32"]  # against FP32 flip-averaged
+    assert agree["age_abs_diff"] <= 1.0 and agree["gender_agree"] >= 0.93, agree
+    assert agree["race_agree"] >= 0.92 and agree["emotion_agree"] >= 0.90, agree
+    assert np.corrcoef(fp32.age, sim.age)[0, 1] > 0.97
+    for head in ("gender_acc", "race_acc", "emotion_acc"):
+        got, want = (result["formats"][k]["metrics"][head] for k in ("rknn-int8-sim + flip", "onnx-fp32 + flip"))
+        assert got >= want - 0.04, (head, got, want)
 
 
 def test_setup_script_is_idempotent_and_fast(rknn_venv):

@@ -516,22 +516,35 @@ def convert(onnx_path: Path, out: Path | None = None, calibration: int | np.ndar
 def simulate(onnx_path: Path, faces: FaceSet, int8_onnx: Path | None = None, calibration: int | np.ndarray = 512,
              algorithm: str = "normal", out: Path | None = None, layer_error_faces: int = 0,
              float16_tails: tuple[str, ...] = FLOAT16_TAILS, venv: Path | None = None,
-             threads: int = 2) -> tuple[dict, dict[str, Predictions]]:
+             threads: int = 2, flip: bool = False) -> tuple[dict, dict[str, Predictions]]:
     """Head metrics of ONNX FP32, ONNX INT8 (if given) and RKNN INT8 (simulator) on ``faces``, plus agreement
-    with FP32, operator placement and timings. ``out`` also exports the simulated model."""
-    from footfall.model.evaluate import load_predictor
+    with FP32, operator placement and timings. ``out`` also exports the simulated model. ``flip`` adds
+    each format flip-averaged (as the worker's ``FOOTFALL_FLIP_AVERAGE``; the simulator runs the faces
+    and their mirror images in one pass), compared with FP32 flip-averaged."""
+    from footfall.inference.backends.base import flip_averaged
+    from footfall.model.evaluate import FLIP_LABEL, load_predictor
     from footfall.model.metrics import agreement, head_metrics
 
     labels = dict(age=faces.age, gender=faces.gender, race=faces.race, emotion=faces.emotion)
+    n = len(faces)
+    sim_faces = np.concatenate([faces.images, faces.images[:, :, ::-1]]) if flip else faces.images
     t0 = time.time()
-    run = run_worker(onnx_path, _calibration_set(calibration), out=out, faces=faces.images, algorithm=algorithm,
+    run = run_worker(onnx_path, _calibration_set(calibration), out=out, faces=sim_faces, algorithm=algorithm,
                      layer_error_faces=layer_error_faces, float16_tails=float16_tails, venv=venv)
     wall = time.time() - t0
-    predictions = {"onnx-fp32": load_predictor(onnx_path, threads=threads)[0](faces.images)}
+    simulated = rknn_predictions(run)
+    rknn = flip_averaged(lambda _: simulated)  # the simulator's answers for the faces and their mirror images
+    predictors = {"onnx-fp32": load_predictor(onnx_path, threads=threads)[0]}
     if int8_onnx:
-        predictions["onnx-int8"] = load_predictor(int8_onnx, threads=threads)[0](faces.images)
-    predictions["rknn-int8-sim"] = rknn_predictions(run)
-    reference = predictions["onnx-fp32"]
+        predictors["onnx-int8"] = load_predictor(int8_onnx, threads=threads)[0]
+    predictions = {name: predict(faces.images) for name, predict in predictors.items()}
+    predictions["rknn-int8-sim"] = simulated[:n]
+    if flip:
+        predictions.update({name + FLIP_LABEL: flip_averaged(predict)(faces.images)
+                            for name, predict in predictors.items()})
+        predictions["rknn-int8-sim" + FLIP_LABEL] = rknn(faces.images)
+    reference = {name: predictions["onnx-fp32" + (FLIP_LABEL if name.endswith(FLIP_LABEL) else "")]
+                 for name in predictions}
     return {
         "onnx": str(onnx_path),
         "faces": len(faces),
@@ -540,7 +553,7 @@ def simulate(onnx_path: Path, faces: FaceSet, int8_onnx: Path | None = None, cal
         "layer_errors": run.report.get("layer_errors", []),
         "placement": run.placement_summary(),
         "worker_seconds": round(wall, 1),
-        "formats": {name: {"metrics": head_metrics(p, **labels), "agreement_with_fp32": agreement(p, reference)}
+        "formats": {name: {"metrics": head_metrics(p, **labels), "agreement_with_fp32": agreement(p, reference[name])}
                     for name, p in predictions.items()},
     }, predictions
 
@@ -599,6 +612,8 @@ def main(argv: list[str] | None = None) -> None:
     simu.add_argument("--out", type=Path, help="also export the simulated model as .rknn here")
     simu.add_argument("--layer-error-faces", type=int, default=4,
                       help="faces for rknn's per-layer INT8 error analysis (about 1.5 s each; 0: skip)")
+    simu.add_argument("--flip", action="store_true", help="also score every format flip-averaged "
+                      "(FOOTFALL_FLIP_AVERAGE; the simulator runs twice the faces)")
     simu.add_argument("--json", type=Path, help="write the results here")
     simu.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
@@ -620,7 +635,7 @@ def main(argv: list[str] | None = None) -> None:
 
             faces, _ = load_test_faces("dataset", args.limit, args.seed)
             result, _ = simulate(args.onnx, faces, args.int8_onnx, args.calibration, args.algorithm, args.out,
-                                 args.layer_error_faces, tails, args.venv)
+                                 args.layer_error_faces, tails, args.venv, flip=args.flip)
             if args.json:
                 args.json.write_text(json.dumps(result, indent=1))
             print(render_simulation(result, args.markdown))
