@@ -521,19 +521,18 @@ def simulate(onnx_path: Path, faces: FaceSet, int8_onnx: Path | None = None, cal
     with FP32, operator placement and timings. ``out`` also exports the simulated model. ``flip`` adds
     each format flip-averaged (as the worker's ``FOOTFALL_FLIP_AVERAGE``; the simulator runs the faces
     and their mirror images in one pass), compared with FP32 flip-averaged."""
-    from footfall.inference.backends.base import flip_averaged
+    from footfall.inference.backends.base import flip_averaged, mirror_mean, with_mirror_images
     from footfall.model.evaluate import FLIP_LABEL, load_predictor
     from footfall.model.metrics import agreement, head_metrics
 
     labels = dict(age=faces.age, gender=faces.gender, race=faces.race, emotion=faces.emotion)
     n = len(faces)
-    sim_faces = np.concatenate([faces.images, faces.images[:, :, ::-1]]) if flip else faces.images
+    sim_faces = with_mirror_images(faces.images) if flip else faces.images
     t0 = time.time()
     run = run_worker(onnx_path, _calibration_set(calibration), out=out, faces=sim_faces, algorithm=algorithm,
                      layer_error_faces=layer_error_faces, float16_tails=float16_tails, venv=venv)
     wall = time.time() - t0
     simulated = rknn_predictions(run)
-    rknn = flip_averaged(lambda _: simulated)  # the simulator's answers for the faces and their mirror images
     predictors = {"onnx-fp32": load_predictor(onnx_path, threads=threads)[0]}
     if int8_onnx:
         predictors["onnx-int8"] = load_predictor(int8_onnx, threads=threads)[0]
@@ -542,7 +541,7 @@ def simulate(onnx_path: Path, faces: FaceSet, int8_onnx: Path | None = None, cal
     if flip:
         predictions.update({name + FLIP_LABEL: flip_averaged(predict)(faces.images)
                             for name, predict in predictors.items()})
-        predictions["rknn-int8-sim" + FLIP_LABEL] = rknn(faces.images)
+        predictions["rknn-int8-sim" + FLIP_LABEL] = mirror_mean(simulated)
     reference = {name: predictions["onnx-fp32" + (FLIP_LABEL if name.endswith(FLIP_LABEL) else "")]
                  for name in predictions}
     return {

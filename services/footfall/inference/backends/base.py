@@ -120,11 +120,20 @@ def flip_averaged(predict: Callable[[np.ndarray], Predictions]) -> Callable[[np.
     (array([0.]), array([4.5]))
     """
     def run(batch: np.ndarray) -> Predictions:
-        n = len(batch)
-        both = predict(np.concatenate([batch, batch[:, :, ::-1]]))
-        return Predictions(*((getattr(both, head)[:n] + getattr(both, head)[n:]) / 2 for head in HEADS))
+        return mirror_mean(predict(with_mirror_images(batch)))
 
     return run
+
+
+def with_mirror_images(batch: np.ndarray) -> np.ndarray:
+    """NHWC faces followed by their mirror images (the batch ``flip_averaged`` runs)."""
+    return np.concatenate([batch, batch[:, :, ::-1]])
+
+
+def mirror_mean(both: Predictions) -> Predictions:
+    """The mean of the predictions on faces and on their mirror images (``with_mirror_images`` order)."""
+    n = len(both) // 2
+    return Predictions(*((getattr(both, head)[:n] + getattr(both, head)[n:]) / 2 for head in HEADS))
 
 
 class FlipAveragedBackend(Backend):
