@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from footfall.inference.backends import load_backend
-from footfall.model.evaluate import FLIP_LABEL
-from footfall.model.network import NetConfig
+from footfall_training.evaluate import FLIP_LABEL
+from footfall_training.network import NetConfig
 
 
 def measure_faces_per_s(predict, batch: int, seconds: float = 2.0, min_iters: int = 5, seed: int = 0) -> float:
@@ -64,8 +64,8 @@ def export_random(width: float, out_dir: Path, seed: int = 0, stem: str | None =
     """FP32 and INT8 ONNX files of an untrained FaceNet of ``width`` (for speed only)."""
     import torch
 
-    from footfall.model.export import export_onnx, quantize_int8
-    from footfall.model.network import FaceNet
+    from footfall_training.export import export_onnx, quantize_int8
+    from footfall_training.network import FaceNet
 
     torch.manual_seed(seed)
     net = FaceNet(width=width).eval()
@@ -104,7 +104,7 @@ def speed_table(models: dict[str, dict[str, Path]], batches: list[int], threads:
 
 
 def size_table(widths: list[float]) -> list[dict]:
-    from footfall.model.network import FaceNet, count_macs, count_parameters
+    from footfall_training.network import FaceNet, count_macs, count_parameters
 
     out = []
     for w in widths:

@@ -54,7 +54,7 @@ def parse_single(values: list[str]) -> dict[str, Path]:
 
 
 def model_width(path: Path) -> float:
-    from footfall.model.evaluate import load_predictor
+    from footfall_training.evaluate import load_predictor
     from model_speed import width_of
 
     _, name = load_predictor(path, threads=1)
@@ -66,8 +66,8 @@ def model_width(path: Path) -> float:
 
 def accuracy(multi: Path | None, single: dict[str, Path], limit: int, threads: int) -> dict[str, dict]:
     """Per model role ('multi', 'age', ...): head metrics on the same test faces."""
-    from footfall.model.evaluate import load_predictor, load_test_faces
-    from footfall.model.metrics import head_metrics
+    from footfall_training.evaluate import load_predictor, load_test_faces
+    from footfall_training.metrics import head_metrics
 
     faces, _ = load_test_faces("dataset", limit=limit)
     out = {}
@@ -90,8 +90,8 @@ def export_four_single(width: float, path: Path, int8: bool) -> Path:
     import torch
     from torch import nn
 
-    from footfall.model.export import export_onnx, quantize_int8
-    from footfall.model.network import FaceNet
+    from footfall_training.export import export_onnx, quantize_int8
+    from footfall_training.network import FaceNet
 
     class FourSingleTask(nn.Module):
         def __init__(self) -> None:

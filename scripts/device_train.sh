@@ -43,7 +43,7 @@ mkdir -p "$OUT/logs"
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"; nvidia-smi -L || true; } \
   2>&1 | tee "$OUT/logs/machine.txt"
 # Decode the pack once (the runs then read the cached arrays instead of each decoding it).
-"$PY" -c "from footfall.model.data import load_split; [load_split(s) for s in ('train', 'val')]" \
+"$PY" -c "from footfall_training.data import load_split; [load_split(s) for s in ('train', 'val')]" \
   2>&1 | tee "$OUT/logs/decode.txt"
 
 pids=() names=()
@@ -51,7 +51,7 @@ for spec in "$@"; do
   name=${spec%%:*} args=${spec#*:}
   [ "$name" != "$spec" ] || { echo "run spec '$spec' is not RUN:ARGS" >&2; exit 2; }
   # shellcheck disable=SC2086  # ARGS is a list of footfall-train arguments
-  timeout "${FOOTFALL_DEVICE_TRAIN_S:-480}" "$PY" -m footfall.model.train --run "$name" $args \
+  timeout "${FOOTFALL_DEVICE_TRAIN_S:-480}" "$PY" -m footfall_training.train --run "$name" $args \
     > "$OUT/logs/$name.log" 2>&1 &
   pids+=($!) names+=("$name")
 done

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from footfall.config import IngestSettings
-from footfall.model.data import load_split
+from footfall_training.data import load_split
 from footfall.vision import FaceDetector, ensure_yunet
 
 

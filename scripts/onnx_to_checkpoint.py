@@ -28,10 +28,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from footfall.inference.backends.base import ModelMetadata
-from footfall.model.network import FaceNet
-from footfall.model.preprocess import normalize_batch
-from footfall.model.train import TrainConfig
+from footfall.model_file import ModelMetadata
+from footfall_training.network import FaceNet
+from footfall_training.preprocess import normalize_batch
+from footfall_training.train import TrainConfig
 
 
 def width_from_name(name: str) -> float:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="checkpoint to write (loadable by footfall-train --init)")
     parser.add_argument("--faces", type=int, default=1024, help="training faces for the BatchNorm statistics")
     args = parser.parse_args(argv)
-    from footfall.model.data import load_split
+    from footfall_training.data import load_split
 
     train = load_split("train")
     pick = np.sort(np.random.default_rng(0).choice(len(train), size=min(args.faces, len(train)), replace=False))

@@ -13,7 +13,7 @@ mkdir -p .device-data .whl
 cp "$pack"/*.tar.gz "$pack"/*.csv "$pack"/*.csv.gz .device-data/
 "$PY" - <<'PY'
 from pathlib import Path
-from footfall.model.data import PACK_LAYOUT, sha256_mismatches
+from footfall_training.data import PACK_LAYOUT, sha256_mismatches
 bad = sha256_mismatches(Path(".device-data"), PACK_LAYOUT.sha256)
 raise SystemExit(f"pack files differ from their published sha256: {bad}" if bad else 0)
 PY

@@ -2,7 +2,7 @@
 # Create the virtual environment of rknn-toolkit2 (RKNN converter + simulator, x86-64) and print its path.
 #
 # rknn-toolkit2 pins numpy<=1.26.4, onnx<=1.18, protobuf<=4.25.4, so it cannot share the project's
-# venv; footfall.model.rknn_convert runs its RKNN half with this venv's python.
+# venv; footfall_training.rknn_convert runs footfall_training/rknn_worker.py with this venv's python.
 #
 #   scripts/setup_rknn_venv.sh            # -> ~/.cache/footfall/rknn-venv (or $FOOTFALL_RKNN_VENV)
 #

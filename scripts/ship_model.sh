@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 checkpoint=${1:?checkpoint (.pt) to ship}
 version=${2:?model version, e.g. 2026.11.26-cpu}
 export PATH="$PWD/.venv/bin:$PATH"
-stem=$(python -c "import sys; from footfall.model.train import load_checkpoint
+stem=$(python -c "import sys; from footfall_training.train import load_checkpoint
 print(load_checkpoint(sys.argv[1]).config.file_stem)" "$checkpoint")
 footfall-export "$checkpoint" --out model --version "$version"
 footfall-rknn convert "model/$stem.onnx"

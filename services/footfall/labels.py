@@ -1,7 +1,7 @@
 """Label vocabularies shared by the model, the services and the database (defined once).
 
 The exported ONNX model also carries these names in its metadata; consumers read them from
-the model file (see ``footfall.inference.backends.ModelMetadata``) and use the constants here
+the model file (see ``footfall.model_file.ModelMetadata``) and use the constants here
 only to validate that the model matches what the database schema expects.
 """
 

@@ -17,7 +17,7 @@ def accuracy_floor() -> dict:
 @pytest.fixture(scope="session")
 def test_subset(shared_data, accuracy_floor):
     """The fixed-seed subset of test faces (both datasets) the floors were measured on."""
-    from footfall.model.evaluate import load_test_faces
+    from footfall_training.evaluate import load_test_faces
 
     faces, _ = load_test_faces("dataset", limit=accuracy_floor["faces_per_dataset"], seed=accuracy_floor["seed"])
     return faces
@@ -28,8 +28,8 @@ def random_model(tmp_path_factory):
     """A random-init FaceNet (width 0.25, fast), saved as a training checkpoint and exported to ONNX FP32."""
     import torch
 
-    from footfall.model.export import export_onnx
-    from footfall.model.network import FaceNet
+    from footfall_training.export import export_onnx
+    from footfall_training.network import FaceNet
 
     torch.manual_seed(0)
     net = FaceNet(width=0.25)
@@ -56,6 +56,6 @@ def random_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def yunet_detector(models_dir):
     """YuNet configured like the ingest worker (``models_dir``: the shared fixture of tests/conftest.py)."""
-    from footfall.model.pipeline_crops import make_detector
+    from footfall_training.pipeline_crops import make_detector
 
     return make_detector()

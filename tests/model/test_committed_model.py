@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from footfall.inference.backends import load_backend
-from footfall.model.metrics import head_metrics
+from footfall_training.metrics import head_metrics
 from footfall.predictions import Predictions
 
 from .model_files import MODEL_DIR, committed_onnx, fp32_int8_pairs
@@ -72,7 +72,7 @@ def test_committed_files_fit_the_size_budget():
 @pytest.mark.parametrize("fp32_path", [p for p, _ in PAIRS], ids=[p[0].name for p in PAIRS])
 def test_committed_pytorch_weights_are_the_onnx_model(fp32_path, test_subset):
     """The shipped ``.pt`` (what training continues from) is the same network as the shipped ONNX."""
-    from footfall.model.train import load_checkpoint, predict_torch
+    from footfall_training.train import load_checkpoint, predict_torch
 
     weights = fp32_path.with_suffix(".pt")
     assert weights.exists(), f"{weights} missing: footfall-export writes it next to the ONNX files"

@@ -14,8 +14,8 @@ import pytest
 
 from footfall.files import file_sha256
 from footfall.labels import EMOTIONS, GENDERS, RACES
-from footfall.model import data
-from footfall.model import datasets as ds
+from footfall_training import data
+from footfall_training import datasets as ds
 
 from ..support import missing_requirement
 

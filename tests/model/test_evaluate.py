@@ -1,4 +1,4 @@
-"""Unit tests of footfall.model.evaluate: predict dispatch, groups, robustness transforms, reports."""
+"""Unit tests of footfall_training.evaluate: predict dispatch, groups, robustness transforms, reports."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from footfall.model import evaluate as ev
-from footfall.model.data import FaceSet
+from footfall_training import evaluate as ev
+from footfall_training.data import FaceSet
 from footfall.predictions import Predictions
 
 
@@ -45,8 +45,8 @@ def test_predict_dispatches_every_format_to_the_same_answers(random_model):
 def test_model_format_reads_int8_precision_from_metadata(random_model, tmp_path):
     import onnx
 
-    from footfall.inference.backends.base import METADATA_KEY, ModelMetadata
-    from footfall.model.export import _set_metadata
+    from footfall.model_file import METADATA_KEY, ModelMetadata
+    from footfall_training.export import _set_metadata
 
     _, _, onnx_path = random_model
     model = onnx.load(str(onnx_path))

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from footfall.inference.backends import load_backend
-from footfall.inference.backends.base import METADATA_KEY, ModelMetadata, normalize_nchw
+from footfall.inference.backends.base import normalize_nchw
 from footfall.labels import EMOTIONS, RACES
-from footfall.model.network import ExportWrapper
-from footfall.model.preprocess import INPUT_SIZE, MEAN, STD
+from footfall.model_file import METADATA_KEY, ModelMetadata
+from footfall_training.network import ExportWrapper
+from footfall_training.preprocess import INPUT_SIZE, MEAN, STD
 
 from ..support import import_file
 from .model_files import REPO
@@ -92,8 +93,8 @@ def test_weights_recovered_from_onnx_give_the_same_outputs(random_model):
 
 
 def test_weights_that_learned_below_112_px_are_not_exported(random_model, tmp_path, capsys):
-    from footfall.model.export import export_onnx, main
-    from footfall.model.network import FaceNet
+    from footfall_training.export import export_onnx, main
+    from footfall_training.network import FaceNet
 
     net = FaceNet(width=0.25)
     net.image_size = 64

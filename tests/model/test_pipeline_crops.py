@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from footfall.model import pipeline_crops as pc
-from footfall.model.data import FaceSet
+from footfall_training import pipeline_crops as pc
+from footfall_training.data import FaceSet
 
 
 def test_padding_frames_the_face_in_black():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from footfall.model import train as tr
-from footfall.model.data import load_split
+from footfall_training import train as tr
+from footfall_training.data import load_split
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_training_checkpoints_and_resumes(tiny_sets, tmp_path, monkeypatch):
 
 
 def test_init_starts_from_exported_weights_with_a_fresh_schedule(tiny_sets, tmp_path, monkeypatch):
-    from footfall.model.export import save_weights
+    from footfall_training.export import save_weights
 
     monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
     train_set, val_set = tiny_sets
@@ -118,7 +118,7 @@ def test_boolean_settings_parse_as_on_off_flags(monkeypatch):
 
 
 def test_augmentations_switch_off_for_ablations():
-    from footfall.model.augment import AugmentConfig, augment
+    from footfall_training.augment import AugmentConfig, augment
 
     x = torch.rand(6, 3, 112, 112)
     everything_off = AugmentConfig().without(list(AugmentConfig.GROUPS))
@@ -165,7 +165,7 @@ def test_a_single_task_run_trains_on_its_labelled_faces_and_is_chosen_by_its_hea
 
 def test_mixed_crops_refuse_a_subset_limit(tiny_sets, tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
-    monkeypatch.setattr("footfall.model.pipeline_crops.load_pipeline_split",
+    monkeypatch.setattr("footfall_training.pipeline_crops.load_pipeline_split",
                         lambda split: type("P", (), {"faces": tiny_sets[0] if split == "train" else tiny_sets[1]}))
     with pytest.raises(ValueError, match="--limit"):
         tr.train(tr.TrainConfig(run="m", crops="mixed", limit=10), torch.device("cpu"), *tiny_sets)
@@ -178,7 +178,7 @@ def test_mixed_crops_train_on_both_kinds(tiny_sets, tmp_path, monkeypatch):
     train_set, val_set = tiny_sets
     pipeline_train = train_set.subset(np.arange(len(train_set)))
     pipeline_train.images = 255 - pipeline_train.images  # tell the two kinds apart
-    monkeypatch.setattr("footfall.model.pipeline_crops.load_pipeline_split",
+    monkeypatch.setattr("footfall_training.pipeline_crops.load_pipeline_split",
                         lambda split: type("P", (), {"faces": pipeline_train if split == "train" else val_set}))
     seen = []
     original = tr.to_batch
@@ -211,7 +211,7 @@ def test_low_resolution_training_runs_and_finished_at_112_exports_without_resize
     """--image-size 64 trains and validates on smaller faces; finished at 112 (--init), the export is unchanged."""
     import onnx
 
-    from footfall.model.export import export_onnx
+    from footfall_training.export import export_onnx
 
     monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
     seen = []
@@ -223,7 +223,7 @@ def test_low_resolution_training_runs_and_finished_at_112_exports_without_resize
     assert set(seen) == {64}  # training batches and validation alike
     state = torch.load(tmp_path / "lr" / "last.pt", weights_only=False)["state"]
     assert np.isfinite(state["history"][0]["score"])
-    from footfall.model.evaluate import load_predictor
+    from footfall_training.evaluate import load_predictor
 
     seen.clear()
     predictor, _ = load_predictor(best, threads=1)

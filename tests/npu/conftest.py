@@ -20,7 +20,7 @@ MODEL_DIR = Path(os.environ.get("FOOTFALL_TEST_MODEL_DIR", REPO / "model"))
 @pytest.fixture(scope="session")
 def rknn_venv() -> Path:
     """The rknn-toolkit2 venv (FOOTFALL_RKNN_VENV), complete per its setup marker."""
-    from footfall.model.rknn_convert import RknnToolkitMissing, rknn_venv_python
+    from footfall_training.rknn_convert import RknnToolkitMissing, rknn_venv_python
 
     try:
         return rknn_venv_python().parents[1]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from footfall.inference.backends import BackendUnavailable, load_backend
-from footfall.inference.backends.base import ModelMetadata
+from footfall.model_file import ModelMetadata
 from footfall.inference.backends.onnxruntime import OnnxRuntimeBackend
 from footfall.inference.backends.rknn import RknnBackend, parse_cores, split_batch
 from footfall.labels import EMOTIONS, RACES

@@ -1,4 +1,4 @@
-"""Pure parts of footfall.model.rknn_convert (no rknn venv needed).
+"""Pure parts of footfall_training.rknn_convert and its rknn_worker (no rknn venv needed).
 
 ``data/rknn_build_excerpt.log`` is real rknn-toolkit2 2.5.0 output: the layer table of a w050
 build made *without* ``remove_reshape``, where the output Reshapes ran on the CPU, followed by
@@ -12,18 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from footfall.inference.backends import base
-from footfall.model import rknn_convert
-from footfall.model.rknn_convert import (
-    RknnRun,
-    RknnToolkitMissing,
-    cpu_fallbacks,
-    default_rknn_path,
-    parse_error_analysis,
-    parse_layer_table,
-    rknn_venv_python,
-    write_calibration_set,
-)
+from footfall_training import rknn_convert
+from footfall_training.rknn_convert import RknnRun, RknnToolkitMissing, default_rknn_path, rknn_venv_python
+from footfall_training.rknn_worker import cpu_fallbacks, parse_error_analysis, parse_layer_table, write_calibration_set
 
 EXCERPT = Path(__file__).parent / "data" / "rknn_build_excerpt.log"
 
@@ -76,9 +67,7 @@ def test_missing_venv_says_how_to_create_it(tmp_path):
     assert rknn_venv_python(tmp_path) == tmp_path / "bin" / "python"
 
 
-def test_constants_match_the_package():
-    # the worker cannot import footfall in the rknn venv, so it keeps copies; they must agree
-    assert rknn_convert.METADATA_KEY == base.METADATA_KEY
+def test_default_rknn_path_is_next_to_the_onnx():
     assert default_rknn_path(Path("model/footfall_w050.onnx")) == Path("model/footfall_w050.rknn")
 
 
@@ -98,3 +87,11 @@ def test_convert_refuses_cpu_fallbacks_and_names_the_operator(monkeypatch, tmp_p
     assert seen["fail_on_cpu_ops"] is True and seen["out"] == tmp_path / "m.rknn"
     run = rknn_convert.convert(tmp_path / "m.onnx", calibration=faces, allow_cpu_ops=True)
     assert seen["fail_on_cpu_ops"] is False and len(run.cpu_fallbacks) == 4
+
+
+def test_convert_refuses_an_int8_onnx():
+    # rknn quantizes the FP32 graph itself; an INT8 ONNX is refused before the toolkit starts
+    int8 = Path(__file__).parents[2] / "model" / "footfall_w050.int8.onnx"
+    with pytest.raises(ValueError, match="is int8; convert the FP32 ONNX"):
+        rknn_convert.fp32_metadata(int8)
+    assert rknn_convert.fp32_metadata(int8.with_name("footfall_w050.onnx")).precision == "fp32"

@@ -1,6 +1,6 @@
 """The committed model converted to RKNN INT8 for rk3588, run in rknn-toolkit2's simulator.
 
-One worker run in the rknn venv (``footfall.model.rknn_convert.simulate``) builds the INT8
+One worker run in the rknn venv (``footfall_training.rknn_convert.simulate``) builds the INT8
 model from the committed FP32 ONNX, exports it with its sidecar, and simulates real test
 faces; the test then checks real numbers against ONNX Runtime FP32 on the same uint8 faces:
 preprocessing on the NPU (mean/std from the metadata, RGB, NHWC uint8 in) must match the ONNX
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from footfall.inference.backends.base import ModelMetadata
-from footfall.model.rknn_convert import IO_OPERATORS, simulate
+from footfall.model_file import ModelMetadata
+from footfall_training.rknn_convert import IO_OPERATORS, simulate
 
 REPO_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 FACES_PER_DATASET = 100
@@ -42,7 +42,7 @@ CALIBRATION_FACES = 128
 
 @pytest.fixture(scope="module")
 def simulated(rknn_venv, fp32_model, shared_data, tmp_path_factory):
-    from footfall.model.evaluate import load_test_faces, sample_per_dataset
+    from footfall_training.evaluate import load_test_faces, sample_per_dataset
 
     faces, _ = load_test_faces("dataset", limit=FACES_PER_DATASET, seed=1)
     everything, _ = load_test_faces("dataset")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from footfall.inference.backends.base import Backend, BackendUnavailable, FlipAveragedBackend, ModelMetadata
+from footfall.inference.backends.base import Backend, BackendUnavailable, FlipAveragedBackend
 
 # name -> "module:class", imported lazily by load_backend.
 BACKENDS = {
@@ -36,4 +36,4 @@ def load_backend(name: str, model_path: str | Path, flip_average: bool = False, 
     return FlipAveragedBackend(backend) if flip_average else backend
 
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "FlipAveragedBackend", "ModelMetadata", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "FlipAveragedBackend", "load_backend"]

@@ -1,68 +1,23 @@
-"""The interface every inference backend implements, and the model metadata they share.
+"""The interface every inference backend implements, and the batch helpers they share.
 
-A model file carries its own metadata (ONNX ``metadata_props``; a ``.json`` sidecar for
-formats without such a field, e.g. ``model.rknn.json``): name, version, input size,
-channel order, mean/std, label names. Backends read it from there, never from code.
+Backends read the model's metadata from the model file (``footfall.model_file.ModelMetadata``),
+never from code.
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from footfall.model_file import ModelMetadata
 from footfall.predictions import HEADS, Predictions
-
-# Keys of the metadata stored in the model file (written by footfall.model.export).
-METADATA_KEY = "footfall"
 
 
 class BackendUnavailable(RuntimeError):
     """The runtime or device a backend needs is missing (e.g. no NPU on this machine)."""
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    name: str
-    version: str
-    input_size: int
-    channel_order: str  # "RGB"
-    mean: tuple[float, float, float]  # on 0..255 pixel values
-    std: tuple[float, float, float]
-    races: tuple[str, ...]
-    emotions: tuple[str, ...]
-    outputs: tuple[str, ...] = HEADS
-    precision: str = "fp32"  # fp32 / int8
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @staticmethod
-    def from_json(text: str) -> ModelMetadata:
-        d = json.loads(text)
-        for key in ("mean", "std", "races", "emotions", "outputs"):
-            d[key] = tuple(d[key])
-        return ModelMetadata(**d)
-
-    @staticmethod
-    def from_onnx(model) -> ModelMetadata:
-        """The metadata of a loaded ``onnx.ModelProto`` (its ``metadata_props[METADATA_KEY]``)."""
-        props = {p.key: p.value for p in model.metadata_props}
-        if METADATA_KEY not in props:
-            raise ValueError(f"ONNX model has no '{METADATA_KEY}' metadata: export it with footfall-export")
-        return ModelMetadata.from_json(props[METADATA_KEY])
-
-    @staticmethod
-    def from_sidecar(model_path: Path) -> ModelMetadata:
-        sidecar = Path(str(model_path) + ".json")
-        if not sidecar.exists():
-            raise FileNotFoundError(f"model metadata {sidecar} not found next to {model_path}")
-        return ModelMetadata.from_json(sidecar.read_text())
 
 
 def prepare_crops(crops: list[np.ndarray], size: int) -> np.ndarray:

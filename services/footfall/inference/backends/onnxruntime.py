@@ -15,15 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from footfall.inference.backends.base import METADATA_KEY, Backend, ModelMetadata, normalize_nchw
+from footfall.inference.backends.base import Backend, normalize_nchw
+from footfall.model_file import ModelMetadata
 from footfall.predictions import Predictions
-
-
-def read_onnx_metadata(session) -> ModelMetadata:
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise ValueError(f"model has no '{METADATA_KEY}' metadata: export it with footfall-export")
-    return ModelMetadata.from_json(props[METADATA_KEY])
 
 
 class OnnxRuntimeBackend(Backend):
@@ -42,7 +36,7 @@ class OnnxRuntimeBackend(Backend):
         # the cores (measured here: 4 sessions on 2 cores went from 20 to 241 faces/s).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        self.metadata = read_onnx_metadata(self.session)
+        self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
         self.input_name = self.session.get_inputs()[0].name
 
     def predict(self, batch: np.ndarray) -> Predictions:

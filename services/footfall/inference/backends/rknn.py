@@ -6,7 +6,7 @@ contiguous chunks, one chunk per context, run from a thread pool, and the result
 back in input order. Published RK3588 measurements show per-core contexts scaling to about
 2.5x one core, against about 1.3x for a single context with the 0_1_2 mask.
 
-Batch size: the ``.rknn`` is built for batch 1 (``footfall.model.rknn_convert``), so each
+Batch size: the ``.rknn`` is built for batch 1 (``footfall_training.rknn_convert``), so each
 context runs its chunk sample by sample. Multi-batch RKNN builds need a fixed batch (padding
 for partial batches) and mostly help models far larger than this one, whose per-sample NPU
 time is small next to a context switch; three contexts in parallel keep the cores busy.
@@ -38,7 +38,8 @@ from typing import Protocol
 
 import numpy as np
 
-from footfall.inference.backends.base import Backend, BackendUnavailable, ModelMetadata
+from footfall.inference.backends.base import Backend, BackendUnavailable
+from footfall.model_file import ModelMetadata
 from footfall.predictions import Predictions
 
 log = logging.getLogger(__name__)

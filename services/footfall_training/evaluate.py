@@ -3,7 +3,7 @@
 One code path for every format: ``load_predictor(path)`` returns a function from uint8 RGB
 faces (N, 112, 112, 3) to ``Predictions`` for a PyTorch checkpoint (``.pt``), an ONNX model
 (FP32 or INT8, run through the project's own onnxruntime backend) or an ``.rknn`` file (rknn
-backend, on the board); ``footfall.model.metrics.head_metrics`` scores them all.
+backend, on the board); ``footfall_training.metrics.head_metrics`` scores them all.
 
 Reported (UTKFace test: age, gender, race; FER+ test: emotion):
 - heads: age MAE overall and per age band, gender accuracy, race accuracy and macro-F1,
@@ -17,7 +17,7 @@ Reported (UTKFace test: age, gender, race; FER+ test: emotion):
     footfall-evaluate model/footfall_w050.onnx --crops pipeline --limit 300
 
 ``--crops pipeline`` evaluates on the faces as the ingest worker crops them
-(``footfall.model.pipeline_crops``); ``--limit N`` takes N random faces (fixed seed) of each dataset.
+(``footfall_training.pipeline_crops``); ``--limit N`` takes N random faces (fixed seed) of each dataset.
 
 Example:
     >>> faces = np.full((2, 112, 112, 3), 100, np.uint8)
@@ -41,8 +41,8 @@ import numpy as np
 
 from footfall.inference.backends.base import flip_averaged
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES
-from footfall.model.data import DATASETS, DatasetMissing, FaceSet, load_split
-from footfall.model.metrics import agreement, head_metrics
+from footfall_training.data import DATASETS, DatasetMissing, FaceSet, load_split
+from footfall_training.metrics import agreement, head_metrics
 from footfall.predictions import Predictions
 
 log = logging.getLogger("footfall.evaluate")
@@ -72,12 +72,10 @@ def model_format(path: Path) -> str:
     if suffix == ".rknn":
         return "rknn"
     if suffix == ".onnx":
-        import onnx
-
-        from footfall.inference.backends.base import ModelMetadata
+        from footfall.model_file import ModelMetadata
 
         try:
-            precision = ModelMetadata.from_onnx(onnx.load(str(path), load_external_data=False)).precision
+            precision = ModelMetadata.from_onnx_file(path).precision
         except ValueError:  # an ONNX file without our metadata: a plain float export
             precision = "fp32"
         return f"onnx-{precision}"
@@ -93,7 +91,7 @@ def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64,
     if fmt == "pytorch":
         import torch
 
-        from footfall.model.train import load_checkpoint, predict_torch
+        from footfall_training.train import load_checkpoint, predict_torch
 
         torch.set_num_threads(threads)
         net = load_checkpoint(model_path)
@@ -146,7 +144,7 @@ def load_test_faces(crops: str = "dataset", limit: int = 0, seed: int = 0, split
         index = sample_per_dataset(faces.dataset, limit, seed)
         return faces.subset(index), None
     if crops == "pipeline":
-        from footfall.model.pipeline_crops import load_pipeline_split
+        from footfall_training.pipeline_crops import load_pipeline_split
 
         pc = load_pipeline_split(split)
         pc = pc.subset(sample_per_dataset(pc.faces.dataset, limit, seed))

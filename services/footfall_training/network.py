@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from footfall.labels import AGE_BINS, EMOTIONS, RACES
-from footfall.model.preprocess import INPUT_SIZE
+from footfall_training.preprocess import INPUT_SIZE
 from footfall.predictions import HEADS
 # (expansion t, output channels c, repeats n, first stride s) as in MobileNetV2.
 _INVERTED_RESIDUAL_PLAN = (

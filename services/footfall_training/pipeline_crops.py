@@ -16,10 +16,10 @@ Samples where YuNet finds no face (at the ingest worker's threshold) keep the da
 resized to 112x112 and are flagged in ``detected``, so an evaluation can report the
 detection rate and the metrics with and without them. The result is cached as ``.npy`` arrays
 under ``<cache_dir>/faces/<split>_112_pipeline_<key>/`` (key: a hash of everything that changes
-the crops: template, padding, threshold), like ``footfall.model.data`` caches the dataset crops.
+the crops: template, padding, threshold), like ``footfall_training.data`` caches the dataset crops.
 Labels and sample order are those of ``load_split(split)``, so both crop kinds pair up.
 
-    python -m footfall.model.pipeline_crops --split test
+    python -m footfall_training.pipeline_crops --split test
 
 Example (needs the datasets and the YuNet file):
     crops = load_pipeline_split("test")
@@ -39,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from footfall.model.data import DATASETS, FaceSet, _read_dataset, load_split, require_data
+from footfall_training.data import DATASETS, FaceSet, _read_dataset, load_split, require_data
 from footfall.vision import CROP_SIZE, FACE_TEMPLATE_112, FaceDetector, align_face, ensure_yunet
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The ONNX files carry a dynamic batch axis, outputs named after the heads, and the model's
 metadata (name, version, preprocessing, label names) under the ``footfall`` key, which every
-consumer reads (``footfall.inference.backends.base.ModelMetadata``). INT8 calibration uses
+consumer reads (``footfall.model_file.ModelMetadata``). INT8 calibration uses
 real training faces. The PyTorch weights (``<stem>.pt``: EMA weights and the run's config,
 no optimizer) ship too, so that training can continue from them on any machine
 (``footfall-train --init model/footfall_w050.pt``) and evaluation can compare against them.
@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 import torch
 
-from footfall.inference.backends.base import METADATA_KEY, ModelMetadata
+from footfall.model_file import METADATA_KEY, ModelMetadata
 from footfall.labels import EMOTIONS, RACES
-from footfall.model.network import ExportWrapper, FaceNet
-from footfall.model.preprocess import CHANNEL_ORDER, INPUT_SIZE, MEAN, STD
+from footfall_training.network import ExportWrapper, FaceNet
+from footfall_training.preprocess import CHANNEL_ORDER, INPUT_SIZE, MEAN, STD
 
 log = logging.getLogger("footfall.export")
 
@@ -73,7 +73,7 @@ def save_weights(checkpoint: dict, path: Path, version: str) -> Path:
 
 def calibration_faces(count: int = 512, seed: int = 0) -> np.ndarray:
     """Real training faces (both datasets, uint8 RGB 112x112) for INT8 calibration."""
-    from footfall.model.data import load_split
+    from footfall_training.data import load_split
 
     train = load_split("train")
     rng = np.random.default_rng(seed)
@@ -114,7 +114,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from footfall.model.train import load_checkpoint
+    from footfall_training.train import load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)

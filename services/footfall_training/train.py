@@ -1,6 +1,6 @@
 """Train the multi-task face model (CPU or CUDA, same code).
 
-Images are decoded once into memory (``footfall.model.data``), augmented as tensor
+Images are decoded once into memory (``footfall_training.data``), augmented as tensor
 operations on the training device, and fed to ``FaceNet``. Checkpoints (last and best, with
 optimizer and EMA state; the learning rate follows the step count and the augmentation
 generator is reseeded per epoch) go to ``<cache_dir>/runs/<run>/``; running the same
@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from footfall.model.augment import AugmentConfig, augment
-from footfall.model.data import FaceSet, load_split
-from footfall.model.metrics import head_metrics, selection_score
-from footfall.model.network import FaceNet
-from footfall.model.preprocess import INPUT_SIZE, normalize_batch
+from footfall_training.augment import AugmentConfig, augment
+from footfall_training.data import FaceSet, load_split
+from footfall_training.metrics import head_metrics, selection_score
+from footfall_training.network import FaceNet
+from footfall_training.preprocess import INPUT_SIZE, normalize_batch
 from footfall.predictions import HEADS, Predictions
 
 log = logging.getLogger("footfall.train")
@@ -68,7 +68,7 @@ class TrainConfig:
     limit: int = 0  # train on this many samples only (smoke tests)
     heads: str = "age,gender,race,emotion"  # single-task models train a subset
     # Which crops to learn from: the datasets' own (dataset), the ingest worker's YuNet + alignment
-    # crops of the same images (pipeline, footfall.model.pipeline_crops), or per sample either
+    # crops of the same images (pipeline, footfall_training.pipeline_crops), or per sample either
     # (mixed, pipeline with probability pipeline_share; validation then on pipeline crops).
     crops: str = "dataset"
     pipeline_share: float = 0.5
@@ -264,7 +264,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     val_set = val_set if val_set is not None else load_split("val")
     pipeline_images = None
     if cfg.crops in ("pipeline", "mixed"):
-        from footfall.model.pipeline_crops import load_pipeline_split
+        from footfall_training.pipeline_crops import load_pipeline_split
 
         pipeline_images = load_pipeline_split("train").faces.images
         val_set = load_pipeline_split("val").faces  # what the model receives in service

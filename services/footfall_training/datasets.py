@@ -1,9 +1,9 @@
 """Rebuild the training data (UTKFace; FER2013 with FER+ labels) from pinned GitHub snapshots.
 
-``footfall-data`` makes the five files that ``footfall.model.data`` reads (``utkface_128.tar``
+``footfall-data`` makes the five files that ``footfall_training.data`` reads (``utkface_128.tar``
 / ``.csv``, ``ferplus_48.tar`` / ``.csv``, ``ferplus_votes.csv``) from three public repository
 snapshots, following the rules of ``../shared/data/README.md``, and checks them against the
-published sha256 (``footfall.model.data.SHA256``)::
+published sha256 (``footfall_training.data.SHA256``)::
 
     footfall-data download                           # needs internet; then runs prepare
     footfall-data prepare --sources ~/snapshots      # snapshots as .tar.gz or extracted folders
@@ -52,7 +52,7 @@ import cv2
 import numpy as np
 
 from footfall.labels import EMOTIONS, GENDERS, RACES
-from footfall.model.data import (FERPLUS_TO_EMOTION, SHA256, VOTE_NAMES, DatasetMissing, data_layout,
+from footfall_training.data import (FERPLUS_TO_EMOTION, SHA256, VOTE_NAMES, DatasetMissing, data_layout,
                                  sha256_mismatches)
 
 log = logging.getLogger(__name__)
@@ -447,7 +447,7 @@ def locate_snapshot(snapshot: Snapshot, sources: Path, scratch: Path) -> Path:
 
 def prepare(sources: Path, dest: Path, check: bool = True, workers: int | None = None) -> list[str]:
     """Build the five data files in ``dest`` from the snapshots in ``sources``; with ``check``,
-    return the sha256 mismatches against ``footfall.model.data.SHA256`` (the files stay)."""
+    return the sha256 mismatches against ``footfall_training.data.SHA256`` (the files stay)."""
     sources, dest = Path(sources), Path(dest)
     workers = workers or min(4, os.cpu_count() or 1)
     dest.mkdir(parents=True, exist_ok=True)
