@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from footfall.aggregator.folding import OpenVisitor, bucket_start
+from footfall.aggregator.folding import OpenVisitor
+from footfall.db.records import bucket_start
 from footfall.ingest.service import parse_cameras
 from footfall.predictions import Predictions
 from footfall.schema import FaceMessage, MalformedMessage, TrackEnd, decode_entry

@@ -18,36 +18,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
 
 from footfall.db.models import NOT_RECORDED
+from footfall.db.records import VisitorRecord, bucket_start
 from footfall.labels import EMOTIONS, GENDERS, RACES, age_band
 from footfall.predictions import Predictions
-
-
-@dataclass(frozen=True)
-class VisitorRecord:
-    """One finished visitor, as the aggregate tables count it."""
-
-    camera_id: str
-    track_id: str
-    bucket_start: datetime  # naive UTC
-    first_ts: float
-    last_ts: float
-    faces: int
-    age: float
-    age_band: str
-    gender: str
-    race: str
-    emotion: str
-
-
-def bucket_start(ts: float, bucket_s: int) -> datetime:
-    """Start of the time bucket holding ``ts`` (seconds since the epoch), naive UTC."""
-    start = int(ts // bucket_s) * bucket_s
-    return datetime.fromtimestamp(start, tz=timezone.utc).replace(tzinfo=None)
 
 
 @dataclass

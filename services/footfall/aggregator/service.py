@@ -33,9 +33,10 @@ import redis
 from redis.exceptions import ResponseError
 from sqlalchemy.exc import DBAPIError
 
-from footfall.aggregator.folding import OpenVisitor, VisitorRecord
+from footfall.aggregator.folding import OpenVisitor
 from footfall.config import AggregatorSettings
 from footfall.db.migrate import upgrade
+from footfall.db.records import VisitorRecord
 from footfall.db.store import count_visitors, make_engine, upsert_camera_health
 from footfall.inference.client import BadCrop, InferenceClient, InferenceUnavailable
 from footfall.labels import EMOTIONS, RACES

@@ -8,7 +8,7 @@ Example:
     >>> import tempfile
     >>> from datetime import datetime
     >>> from footfall.db.migrate import upgrade
-    >>> from footfall.aggregator.folding import VisitorRecord
+    >>> from footfall.db.records import VisitorRecord
     >>> url = f"sqlite:///{tempfile.mkdtemp()}/f.db"; upgrade(url); engine = make_engine(url)
     >>> v = VisitorRecord("door", "door:a:1", datetime(2026, 1, 1), 0, 1, 3, 30.0, "25-34", "male", "", "happy")
     >>> len(count_visitors(engine, [v])), len(count_visitors(engine, [v]))
@@ -24,8 +24,8 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from footfall.aggregator.folding import VisitorRecord
 from footfall.db.models import CameraHealth, CountedTrack, VisitorCount
+from footfall.db.records import VisitorRecord
 
 
 def make_engine(url: str) -> Engine:
