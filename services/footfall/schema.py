@@ -29,7 +29,7 @@ SCHEMA_VERSION = "1"
 KIND_FACE = "face"
 KIND_TRACK_END = "track_end"
 MAX_CROP_BYTES = 512 * 1024  # a 112x112 JPEG is ~4 KB; anything this big is not a crop
-MAX_CAMERA_ID = 64  # the database columns' sizes (footfall.db.models)
+MAX_CAMERA_ID = 64  # also the database columns' sizes (footfall.db.models uses these)
 MAX_TRACK_ID = 96
 
 

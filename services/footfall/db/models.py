@@ -8,15 +8,19 @@ Tables:
   is never counted twice (idempotent writes). No attributes.
 - ``camera_health``: the ingest workers' last reported state per camera (operator view).
 
-The schema is created and upgraded by Alembic migrations (``footfall-migrate``).
+The schema is created and upgraded by Alembic migrations (``footfall-migrate``); these models
+are its one definition (a test compares them with a migrated database, index included), and the
+id columns' sizes are the message schema's limits (``footfall.schema.MAX_CAMERA_ID``/``MAX_TRACK_ID``).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, Integer, String
+from sqlalchemy import DateTime, Float, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from footfall.schema import MAX_CAMERA_ID, MAX_TRACK_ID
 
 NOT_RECORDED = ""  # value of a dimension switched off by the privacy settings
 
@@ -27,8 +31,10 @@ class Base(DeclarativeBase):
 
 class VisitorCount(Base):
     __tablename__ = "visitor_counts"
+    # The dashboard selects time ranges over all cameras: bucket_start leads no primary-key prefix.
+    __table_args__ = (Index("ix_visitor_counts_bucket", "bucket_start"),)
 
-    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True,
                                                    doc="UTC start of the time bucket")
     age_band: Mapped[str] = mapped_column(String(8), primary_key=True)
@@ -43,8 +49,8 @@ class VisitorCount(Base):
 class CountedTrack(Base):
     __tablename__ = "counted_tracks"
 
-    track_id: Mapped[str] = mapped_column(String(96), primary_key=True)
-    camera_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    track_id: Mapped[str] = mapped_column(String(MAX_TRACK_ID), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), nullable=False)
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)
     counted_at: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)
 
@@ -52,7 +58,7 @@ class CountedTrack(Base):
 class CameraHealth(Base):
     __tablename__ = "camera_health"
 
-    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
     state: Mapped[str] = mapped_column(String(16), nullable=False, doc="connecting / live / reconnecting / ended")
     last_frame_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False), nullable=True)
     frames_per_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
