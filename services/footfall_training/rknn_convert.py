@@ -151,10 +151,8 @@ def run_worker(onnx_path: Path, calibration_faces: np.ndarray, out: Path | None 
 
 def rknn_predictions(run: RknnRun) -> Predictions:
     """The simulator's outputs as Predictions, mapped exactly as the board backend maps them."""
-    from footfall.inference.backends.rknn import outputs_to_predictions
-
     names = list(run.outputs)
-    return outputs_to_predictions(names, [run.outputs[k] for k in names])
+    return Predictions.from_outputs(names, [run.outputs[k] for k in names])
 
 
 def default_rknn_path(onnx_path: Path) -> Path:

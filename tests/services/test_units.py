@@ -142,3 +142,36 @@ def test_ports_for_child_servers_are_distinct_free_and_outside_the_ephemeral_ran
     for port in ports:
         with socket.socket() as s:
             s.bind(("", port))
+
+
+def test_predictions_check_their_arrays_when_made():
+    n = 2
+    good = dict(age=np.zeros(n), gender=np.zeros(n), race=np.zeros((n, 5)), emotion=np.zeros((n, 7)))
+    assert len(Predictions(**good)) == n
+    with pytest.raises(ValueError, match="gender has shape \\(3,\\), expected \\(2,\\)"):
+        Predictions(**{**good, "gender": np.zeros(3)})
+    with pytest.raises(ValueError, match="emotion has shape \\(2, 7, 1\\)"):
+        Predictions(**{**good, "emotion": np.zeros((n, 7, 1))})
+    with pytest.raises(ValueError, match="race must be a floating-point numpy array, not int64"):
+        Predictions(**{**good, "race": np.zeros((n, 5), np.int64)})
+    with pytest.raises(ValueError, match="lack \\['emotion'\\]"):
+        Predictions.from_outputs(("age", "gender", "race"), [np.zeros((n, 1)), np.zeros((n, 1)), np.zeros((n, 5))])
+    assert len(Predictions.empty(5, 7)) == 0
+
+
+def test_backend_options_are_validated_not_swallowed(face_model):
+    from pydantic import ValidationError
+
+    from footfall.config import InferenceSettings
+    from footfall.inference.backends import load_backend
+    from footfall.inference.backends.rknn import RknnOptions
+
+    with pytest.raises(ValidationError, match="thread"):  # a misspelt option is an error
+        load_backend("onnxruntime", face_model, thread=1)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        load_backend("onnxruntime", face_model, threads=0)
+    with pytest.raises(ValidationError, match="the RK3588 NPU has cores 0, 1, 2"):
+        RknnOptions(npu_cores="0,3")
+    # the worker's settings supply the chosen backend's options only
+    backend = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1, npu_cores="2"))
+    assert backend.options.threads == 1

@@ -22,7 +22,6 @@ import re
 import time
 
 import grpc
-import numpy as np
 
 from footfall.predictions import Predictions
 from footfall.proto import inference_pb2, inference_pb2_grpc
@@ -63,11 +62,7 @@ class InferenceClient:
         """Predictions for encoded face crops, in order."""
         request = inference_pb2.PredictRequest(
             crops=[inference_pb2.FaceCrop(jpeg=j, id=(ids[i] if ids else "")) for i, j in enumerate(jpegs)])
-        p = self._call("Predict", request).predictions
-        return Predictions(age=np.array([x.age for x in p], np.float32),
-                           gender=np.array([x.gender_female for x in p], np.float32),
-                           race=np.array([list(x.race) for x in p], np.float32).reshape(len(p), -1),
-                           emotion=np.array([list(x.emotion) for x in p], np.float32).reshape(len(p), -1))
+        return Predictions.from_proto(self._call("Predict", request).predictions)
 
     def _call(self, method: str, request):
         """``method`` on the next worker, failing over to the others with backoff."""

@@ -95,10 +95,7 @@ class FaceInferenceServicer(inference_pb2_grpc.FaceInferenceServicer):
             self._abort(context, grpc.StatusCode.INTERNAL, f"model run failed: {exc}")
         REQUESTS.labels(code="OK").inc()
         return inference_pb2.PredictResponse(
-            predictions=[inference_pb2.Prediction(id=crop.id, age=float(preds.age[i]),
-                                                  gender_female=float(preds.gender[i]),
-                                                  race=preds.race[i].tolist(), emotion=preds.emotion[i].tolist())
-                         for i, crop in enumerate(request.crops)],
+            predictions=preds.to_proto([crop.id for crop in request.crops]),
             model_name=self.meta.name, model_version=self.meta.version, batch_size=ran_in)
 
     def GetModelInfo(self, request, context):  # noqa: N802
@@ -112,9 +109,8 @@ class InferenceServer:
 
     def __init__(self, settings: InferenceSettings, backend: Backend | None = None) -> None:
         self.settings = settings
-        self.backend = backend or load_backend(settings.backend, settings.face_model, threads=settings.threads,
-                                               flip_average=settings.flip_average, npu_cores=settings.npu_cores,
-                                               contexts_per_core=settings.npu_contexts_per_core)
+        self.backend = backend or load_backend(settings.backend, settings.face_model, settings.flip_average,
+                                               settings=settings)
         self.batcher = MicroBatcher(self.backend, settings.max_batch, settings.max_wait_ms / 1000.0)
         limit = settings.max_message_mb * 1024 * 1024
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),

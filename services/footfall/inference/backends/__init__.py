@@ -23,17 +23,22 @@ BACKENDS = {
 }
 
 
-def load_backend(name: str, model_path: str | Path, flip_average: bool = False, **options) -> Backend:
+def load_backend(name: str, model_path: str | Path, flip_average: bool = False, settings=None,
+                 **options) -> Backend:
     """Instantiate the backend called ``name`` on ``model_path`` (``flip_average``: each face's
-    predictions averaged with its mirror image's, see ``base.flip_averaged``)."""
+    predictions averaged with its mirror image's, see ``base.flip_averaged``). Its options are
+    validated by the backend's own ``Options`` class: ``settings`` (the worker's ``InferenceSettings``)
+    supplies those of the chosen backend, keyword ``options`` override them."""
     try:
         target = BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown inference backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
     module_name, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
+    if settings is not None:
+        options = {**cls.Options.from_settings(settings).model_dump(), **options}
     backend = cls(Path(model_path), **options)
     return FlipAveragedBackend(backend) if flip_average else backend
 
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "FlipAveragedBackend", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "FlipAveragedBackend", "ModelMetadata", "load_backend"]

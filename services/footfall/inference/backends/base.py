@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -46,6 +47,9 @@ class Backend(ABC):
 
     name: str = "base"
     metadata: ModelMetadata
+    # The backend's options as a pydantic model beside it (extra options refused), with a
+    # ``from_settings(InferenceSettings)`` constructor that load_backend uses.
+    Options: ClassVar[type]
 
     @abstractmethod
     def predict(self, batch: np.ndarray) -> Predictions:

@@ -14,22 +14,38 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from footfall.inference.backends.base import Backend, normalize_nchw
 from footfall.model_file import ModelMetadata
 from footfall.predictions import Predictions
 
 
+class OnnxRuntimeOptions(BaseModel):
+    """The onnxruntime backend's options (an unknown option is an error, not ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threads: int = Field(2, ge=1, description="CPU threads of one inference session")
+
+    @classmethod
+    def from_settings(cls, settings) -> OnnxRuntimeOptions:
+        """The options in the inference worker's settings (``footfall.config.InferenceSettings``)."""
+        return cls(threads=settings.threads)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    Options = OnnxRuntimeOptions
 
-    def __init__(self, model_path: Path, threads: int = 2, **_: object) -> None:
+    def __init__(self, model_path: Path, **options: object) -> None:
         import onnxruntime as ort
 
+        self.options = OnnxRuntimeOptions(**options)
         if not Path(model_path).exists():
             raise FileNotFoundError(f"model file {model_path} not found")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = self.options.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No busy-waiting between runs: on an edge box the decoder, detector and aggregator share
@@ -41,6 +57,4 @@ class OnnxRuntimeBackend(Backend):
 
     def predict(self, batch: np.ndarray) -> Predictions:
         outputs = self.session.run(list(self.metadata.outputs), {self.input_name: normalize_nchw(batch, self.metadata)})
-        named = dict(zip(self.metadata.outputs, outputs))
-        return Predictions(age=named["age"].reshape(-1), gender=named["gender"].reshape(-1),
-                           race=named["race"], emotion=named["emotion"])
+        return Predictions.from_outputs(self.metadata.outputs, outputs)

@@ -6,7 +6,7 @@ contiguous chunks, one chunk per context, run from a thread pool, and the result
 back in input order. Published RK3588 measurements show per-core contexts scaling to about
 2.5x one core, against about 1.3x for a single context with the 0_1_2 mask.
 
-Batch size: the ``.rknn`` is built for batch 1 (``footfall_training.rknn_convert``), so each
+Batch size: the ``.rknn`` is built for batch 1 (``footfall_training.rknn_convert``; the training package), so each
 context runs its chunk sample by sample. Multi-batch RKNN builds need a fixed batch (padding
 for partial batches) and mostly help models far larger than this one, whose per-sample NPU
 time is small next to a context switch; three contexts in parallel keep the cores busy.
@@ -15,7 +15,7 @@ Preprocessing happens on the NPU: the model was built with the ONNX model's mean
 (``RKNN.config(mean_values, std_values)``), so the board's CPU feeds the uint8 NHWC RGB crops
 as they come, without float conversion and without copies (each sample is a view into the
 batch; ``np.ascontiguousarray`` only when the caller's batch is not contiguous). Outputs are
-mapped to ``Predictions`` by the names in the ``.rknn.json`` sidecar, exactly as the ONNX path
+mapped by ``Predictions.from_outputs`` with the names in the ``.rknn.json`` sidecar, as the ONNX path
 maps its named outputs.
 
 The runtime sits behind the narrow ``NpuRuntime`` adapter (load, init, infer, release);
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from footfall.inference.backends.base import Backend, BackendUnavailable
 from footfall.model_file import ModelMetadata
@@ -138,30 +139,41 @@ def split_batch(n: int, parts: int) -> list[range]:
     return [range(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
 
 
-def outputs_to_predictions(names: Sequence[str], outputs: Sequence[np.ndarray]) -> Predictions:
-    """Map raw model outputs, batch first and in ``names`` order, to Predictions (as the ONNX path does).
+class RknnOptions(BaseModel):
+    """The rknn backend's options (an unknown option is an error, not ignored).
 
-    >>> p = outputs_to_predictions(("age", "gender", "race", "emotion"),
-    ...     [np.array([[30.]]), np.array([[.9]]), np.full((1, 5), .2), np.eye(7)[[3]]])
-    >>> p.age.tolist(), p.gender.tolist(), p.emotion.argmax(1).tolist()
-    ([30.0], [0.9], [3])
+    >>> RknnOptions(npu_cores="0, 2").npu_cores
+    [0, 2]
     """
-    named = dict(zip(names, outputs))
-    n = len(named["age"])
-    return Predictions(age=named["age"].reshape(-1), gender=named["gender"].reshape(-1),
-                       race=named["race"].reshape(n, -1), emotion=named["emotion"].reshape(n, -1))
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    npu_cores: list[int] = [0, 1, 2]  # NPU cores used, e.g. "0,1,2"
+    contexts_per_core: int = 1  # RKNNLite contexts per core (each fed from its own thread)
+
+    @field_validator("npu_cores", mode="before")
+    @classmethod
+    def _cores(cls, value: str | Sequence[int]) -> list[int]:
+        return parse_cores(value)
+
+    @classmethod
+    def from_settings(cls, settings) -> RknnOptions:
+        """The options in the inference worker's settings (``footfall.config.InferenceSettings``)."""
+        return cls(npu_cores=settings.npu_cores, contexts_per_core=settings.npu_contexts_per_core)
 
 
 class RknnBackend(Backend):
     name = "rknn"
+    Options = RknnOptions
 
-    def __init__(self, model_path: Path, npu_cores: str | Sequence[int] = "0,1,2", contexts_per_core: int = 1,
-                 runtime_factory: Callable[[], NpuRuntime] = RknnLiteRuntime, **_: object) -> None:
+    def __init__(self, model_path: Path, runtime_factory: Callable[[], NpuRuntime] = RknnLiteRuntime,
+                 **options: object) -> None:
+        self.options = RknnOptions(**options)
         model_path = Path(model_path)
         if not model_path.exists():
             raise FileNotFoundError(f"model file {model_path} not found")
         self.metadata = ModelMetadata.from_sidecar(model_path)
-        self.cores = context_cores(parse_cores(npu_cores), contexts_per_core)
+        self.cores = context_cores(self.options.npu_cores, self.options.contexts_per_core)
         self._runtimes: list[NpuRuntime] = []
         try:
             for core in self.cores:
@@ -183,16 +195,14 @@ class RknnBackend(Backend):
         if not self._runtimes:
             raise RuntimeError("the rknn backend is closed")
         if len(batch) == 0:
-            return Predictions(np.zeros(0, np.float32), np.zeros(0, np.float32),
-                               np.zeros((0, len(self.metadata.races)), np.float32),
-                               np.zeros((0, len(self.metadata.emotions)), np.float32))
+            return Predictions.empty(len(self.metadata.races), len(self.metadata.emotions))
         batch = batch if batch.flags.c_contiguous else np.ascontiguousarray(batch)
         chunks = split_batch(len(batch), len(self._runtimes))
         futures = [self._pool.submit(self._run_chunk, i, batch, rows) for i, rows in enumerate(chunks)]
         per_sample = [out for f in futures for out in f.result()]  # chunk order = input order
         outputs = [np.concatenate([sample[k].reshape(1, -1) for sample in per_sample]).astype(np.float32, copy=False)
                    for k in range(len(self.metadata.outputs))]
-        return outputs_to_predictions(self.metadata.outputs, outputs)
+        return Predictions.from_outputs(self.metadata.outputs, outputs)
 
     def _run_chunk(self, context: int, batch: np.ndarray, rows: range) -> list[list[np.ndarray]]:
         results = []
