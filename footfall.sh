@@ -38,20 +38,35 @@ install_system() {
   if [ -f scripts/setup_rknn_venv.sh ]; then bash scripts/setup_rknn_venv.sh >&2; fi
 }
 
+use_development_data() {
+  # The development machines keep the datasets, the sample clip and the YuNet detector in one folder
+  # beside the checkout (FOOTFALL_SHARED_DIR, default ../shared); the settings' own defaults are fixed
+  # (~/.cache/footfall/...), so this folder is passed explicitly, unless the variables are already set.
+  local shared=${FOOTFALL_SHARED_DIR:-$ROOT/../shared}
+  if [ -d "$shared" ]; then
+    shared=$(cd "$shared" && pwd)
+    if [ -d "$shared/data" ]; then export FOOTFALL_DATA_DIR=${FOOTFALL_DATA_DIR:-$shared/data}; fi
+    if [ -d "$shared/models" ]; then export FOOTFALL_MODELS_DIR=${FOOTFALL_MODELS_DIR:-$shared/models}; fi
+  fi
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
   run)
     install_python local,dashboard
+    use_development_data
     exec "$VENV/bin/footfall-local" "$@"
     ;;
   test)
     install_python local,dashboard,train,test
     install_system
+    use_development_data
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   bench)
     install_python local,dashboard,train,test
+    use_development_data
     exec "$VENV/bin/python" benchmarks/pipeline.py "$@"
     ;;
   *)

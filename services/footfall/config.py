@@ -23,13 +23,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The source checkout (services/footfall/config.py -> repo root); used for defaults only.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "footfall"
-
-
-def _shared(sub: str, fallback: Path) -> Path:
-    """Development machines keep datasets and third-party models in ../shared beside the checkout."""
-    candidate = PROJECT_ROOT.parent / "shared" / sub
-    return candidate if candidate.exists() else fallback
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "footfall"  # ~/.cache/footfall
+# Fixed defaults, the same on every machine: the development checkouts' ../shared folder is passed
+# explicitly (FOOTFALL_DATA_DIR / FOOTFALL_MODELS_DIR, set by footfall.sh when ../shared exists).
 
 
 class _Base(BaseSettings):
@@ -69,7 +65,7 @@ class IngestSettings(CommonSettings):
     max_crops_per_track: int = Field(20, description="Crops published per track at most (enough to fold a visitor).")
     stream_maxlen: int = Field(5000, description="Approximate cap of the crop stream (Redis memory stays flat).")
     jpeg_quality: int = Field(90, description="JPEG quality of the published crops.")
-    models_dir: Path = Field(_shared("models", CACHE_DIR / "models"),
+    models_dir: Path = Field(CACHE_DIR / "models",
                              description="Third-party model files (YuNet); downloaded here when missing.")
     reconnect_initial_s: float = Field(0.5, description="First reconnect delay of a lost stream.")
     reconnect_max_s: float = Field(30.0, description="Longest reconnect delay.")
@@ -135,7 +131,8 @@ class DashboardSettings(CommonSettings):
 class ModelSettings(_Base):
     """Training, evaluation and export of the face model."""
 
-    data_dir: Path = Field(_shared("data", CACHE_DIR / "data"), description="UTKFace / FER+ archives.")
+    data_dir: Path = Field(CACHE_DIR / "data", description="UTKFace / FER+ archives, and the sample clip "
+                           "`video/short_hamilton_clip.mp4` of the local run.")
     cache_dir: Path = Field(CACHE_DIR, description="Decoded datasets and training checkpoints.")
     rknn_venv: Path = Field(CACHE_DIR / "rknn-venv", description="Virtual environment of rknn-toolkit2 (RKNN "
                             "conversion and simulator), made by scripts/setup_rknn_venv.sh.")
@@ -155,8 +152,9 @@ def settings_table() -> str:
                 continue
             seen.add(name)
             default = str(field.default)
-            default = default.replace(str(PROJECT_ROOT.parent / "shared"), "../shared").replace(
-                str(PROJECT_ROOT) + "/", "").replace(str(Path.home()), "~")
+            # The same text on every machine: paths relative to the checkout, the cache as its usual place.
+            default = default.replace(str(CACHE_DIR), "~/.cache/footfall").replace(str(PROJECT_ROOT) + "/", "").replace(
+                str(Path.home()), "~")
             if name == "consumer_name":
                 default = "(hostname)"
             user = "all" if cls is CommonSettings else cls.__name__.removesuffix("Settings").lower()
