@@ -3,6 +3,8 @@
 ``serve_http(port, ready)`` starts one HTTP endpoint per service with ``/metrics``
 (Prometheus text), ``/healthz`` (the process is alive) and ``/readyz`` (``ready()`` is true).
 ``shutdown_event()`` returns an event set on SIGTERM/SIGINT so loops stop cleanly.
+``run_service(settings, port, make)`` is every service's ``main()``: logging, SIGTERM shutdown,
+the endpoint with the service's readiness, run until stopped, close.
 
 Example:
     >>> import urllib.request
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
@@ -122,6 +125,49 @@ def shutdown_event() -> threading.Event:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     return event
+
+
+class Service(Protocol):
+    """What ``run_service`` needs of a service."""
+
+    def ready(self) -> bool:
+        """True while the service can do its work (``/readyz``)."""
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set (or the work is done)."""
+
+    def close(self) -> None:
+        """Release what the service holds (after ``run``, also when it raised)."""
+
+
+S = TypeVar("S", bound=Service)
+
+
+def redis_reachable(client) -> bool:
+    """Readiness of a service that needs Redis: the server answers a PING."""
+    from redis.exceptions import RedisError
+
+    try:
+        return bool(client.ping())
+    except RedisError:
+        return False
+
+
+def run_service(settings, default_metrics_port: int, make: Callable[[threading.Event], S]) -> S:
+    """The skeleton of every service's ``main()``: logs as ``settings`` say, a stop event set by
+    SIGTERM/SIGINT, the service made with it, ``/metrics``, ``/healthz`` and ``/readyz`` on
+    ``settings.metrics_port`` (0: ``default_metrics_port``), run until stopped, then closed.
+    Returns the closed service (for a final report)."""
+    setup_logging(settings.log_level, settings.log_format)
+    stop = shutdown_event()
+    service = make(stop)
+    http = serve_http(settings.metrics_port or default_metrics_port, ready=service.ready)
+    try:
+        service.run(stop)
+    finally:
+        service.close()
+        http.close()
+    return service
 
 
 class RateMeter:

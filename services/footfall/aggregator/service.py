@@ -41,7 +41,7 @@ from footfall.db.store import count_visitors, make_engine, upsert_camera_health
 from footfall.inference.client import BadCrop, InferenceClient, InferenceUnavailable
 from footfall.labels import EMOTIONS, RACES
 from footfall.observability import (DB_WRITES, DEAD_LETTERS, FRAME_TO_DB, PENDING, STREAM_LAG, VISITORS, ctx,
-                                    serve_http, setup_logging, shutdown_event)
+                                    redis_reachable, run_service)
 from footfall.schema import CameraState, FaceMessage, MalformedMessage, StreamKeys, TrackEnd, decode_entry
 
 log = logging.getLogger("footfall.aggregator")
@@ -297,6 +297,9 @@ class Aggregator:
             self._next_health = now + 5.0
         return finalized
 
+    def ready(self) -> bool:
+        return redis_reachable(self.redis)
+
     def run(self, stop: threading.Event) -> None:
         delay = 0.5
         while not stop.is_set():
@@ -336,22 +339,7 @@ class Aggregator:
 
 def main() -> None:
     settings = AggregatorSettings()
-    setup_logging(settings.log_level, settings.log_format)
-    stop = shutdown_event()
-    agg = Aggregator(settings)
-
-    def ready() -> bool:
-        try:
-            return bool(agg.redis.ping())
-        except redis.RedisError:
-            return False
-
-    http = serve_http(settings.metrics_port or 9103, ready=ready)
-    try:
-        agg.run(stop)
-    finally:
-        agg.close()
-        http.close()
+    run_service(settings, 9103, lambda stop: Aggregator(settings))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ is released.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent import futures
 
 import cv2
@@ -24,7 +25,7 @@ from footfall.config import InferenceSettings
 from footfall.inference.backends import Backend, load_backend
 from footfall.inference.backends.base import prepare_crops
 from footfall.inference.batcher import BatcherClosed, MicroBatcher
-from footfall.observability import REQUESTS, ctx, serve_http, setup_logging, shutdown_event
+from footfall.observability import REQUESTS, ctx, run_service
 from footfall.proto import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("footfall.inference")
@@ -141,6 +142,16 @@ class InferenceServer:
     def serving(self) -> bool:
         return self._serving
 
+    def ready(self) -> bool:
+        return self.serving
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve (gRPC runs in its own threads) until ``stop`` is set."""
+        stop.wait()
+
+    def close(self) -> None:
+        self.stop()
+
     def stop(self, grace_s: float = 10.0) -> None:
         """NOT_SERVING first (load balancers move away), finish in-flight work, release the model."""
         self._serving = False
@@ -153,13 +164,7 @@ class InferenceServer:
 
 def main() -> None:
     settings = InferenceSettings()
-    setup_logging(settings.log_level, settings.log_format)
-    stop = shutdown_event()
-    server = InferenceServer(settings)
-    http = serve_http(settings.metrics_port or 9102, ready=lambda: server.serving)
-    stop.wait()
-    server.stop()
-    http.close()
+    run_service(settings, 9102, lambda stop: InferenceServer(settings))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ import redis
 
 from footfall.config import IngestSettings
 from footfall.observability import (CAMERA_RECONNECTS, CAMERA_UP, FACES_PUBLISHED, FRAMES_DROPPED, FRAMES_PROCESSED,
-                                    FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, serve_http, setup_logging,
-                                    shutdown_event)
+                                    FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, redis_reachable, run_service)
 from footfall.schema import MAX_CAMERA_ID, CameraState, FaceMessage, StreamKeys, TrackEnd
 from footfall.tracking import Track, Tracker
 from footfall.vision import FaceDetector, align_face, ensure_yunet
@@ -333,10 +332,17 @@ class IngestWorker:
         return any(t.is_alive() for t in self.threads)
 
     def ready(self) -> bool:
-        try:
-            return bool(self.redis.ping())
-        except redis.RedisError:
-            return False
+        return redis_reachable(self.redis)
+
+    def run(self, stop: threading.Event) -> None:
+        """Start the cameras and wait until they all finish or ``stop`` is set (then they stop too)."""
+        self.start()
+        while self.alive() and not stop.is_set():
+            stop.wait(0.5)
+        stop.set()
+
+    def close(self) -> None:
+        self.join(timeout=10)
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -346,16 +352,7 @@ class IngestWorker:
 
 def main() -> None:
     settings = IngestSettings()
-    setup_logging(settings.log_level, settings.log_format)
-    stop = shutdown_event()
-    worker = IngestWorker(settings, stop)
-    http = serve_http(settings.metrics_port or 9101, ready=worker.ready)
-    worker.start()
-    while worker.alive() and not stop.is_set():
-        stop.wait(0.5)
-    stop.set()
-    worker.join(timeout=10)
-    http.close()
+    worker = run_service(settings, 9101, lambda stop: IngestWorker(settings, stop))
     failed = [w.cam.camera_id for w in worker.workers if w.state == "failed"]
     log.info("ingest worker stopped", **ctx(failed_cameras=failed))
     if failed and len(failed) == len(worker.workers):
