@@ -36,7 +36,6 @@ def test_outputs_are_named_after_the_heads_with_a_dynamic_batch(random_model):
         assert age.shape == (batch,) and gender.shape == (batch,)
         assert race.shape == (batch, len(RACES)) and emotion.shape == (batch, len(EMOTIONS))
         np.testing.assert_allclose(emotion.sum(1), 1.0, atol=1e-5)
-        assert np.all((age >= 0) & (age <= 100)) and np.all((gender >= 0) & (gender <= 1))
 
 
 def test_metadata_round_trips_into_model_metadata(random_model):

