@@ -63,10 +63,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """One line per record for people: the message followed by its context fields as key=value.
+
+    >>> record = logging.LogRecord("footfall.ingest", logging.INFO, "", 0, "camera live", None, None)
+    >>> record.ctx_camera, record.ctx_fps = "door", 5.0
+    >>> TextFormatter().format(record).split(" ", 2)[2]
+    'INFO footfall.ingest: camera live camera=door fps=5.0'
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = " ".join(f"{key[4:]}={value}" for key, value in record.__dict__.items() if key.startswith("ctx_"))
+        if not fields:
+            return text
+        message, sep, rest = text.partition("\n")  # a traceback stays below the line
+        return f"{message} {fields}{sep}{rest}"
+
+
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -175,3 +175,18 @@ def test_backend_options_are_validated_not_swallowed(face_model):
     # the worker's settings supply the chosen backend's options only
     backend = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1, npu_cores="2"))
     assert backend.options.threads == 1
+
+
+def test_text_logs_keep_the_context_fields(capsys):
+    import logging
+
+    from footfall.observability import ctx, setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("INFO", "text")
+        logging.getLogger("footfall.ingest").info("camera live", **ctx(camera="door", fps=5.0))
+    finally:
+        root.handlers[:], root.level = handlers, level
+    assert "footfall.ingest: camera live camera=door fps=5.0" in capsys.readouterr().err
