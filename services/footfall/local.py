@@ -95,6 +95,7 @@ class Pipeline:
         self.db_url, self.redis_url = db_url, redis_url
         self.redis = redis.Redis.from_url(redis_url)
         self.engine = make_engine(db_url)
+        self.visitors_before = total_visitors(self.engine)  # earlier runs' visitors in the same database
         grpc_port, inference_metrics, aggregator_metrics, ingest_metrics = free_ports(4)
         common = {"FOOTFALL_REDIS_URL": redis_url, "FOOTFALL_DATABASE_URL": db_url,
                   "FOOTFALL_LOG_FORMAT": "text", "FOOTFALL_STREAM_PREFIX": self.args.prefix}
@@ -102,10 +103,11 @@ class Pipeline:
         self._spawn("inference", "footfall.inference.server",
                     {"FOOTFALL_GRPC_PORT": str(grpc_port), "FOOTFALL_GRPC_HOST": "127.0.0.1",
                      "FOOTFALL_METRICS_PORT": str(inference_metrics)})
-        print(f"inference  gRPC 127.0.0.1:{grpc_port}")
+        print(f"inference  gRPC 127.0.0.1:{grpc_port}, metrics http://127.0.0.1:{inference_metrics}/metrics")
         self._spawn("aggregator", "footfall.aggregator.service",
                     {"FOOTFALL_INFERENCE_TARGETS": f"127.0.0.1:{grpc_port}", "FOOTFALL_METRICS_PORT": str(aggregator_metrics),
                      "FOOTFALL_CONSUMER_NAME": "local"})
+        print(f"aggregator metrics http://127.0.0.1:{aggregator_metrics}/metrics")
         print(f"database   {db_url}")
         sources = self.args.source or demo_sources(STATE_DIR / "media")
         if not sources:
@@ -116,7 +118,7 @@ class Pipeline:
                     {"FOOTFALL_CAMERAS": ",".join(sources), "FOOTFALL_METRICS_PORT": str(ingest_metrics),
                      "FOOTFALL_LOOP": "true" if self.args.loop else "false",
                      "FOOTFALL_REALTIME": "false" if self.args.fast else "true"})
-        print(f"ingest     {', '.join(sources)}")
+        print(f"ingest     {', '.join(sources)}, metrics http://127.0.0.1:{ingest_metrics}/metrics")
         if not self.args.no_dashboard:
             port = self.args.dashboard_port
             self._spawn("dashboard", "footfall.dashboard_launcher", {"FOOTFALL_DASHBOARD_PORT": str(port),
@@ -130,9 +132,10 @@ class Pipeline:
         for cam in sorted(c.decode() for c in r.smembers(keys.cameras)):
             h = {k.decode(): v.decode() for k, v in r.hgetall(keys.camera(cam)).items()}
             cams.append(f"{cam}={h.get('state', '?')} {float(h.get('frames_per_s', 0)):.1f}fps")
-        visitors = total_visitors(self.engine)
+        total = total_visitors(self.engine)
         return (f"[{time.monotonic() - started:5.0f}s] {' '.join(cams) or 'cameras starting'} | "
-                f"stream {r.xlen(keys.faces)} entries | visitors counted {visitors}")
+                f"stream {r.xlen(keys.faces)} entries | visitors counted {total - self.visitors_before} this run "
+                f"({total} in the database)")
 
     def drained(self) -> bool:
         return self.redis.xlen(StreamKeys(self.args.prefix).faces) == 0
@@ -147,15 +150,17 @@ class Pipeline:
         return None
 
     def stop(self) -> None:
+        # In dependency order, each one gone before the next is asked: the aggregator still calls the
+        # inference worker while it stops (stopping them together logged an aggregator ERROR).
         for name in ("ingest", "dashboard", "aggregator", "inference"):
             p = self.procs.get(name)
             if p and p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
         if self.redis_server:
             self.redis_server.stop()
 
