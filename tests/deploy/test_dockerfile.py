@@ -122,7 +122,7 @@ def test_copied_files_exist_and_reach_the_build_context():
         for path in matched:
             assert not dockerignore_excludes(path.relative_to(ROOT).as_posix(), patterns), f"{path} is ignored"
     for kept_out in (".venv/bin/python", ".git/HEAD", "tests/deploy/test_dockerfile.py",
-                     "services/footfall/proto/inference_pb2.py"):
+                     "services/footfall/proto/inference_pb2.py", "services/footfall_training/train.py"):
         assert dockerignore_excludes(kept_out, patterns), f"{kept_out} should not be sent to the builder"
     assert not dockerignore_excludes("protos/footfall/proto/inference.proto", patterns)
 
