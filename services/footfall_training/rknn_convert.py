@@ -1,9 +1,10 @@
 """Convert the face model to an RKNN INT8 model for the RK3588 NPU, and measure it in the simulator.
 
 rknn-toolkit2 pins old numpy/onnx/protobuf, so it lives in its own venv
-(``scripts/setup_rknn_venv.sh``; path ``FOOTFALL_RKNN_VENV``). This file holds the commands, run with the project's venv; they read the model's metadata, pick
-real training faces for calibration and test faces for measuring, then run the worker
-(``footfall_training.rknn_worker``, by path) in the rknn venv:
+(``scripts/setup_rknn_venv.sh``; path ``FOOTFALL_RKNN_VENV``). This file holds the commands, run
+with the project's venv; they read the model's metadata, pick real training faces for calibration
+and test faces for measuring, then run the worker (``footfall_training.rknn_worker``, by path) in
+the rknn venv:
 
       footfall-rknn convert model/footfall_w050.onnx
           -> model/footfall_w050.rknn + model/footfall_w050.rknn.json (metadata sidecar, precision int8)
