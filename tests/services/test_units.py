@@ -190,3 +190,32 @@ def test_text_logs_keep_the_context_fields(capsys):
     finally:
         root.handlers[:], root.level = handlers, level
     assert "footfall.ingest: camera live camera=door fps=5.0" in capsys.readouterr().err
+
+
+def test_the_local_run_stops_each_service_before_the_one_it_depends_on():
+    import argparse
+
+    from footfall.local import Pipeline
+
+    events = []
+
+    class Service:  # the part of subprocess.Popen that Pipeline.stop uses
+        def __init__(self, name):
+            self.name, self.running = name, True
+
+        def poll(self):
+            return None if self.running else 0
+
+        def send_signal(self, sig):
+            events.append(("signal", self.name))
+
+        def wait(self, timeout=None):
+            events.append(("gone", self.name))
+            self.running = False
+            return 0
+
+    pipeline = Pipeline(argparse.Namespace())
+    pipeline.procs = {name: Service(name) for name in ("inference", "aggregator", "ingest", "dashboard")}
+    pipeline.stop()
+    assert events == [(step, name) for name in ("ingest", "dashboard", "aggregator", "inference")
+                      for step in ("signal", "gone")]
