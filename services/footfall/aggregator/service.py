@@ -49,11 +49,31 @@ log = logging.getLogger("footfall.aggregator")
 class ModelMismatch(RuntimeError):
     """The inference workers' model labels differ from what the database schema stores."""
 DEAD_LETTER_MAXLEN = 1000
+# A dead letter keeps a truncated copy of the entry (enough to see what was wrong), so the
+# dead-letter stream stays under ~MAXLEN x 16 x (64 + 256) bytes = ~5 MB whatever arrives.
+DEAD_LETTER_FIELDS, DEAD_LETTER_NAME_BYTES, DEAD_LETTER_VALUE_BYTES = 16, 64, 256
 INFERENCE_CHUNK = 64
 
 
 def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _b(value) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def dead_letter_copy(fields: dict) -> dict[bytes, bytes]:
+    """What a dead letter keeps of an entry: at most DEAD_LETTER_FIELDS fields, names and values
+    truncated, bytes as they came (a name need not be UTF-8), and never the face image.
+    Kept names get a ``field:`` prefix so they cannot overwrite the dead letter's own fields.
+
+    >>> copy = dead_letter_copy({b"jpeg": b"\\xff\\xd8", b"\\xff": b"x" * 1000, "ts": 1.5})
+    >>> sorted(copy), len(copy[b"field:\\xff"]), copy[b"field:ts"]
+    ([b'field:ts', b'field:\\xff'], 256, b'1.5')
+    """
+    kept = [(_b(k), _b(v)) for k, v in (fields or {}).items() if _b(k) != b"jpeg"]  # never keep face images
+    return {b"field:" + k[:DEAD_LETTER_NAME_BYTES]: v[:DEAD_LETTER_VALUE_BYTES] for k, v in kept[:DEAD_LETTER_FIELDS]}
 
 
 class Aggregator:
@@ -64,7 +84,8 @@ class Aggregator:
         self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=10,
                                                           socket_connect_timeout=5, health_check_interval=10)
         self.client = client or InferenceClient(settings.inference_targets, settings.inference_deadline_s,
-                                                settings.inference_retries)
+                                                settings.inference_retries, max_message_mb=settings.max_message_mb,
+                                                eject_s=settings.inference_eject_s)
         upgrade(settings.database_url)
         self.engine = make_engine(settings.database_url)
         self.open: dict[str, OpenVisitor] = {}
@@ -74,6 +95,7 @@ class Aggregator:
         self._retry_after = 0.0
         self._model_checked = False
         self.counted = 0
+        self.last_progress = time.monotonic()  # last acknowledgement, or the stream seen empty
         self._ensure_group()
 
     # -- Redis plumbing --------------------------------------------------------------------------
@@ -130,15 +152,16 @@ class Aggregator:
                               message_ids=ids[i:i + 500], justid=True)
 
     def _dead_letter(self, entry_id: str, fields: dict, reason: str) -> None:
-        kept = {_s(k): v for k, v in (fields or {}).items() if _s(k) != "jpeg"}  # never keep face images
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.keys.dead_letter, {**kept, "reason": reason, "entry_id": entry_id, "stream": self.keys.faces},
+        pipe.xadd(self.keys.dead_letter, {**dead_letter_copy(fields), "reason": reason[:DEAD_LETTER_VALUE_BYTES],
+                                          "entry_id": entry_id, "stream": self.keys.faces},
                   maxlen=DEAD_LETTER_MAXLEN, approximate=True)
         pipe.xack(self.keys.faces, self.s.consumer_group, entry_id)
         pipe.xdel(self.keys.faces, entry_id)
         pipe.execute()
+        self.last_progress = time.monotonic()
         DEAD_LETTERS.labels(reason=reason.split(":")[0][:40]).inc()
-        log.warning("dead-lettered entry", **ctx(entry=entry_id, reason=reason))
+        log.warning("dead-lettered entry", **ctx(entry=entry_id, reason=reason[:DEAD_LETTER_VALUE_BYTES]))
 
     def _ack(self, entry_ids: list[str]) -> None:
         pipe = self.redis.pipeline(transaction=True)
@@ -147,6 +170,7 @@ class Aggregator:
             pipe.xack(self.keys.faces, self.s.consumer_group, *chunk)
             pipe.xdel(self.keys.faces, *chunk)
         pipe.execute()
+        self.last_progress = time.monotonic()
 
     # -- processing --------------------------------------------------------------------------------
     def _check_model(self) -> None:
@@ -260,6 +284,23 @@ class Aggregator:
                          "updated_at": utc(state.updated_ts)})
         upsert_camera_health(self.engine, rows)
 
+    def ready(self) -> bool:
+        """Redis answers, and the counting moves: something was acknowledged within
+        ``stall_after_s``, or nothing waits (the stream is empty)."""
+        try:
+            if not self.redis.ping():
+                return False
+            if time.monotonic() - self.last_progress <= self.s.stall_after_s:
+                return True
+            if self.redis.xlen(self.keys.faces) == 0:
+                self.last_progress = time.monotonic()
+                return True
+        except redis.RedisError:
+            return False
+        log.warning("not ready: entries pending and nothing acknowledged",
+                    **ctx(seconds=round(time.monotonic() - self.last_progress)))
+        return False
+
     def stream_lag(self) -> int:
         """Entries not yet delivered to this group. Counted entries are deleted, so the stream
         holds exactly the undelivered plus the pending ones."""
@@ -333,23 +374,38 @@ class Aggregator:
         self.engine.dispose()
 
 
+def start_aggregator(settings: AggregatorSettings, stop: threading.Event) -> Aggregator | None:
+    """The aggregator, once Redis and the database answer (retried with backoff, 0.5 s -> 10 s);
+    None when stopped first."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return Aggregator(settings)
+        except (DBAPIError, redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("cannot start: %s unavailable (%s), retrying in %.1fs",
+                        "database" if isinstance(exc, DBAPIError) else "redis", str(exc).splitlines()[0], delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+    return None
+
+
 def main() -> None:
     settings = AggregatorSettings()
     setup_logging(settings.log_level, settings.log_format)
     stop = shutdown_event()
-    agg = Aggregator(settings)
-
-    def ready() -> bool:
-        try:
-            return bool(agg.redis.ping())
-        except redis.RedisError:
-            return False
-
-    http = serve_http(settings.metrics_port or 9103, ready=ready)
+    started: list[Aggregator] = []
+    # Alive (/healthz) while waiting for the database; ready once the aggregator runs and moves.
+    http = serve_http(settings.metrics_port or 9103, ready=lambda: bool(started) and started[0].ready())
     try:
-        agg.run(stop)
+        agg = start_aggregator(settings, stop)
+        if agg is None:
+            return
+        started.append(agg)
+        try:
+            agg.run(stop)
+        finally:
+            agg.close()
     finally:
-        agg.close()
         http.close()
 
 
