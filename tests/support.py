@@ -134,7 +134,10 @@ class TcpProxy:
     """
 
     def __init__(self, target: tuple[str, int], port: int = 0) -> None:
-        self.target, self.port = target, port
+        from footfall.embedded_redis import free_port
+
+        # Below the ephemeral range: while the proxy is stopped, no outgoing connection takes its port.
+        self.target, self.port = target, port or free_port()
         self._lock = threading.Lock()
         self._sockets: list = []
         self._listener = None
@@ -181,6 +184,11 @@ class TcpProxy:
     def stop(self) -> None:
 
         if self._listener is not None:
+            # shutdown first: a bare close() leaves the socket listening while _accept waits in accept()
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:

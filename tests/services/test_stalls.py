@@ -181,9 +181,7 @@ def test_aggregator_waits_for_the_database_at_start_instead_of_exiting(redis_ser
     with postgres_schema() as url:
         base = sa.engine.make_url(url)
         proxy = TcpProxy((base.host or "127.0.0.1", base.port or 5432))  # not started: the database is down
-        proxy_port = free_port()
-        proxy.port = proxy_port
-        via_proxy = base.set(host="127.0.0.1", port=proxy_port).render_as_string(hide_password=False)
+        via_proxy = base.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         metrics = free_port()
         env = {**os.environ, "FOOTFALL_REDIS_URL": redis_server_url, "FOOTFALL_STREAM_PREFIX": stream_prefix,
                "FOOTFALL_DATABASE_URL": via_proxy, "FOOTFALL_METRICS_PORT": str(metrics),
