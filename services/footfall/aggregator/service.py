@@ -11,10 +11,15 @@ Delivery guarantees (what happens when things break):
   live consumer's work is not claimed away.
 - Counting is idempotent (``footfall.db.store.count_visitors``): a visitor redelivered after
   a crash between commit and acknowledgement is not counted twice.
-- A malformed entry, or a crop the inference worker rejects, goes to the dead-letter stream
-  with the reason (image bytes left out) and processing continues.
+- A malformed entry (whatever bytes it holds), or a crop the inference worker rejects, goes to
+  the dead-letter stream with the reason and a bounded copy (image bytes left out) and
+  processing continues.
+- A request too large for a worker is split (by count and bytes), never resent as it was.
 - Inference unavailable: nothing is acknowledged; the entries are retried with backoff.
-- Database unavailable: nothing is acknowledged; the commit is retried with backoff.
+- Database unavailable: nothing is acknowledged; the commit is retried with backoff. At
+  start, the aggregator waits for the database (and Redis) with backoff.
+- Counting stalled (entries pending, nothing acknowledged for ``stall_after_s``): ``/readyz``
+  fails.
 - Redis restarted: the client reconnects, the consumer group is created again.
 - A model whose label names differ from the database schema's is refused at the first call.
 
