@@ -210,3 +210,50 @@ def test_poison_entries_among_the_input(uninterrupted, own_redis, face_model, tm
     assert counts(db) == uninterrupted
     dead = redis.Redis.from_url(own_redis.url).xrange(pipeline.keys.dead_letter)
     assert len(dead) == 5 and all(f[b"reason"].startswith(b"malformed: ") for _, f in dead)
+
+
+def test_ingest_killed_mid_clip_leaves_no_visitor_open(own_redis, face_model, models_dir, synthetic_clip,
+                                                       tmp_path):
+    """kill -9 of the ingest worker at a random moment of a clip: its open tracks never get a
+    track end; the aggregator finalizes them by the idle timeout. Every track with at least
+    min_track_faces crops in Redis at the kill is counted once, and nothing stays pending.
+    (A restarted ingest re-reads a file source from its start; a live camera's frames during
+    the outage are lost: neither is part of this test.)"""
+    from footfall.schema import StreamKeys
+
+    from .harness import Service
+
+    path, _ = synthetic_clip
+    env = {**os.environ, "FOOTFALL_REDIS_URL": own_redis.url, "FOOTFALL_STREAM_PREFIX": "chaos",
+           "FOOTFALL_CAMERAS": f"entrance={path}", "FOOTFALL_MODELS_DIR": str(models_dir),
+           "FOOTFALL_REALTIME": "true", "FOOTFALL_METRICS_PORT": str(free_port()), "FOOTFALL_LOG_FORMAT": "text"}
+    ingest = Service("footfall.ingest.service", env, tmp_path / "ingest.log").start()
+    client = redis.Redis.from_url(own_redis.url)
+    keys = StreamKeys("chaos")
+    deadline = time.monotonic() + 60
+    while client.xlen(keys.faces) == 0:  # the clip is playing
+        assert time.monotonic() < deadline and ingest.proc.poll() is None, ingest.log.read_text()[-2000:]
+        time.sleep(0.1)
+    time.sleep(random.Random(1706).uniform(2.0, 5.0))
+    ingest.kill9()
+    faces: dict[str, int] = {}
+    ended = set()
+    for _, f in client.xrange(keys.faces):
+        if f.get(b"kind") == b"face":
+            faces[f[b"track"].decode()] = faces.get(f[b"track"].decode(), 0) + 1
+        elif f.get(b"kind") == b"track_end":
+            ended.add(f[b"track"].decode())
+    expected = sum(n >= 2 for n in faces.values())  # min_track_faces
+    assert set(faces) - ended, "the kill left open tracks (no track end) behind"
+    db = sqlite_db(tmp_path)
+    pipeline = Pipeline(own_redis.url, "chaos", db, face_model, tmp_path, FOOTFALL_VISIT_TIMEOUT_S="1")
+    pipeline.start()
+    try:
+        pipeline.wait_counted(expected, timeout_s=60)
+        time.sleep(1.0)
+    finally:
+        pipeline.stop()
+    print(f"ingest kill -9: {len(faces)} tracks in Redis ({len(set(faces) - ended)} open), "
+          f"{total(db)} visitors counted, {expected} expected")
+    assert total(db) == expected
+    assert_memory_bounds(pipeline)
