@@ -199,10 +199,10 @@ def test_redis_restarted_empty_loses_only_what_it_held(uninterrupted, face_model
 
 
 def test_poison_entries_among_the_input(uninterrupted, own_redis, face_model, tmp_path):
-    from ..services.test_poison import _valid
+    from ..services.test_poison import valid_entry
 
-    poison = [{b"kind": b"face", b"\xff": b"x"}, _valid("face", "p:1") | {b"box": b"[1e999,0,10,10]"},
-              _valid("face", "p:2") | {b"ts": b"nan"}, _valid("track_end", "p:3") | {b"ts": b"1e12"},
+    poison = [{b"kind": b"face", b"\xff": b"x"}, valid_entry("face", "p:1") | {b"box": b"[1e999,0,10,10]"},
+              valid_entry("face", "p:2") | {b"ts": b"nan"}, valid_entry("track_end", "p:3") | {b"ts": b"1e12"},
               {b"kind": b"face", b"camera": b"c", b"blob": b"\0" * 2**20}]
     db = sqlite_db(tmp_path)
     pipeline = Pipeline(own_redis.url, "chaos", db, face_model, tmp_path)

@@ -45,7 +45,7 @@ def _jpeg() -> bytes:
 JPEG = _jpeg()
 
 
-def _valid(kind: str, track: str) -> dict[bytes, bytes]:
+def valid_entry(kind: str, track: str) -> dict[bytes, bytes]:
     msg = (FaceMessage("p", 100.0, 1, track, (0, 0, 60, 60), 0.9, JPEG) if kind == "face"
            else TrackEnd("p", 101.0, track, 1))
     return {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in msg.encode().items()}
@@ -55,7 +55,7 @@ def _valid(kind: str, track: str) -> dict[bytes, bytes]:
 def poison_entries(draw) -> dict[bytes, bytes]:
     """An entry of any kind with arbitrary damage (it may also come out valid)."""
     kind = draw(st.sampled_from(["face", "track_end", "other"]))
-    fields = _valid("face" if kind == "other" else kind, f"p:{next(_serial)}")
+    fields = valid_entry("face" if kind == "other" else kind, f"p:{next(_serial)}")
     if kind == "other":
         fields[b"kind"] = draw(st.binary(max_size=12))
     for name in draw(st.lists(st.sampled_from(FIELD_NAMES), max_size=4, unique=True)):
@@ -111,11 +111,11 @@ def publish_with_visitor(agg: Aggregator, r: redis.Redis, poison: list[dict]) ->
     """A valid two-crop visitor with the poison entries between its crops; returns its track id."""
     track = f"ok:{next(_serial)}"
     keys = agg.keys
-    r.xadd(keys.faces, _valid("face", track))
+    r.xadd(keys.faces, valid_entry("face", track))
     for fields in poison:
         r.xadd(keys.faces, fields)
-    r.xadd(keys.faces, _valid("face", track) | {b"ts": b"100.5", b"frame": b"2"})
-    r.xadd(keys.faces, _valid("track_end", track) | {b"faces": b"2"})
+    r.xadd(keys.faces, valid_entry("face", track) | {b"ts": b"100.5", b"frame": b"2"})
+    r.xadd(keys.faces, valid_entry("track_end", track) | {b"faces": b"2"})
     return track
 
 
@@ -128,10 +128,10 @@ def test_the_issues_poison_entries_are_dead_lettered_and_the_rest_is_counted(pip
     r.delete(agg.keys.dead_letter)
     poison = [
         {b"kind": b"face", b"\xff": b"x"},  # a field name that is not UTF-8
-        _valid("face", "p:box") | {b"box": b"[1e999,0,10,10]"},  # int(inf): OverflowError
-        _valid("face", "p:nan") | {b"ts": b"nan"},
-        _valid("face", "p:inf") | {b"ts": b"inf"},
-        _valid("track_end", "p:future") | {b"ts": b"1e12"},  # no time bucket holds year 33658
+        valid_entry("face", "p:box") | {b"box": b"[1e999,0,10,10]"},  # int(inf): OverflowError
+        valid_entry("face", "p:nan") | {b"ts": b"nan"},
+        valid_entry("face", "p:inf") | {b"ts": b"inf"},
+        valid_entry("track_end", "p:future") | {b"ts": b"1e12"},  # no time bucket holds year 33658
         {b"kind": b"face", b"camera": b"c", b"blob": os.urandom(5 * 1024 * 1024)},  # 5 MB extra field
     ]
     track = publish_with_visitor(agg, r, poison)
