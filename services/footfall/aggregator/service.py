@@ -86,12 +86,14 @@ class Aggregator:
                  redis_client: redis.Redis | None = None) -> None:
         self.s = settings
         self.keys = StreamKeys(settings.stream_prefix)
+        # Database and Redis first: a start retried while either is down opens no channels.
+        upgrade(settings.database_url)
         self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=10,
                                                           socket_connect_timeout=5, health_check_interval=10)
+        self._ensure_group()
         self.client = client or InferenceClient(settings.inference_targets, settings.inference_deadline_s,
                                                 settings.inference_retries, max_message_mb=settings.max_message_mb,
                                                 eject_s=settings.inference_eject_s)
-        upgrade(settings.database_url)
         self.engine = make_engine(settings.database_url)
         self.open: dict[str, OpenVisitor] = {}
         self.camera_stream_ts: dict[str, float] = {}  # newest frame time seen per camera
@@ -101,7 +103,6 @@ class Aggregator:
         self._model_checked = False
         self.counted = 0
         self.last_progress = time.monotonic()  # last acknowledgement, or the stream seen empty
-        self._ensure_group()
 
     # -- Redis plumbing --------------------------------------------------------------------------
     def _ensure_group(self) -> None:
