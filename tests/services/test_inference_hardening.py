@@ -70,10 +70,12 @@ def test_garbage_protobuf_is_an_invalid_argument(inference_server):
 
 @settings(max_examples=int(os.environ.get("FOOTFALL_FUZZ_GRPC_EXAMPLES", "400")), deadline=None,
           derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(data=st.one_of(st.binary(max_size=300),
-                      st.builds(lambda crops: inference_pb2.PredictRequest(crops=crops).SerializeToString(),
-                                st.lists(st.builds(inference_pb2.FaceCrop, jpeg=st.binary(max_size=200),
-                                                   id=st.text(max_size=10)), max_size=4))))
+@given(data=st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda crops: inference_pb2.PredictRequest(crops=crops).SerializeToString(), st.lists(st.one_of(
+        st.builds(inference_pb2.FaceCrop, jpeg=st.binary(max_size=200), id=st.text(max_size=10)),
+        st.builds(lambda h, w, rgb: inference_pb2.FaceCrop(raw=inference_pb2.RawImage(height=h, width=w, rgb=rgb)),
+                  st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=300))), max_size=4))))
 def test_fuzzed_requests_get_an_answer_never_an_internal_error(inference_server, data):
     code = raw_call(inference_server.port, data)
     assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT), code
