@@ -46,6 +46,8 @@ class CommonSettings(_Base):
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("json", description="`json` (one object per line) or `text`.")
     metrics_port: int = Field(0, description="Port of the /metrics and /healthz endpoint (0: the service's default).")
+    max_message_mb: int = Field(16, ge=1, description="Largest gRPC message the inference workers accept and the "
+                                "aggregator sends (it splits requests by bytes under it).")
 
 
 class IngestSettings(CommonSettings):
@@ -88,7 +90,8 @@ class InferenceSettings(CommonSettings):
     max_batch: int = Field(32, ge=1, description="Largest batch the micro-batcher forms.")
     max_wait_ms: float = Field(4.0, description="How long the micro-batcher waits to fill a batch.")
     max_request_faces: int = Field(256, ge=1, description="Most crops accepted in one request.")
-    max_message_mb: int = Field(16, description="Largest gRPC message.")
+    max_concurrent_decodes: int = Field(2, ge=1, description="Crops decoded at once (bounds the worker's memory "
+                                        "whatever requests arrive).")
     max_connection_age_s: int = Field(300, description="Clients are asked to reconnect after this long, so "
                                       "they re-resolve DNS and spread over newly added workers.")
     npu_cores: str = Field("0,1,2", description="RK3588 NPU cores used by the rknn backend.")
@@ -107,6 +110,10 @@ class AggregatorSettings(CommonSettings):
     claim_idle_ms: int = Field(15000, description="Entries pending longer than this are claimed from dead consumers.")
     inference_deadline_s: float = Field(5.0, description="Deadline of one inference call.")
     inference_retries: int = Field(3, description="Attempts per inference call.")
+    inference_eject_s: float = Field(1.0, description="An inference worker that times out or is unavailable leaves "
+                                     "the rotation this long, doubling per failed probe (up to 30 s).")
+    stall_after_s: float = Field(120.0, description="`/readyz` fails when entries are pending and nothing was "
+                                 "acknowledged for this long.")
     visit_timeout_s: float = Field(4.0, description="A visitor is final when its track was not seen this long "
                                                     "(stream time).")
     bucket_s: int = Field(60, description="Width of the stored time buckets, seconds.")

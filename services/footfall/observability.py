@@ -173,19 +173,27 @@ def redis_reachable(client) -> bool:
         return False
 
 
-def run_service(settings, default_metrics_port: int, make: Callable[[threading.Event], S]) -> S:
+def run_service(settings, default_metrics_port: int, make: Callable[[threading.Event], S | None]) -> S | None:
     """The skeleton of every service's ``main()``: logs as ``settings`` say, a stop event set by
-    SIGTERM/SIGINT, the service made with it, ``/metrics``, ``/healthz`` and ``/readyz`` on
-    ``settings.metrics_port`` (0: ``default_metrics_port``), run until stopped, then closed.
-    Returns the closed service (for a final report)."""
+    SIGTERM/SIGINT, ``/metrics``, ``/healthz`` and ``/readyz`` on ``settings.metrics_port``
+    (0: ``default_metrics_port``), the service made with the stop event (alive but not ready while
+    ``make`` waits for its dependencies; ``None``: stopped before it could start), run until
+    stopped, then closed. Returns the closed service (for a final report)."""
     setup_logging(settings.log_level, settings.log_format)
     stop = shutdown_event()
-    service = make(stop)
-    http = serve_http(settings.metrics_port or default_metrics_port, ready=service.ready)
+    started: list[S] = []
+    http = serve_http(settings.metrics_port or default_metrics_port,
+                      ready=lambda: bool(started) and started[0].ready())
     try:
-        service.run(stop)
+        service = make(stop)
+        if service is None:
+            return None
+        started.append(service)
+        try:
+            service.run(stop)
+        finally:
+            service.close()
     finally:
-        service.close()
         http.close()
     return service
 

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 SCHEMA_VERSION = "1"
@@ -31,6 +32,9 @@ KIND_TRACK_END = "track_end"
 MAX_CROP_BYTES = 512 * 1024  # a 112x112 JPEG is ~4 KB; anything this big is not a crop
 MAX_CAMERA_ID = 64  # also the database columns' sizes (footfall.db.models uses these)
 MAX_TRACK_ID = 96
+# Frame times a time bucket can hold: from the epoch to 2100-01-01 (an entry outside is not a frame time).
+MAX_TS = 4102444800.0
+MAX_BOX_TEXT = 100  # '[x, y, w, h]' is ~20 characters; longer text is not a box (and json recursion is bounded)
 
 
 class MalformedMessage(ValueError):
@@ -71,6 +75,9 @@ def _ids(camera: str, track: str) -> None:
         raise MalformedMessage("empty camera or track id")
     if len(camera) > MAX_CAMERA_ID or len(track) > MAX_TRACK_ID:
         raise MalformedMessage(f"camera id over {MAX_CAMERA_ID} or track id over {MAX_TRACK_ID} characters")
+    # Control characters (NUL above all: PostgreSQL text cannot store it) would fail every commit.
+    if not camera.isprintable() or not track.isprintable():
+        raise MalformedMessage(f"camera id {camera[:40]!r} or track id {track[:40]!r} has control characters")
 
 
 def _field(fields: dict, name: str) -> bytes:
@@ -90,9 +97,32 @@ def _text(fields: dict, name: str) -> str:
 def _number(fields: dict, name: str, kind=float):
     text = _text(fields, name)
     try:
-        return kind(text)
-    except ValueError:
+        value = kind(text)
+    except ValueError:  # int('9' * 5000) too: over Python's digit limit
         raise MalformedMessage(f"field {name!r} is not a number: {text[:40]!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise MalformedMessage(f"field {name!r} is not a finite number: {text[:40]!r}")
+    return value
+
+
+def _timestamp(fields: dict) -> float:
+    ts = _number(fields, "ts")
+    if not 0.0 <= ts < MAX_TS:
+        raise MalformedMessage(f"field 'ts' = {ts!r} is no frame time (expected 0..{MAX_TS:.0f} s since the epoch)")
+    return ts
+
+
+def _box(fields: dict) -> tuple[int, int, int, int]:
+    text = _text(fields, "box")
+    try:
+        if len(text) > MAX_BOX_TEXT:
+            raise ValueError
+        box = tuple(int(v) for v in json.loads(text))
+    except (ValueError, TypeError, OverflowError):  # OverflowError: int(1e999)
+        raise MalformedMessage("field 'box' is not a JSON list of 4 integers") from None
+    if len(box) != 4:
+        raise MalformedMessage("field 'box' is not a JSON list of 4 integers")
+    return box
 
 
 @dataclass(frozen=True)
@@ -115,13 +145,8 @@ class FaceMessage:
         kind = _text(fields, "kind")
         if kind != KIND_FACE:
             raise MalformedMessage(f"not a face entry: kind={kind!r}")
-        camera, ts, track = _text(fields, "camera"), _number(fields, "ts"), _text(fields, "track")
-        try:
-            box = tuple(int(v) for v in json.loads(_text(fields, "box")))
-        except (ValueError, TypeError):
-            raise MalformedMessage("field 'box' is not a JSON list of 4 integers") from None
-        if len(box) != 4:
-            raise MalformedMessage("field 'box' is not a JSON list of 4 integers")
+        camera, ts, track = _text(fields, "camera"), _timestamp(fields), _text(fields, "track")
+        box = _box(fields)
         jpeg = _field(fields, "jpeg")
         if not jpeg or len(jpeg) > MAX_CROP_BYTES:
             raise MalformedMessage(f"field 'jpeg' has {len(jpeg)} bytes (expected 1..{MAX_CROP_BYTES})")
@@ -147,7 +172,7 @@ class TrackEnd:
             raise MalformedMessage("not a track_end entry")
         camera, track = _text(fields, "camera"), _text(fields, "track")
         _ids(camera, track)
-        return TrackEnd(camera_id=camera, ts=_number(fields, "ts"), track_id=track, faces=_number(fields, "faces", int))
+        return TrackEnd(camera_id=camera, ts=_timestamp(fields), track_id=track, faces=_number(fields, "faces", int))
 
 
 def decode_entry(fields: dict) -> FaceMessage | TrackEnd:

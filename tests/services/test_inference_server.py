@@ -97,10 +97,16 @@ def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(inferenc
     assert len(ok.predictions) == 1
 
 
-def test_oversize_request_is_rejected(inference_server):
+def test_oversize_request_is_rejected_and_the_client_splits_under_the_limit(inference_server):
     n = inference_server.settings.max_request_faces + 1
-    with InferenceClient(f"127.0.0.1:{inference_server.port}") as client, pytest.raises(BadCrop, match="at most"):
-        client.predict([_jpeg(_faces(1)[0])] * n)
+    crop = inference_pb2.FaceCrop(jpeg=_jpeg(_faces(1)[0]))
+    stub = inference_pb2_grpc.FaceInferenceStub(grpc.insecure_channel(f"127.0.0.1:{inference_server.port}"))
+    with pytest.raises(grpc.RpcError, match="at most"):
+        stub.Predict(inference_pb2.PredictRequest(crops=[crop] * n), timeout=30)
+    # a client configured with a higher limit learns the worker's from its answer and splits
+    with InferenceClient(f"127.0.0.1:{inference_server.port}", max_request_faces=10 * n) as client:
+        assert len(client.predict([crop.jpeg] * n)) == n
+        assert client.max_request_faces == n - 1
 
 
 def test_client_names_the_bad_crop(inference_server):

@@ -34,11 +34,28 @@ def test_face_and_track_end_round_trip_through_redis_style_bytes():
     (lambda f: f.update(jpeg=b"x" * (600 * 1024)), "'jpeg'"),
     (lambda f: f.update(kind="selfie"), "unknown kind"),
     (lambda f: f.update(camera=b"\xff\xfe"), "UTF-8"),
+    (lambda f: f.update(box="[1e999, 0, 10, 10]"), "'box'"),  # int(inf): OverflowError before the fix
+    (lambda f: f.update(box="[" * 100_000), "'box'"),  # json's recursion limit
+    (lambda f: f.update(ts="nan"), "'ts'"),
+    (lambda f: f.update(ts="inf"), "'ts'"),
+    (lambda f: f.update(ts="1e12"), "'ts'"),  # year 33658: no time bucket holds it
+    (lambda f: f.update(ts="-5"), "'ts'"),
+    (lambda f: f.update(score="nan"), "'score'"),
+    (lambda f: f.update(camera="door\x00"), "camera"),  # PostgreSQL text cannot hold NUL
+    (lambda f: f.update(track="x\n1"), "track"),
 ])
 def test_malformed_entries_say_why(mutate, reason):
     fields = _msg().encode()
     mutate(fields)
     with pytest.raises(MalformedMessage, match=reason):
+        decode_entry(fields)
+
+
+@pytest.mark.parametrize("ts", ["nan", "inf", "-inf", "1e12"])
+def test_track_end_times_are_validated_too(ts):
+    fields = TrackEnd("door", 1.5, "door:x:1", 4).encode()
+    fields["ts"] = ts
+    with pytest.raises(MalformedMessage, match="'ts'"):
         decode_entry(fields)
 
 

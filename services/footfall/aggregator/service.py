@@ -11,10 +11,15 @@ Delivery guarantees (what happens when things break):
   live consumer's work is not claimed away.
 - Counting is idempotent (``footfall.db.store.count_visitors``): a visitor redelivered after
   a crash between commit and acknowledgement is not counted twice.
-- A malformed entry, or a crop the inference worker rejects, goes to the dead-letter stream
-  with the reason (image bytes left out) and processing continues.
+- A malformed entry (whatever bytes it holds), or a crop the inference worker rejects, goes to
+  the dead-letter stream with the reason and a bounded copy (image bytes left out) and
+  processing continues.
+- A request too large for a worker is split (by count and bytes), never resent as it was.
 - Inference unavailable: nothing is acknowledged; the entries are retried with backoff.
-- Database unavailable: nothing is acknowledged; the commit is retried with backoff.
+- Database unavailable: nothing is acknowledged; the commit is retried with backoff. At
+  start, the aggregator waits for the database (and Redis) with backoff.
+- Counting stalled (entries pending, nothing acknowledged for ``stall_after_s``): ``/readyz``
+  fails.
 - Redis restarted: the client reconnects, the consumer group is created again.
 - A model whose label names differ from the database schema's is refused at the first call.
 
@@ -50,6 +55,9 @@ log = logging.getLogger("footfall.aggregator")
 class ModelMismatch(RuntimeError):
     """The inference workers' model labels differ from what the database schema stores."""
 DEAD_LETTER_MAXLEN = 1000
+# A dead letter keeps a truncated copy of the entry (enough to see what was wrong), so the
+# dead-letter stream stays under ~MAXLEN x 16 x (64 + 256) bytes = ~5 MB whatever arrives.
+DEAD_LETTER_FIELDS, DEAD_LETTER_NAME_BYTES, DEAD_LETTER_VALUE_BYTES = 16, 64, 256
 INFERENCE_CHUNK = 64
 
 
@@ -57,16 +65,36 @@ def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _b(value) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def dead_letter_copy(fields: dict) -> dict[bytes, bytes]:
+    """What a dead letter keeps of an entry: at most DEAD_LETTER_FIELDS fields, names and values
+    truncated, bytes as they came (a name need not be UTF-8), and never the face image.
+    Kept names get a ``field:`` prefix so they cannot overwrite the dead letter's own fields.
+
+    >>> copy = dead_letter_copy({b"jpeg": b"\\xff\\xd8", b"\\xff": b"x" * 1000, "ts": 1.5})
+    >>> sorted(copy), len(copy[b"field:\\xff"]), copy[b"field:ts"]
+    ([b'field:ts', b'field:\\xff'], 256, b'1.5')
+    """
+    kept = [(_b(k), _b(v)) for k, v in (fields or {}).items() if _b(k) != b"jpeg"]  # never keep face images
+    return {b"field:" + k[:DEAD_LETTER_NAME_BYTES]: v[:DEAD_LETTER_VALUE_BYTES] for k, v in kept[:DEAD_LETTER_FIELDS]}
+
+
 class Aggregator:
     def __init__(self, settings: AggregatorSettings, client: InferenceClient | None = None,
                  redis_client: redis.Redis | None = None) -> None:
         self.s = settings
         self.keys = StreamKeys(settings.stream_prefix)
+        # Database and Redis first: a start retried while either is down opens no channels.
+        upgrade(settings.database_url)
         self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=10,
                                                           socket_connect_timeout=5, health_check_interval=10)
+        self._ensure_group()
         self.client = client or InferenceClient(settings.inference_targets, settings.inference_deadline_s,
-                                                settings.inference_retries)
-        upgrade(settings.database_url)
+                                                settings.inference_retries, max_message_mb=settings.max_message_mb,
+                                                eject_s=settings.inference_eject_s)
         self.engine = make_engine(settings.database_url)
         self.open: dict[str, OpenVisitor] = {}
         self.camera_stream_ts: dict[str, float] = {}  # newest frame time seen per camera
@@ -75,7 +103,7 @@ class Aggregator:
         self._retry_after = 0.0
         self._model_checked = False
         self.counted = 0
-        self._ensure_group()
+        self.last_progress = time.monotonic()  # last acknowledgement, or the stream seen empty
 
     # -- Redis plumbing --------------------------------------------------------------------------
     def _ensure_group(self) -> None:
@@ -131,15 +159,16 @@ class Aggregator:
                               message_ids=ids[i:i + 500], justid=True)
 
     def _dead_letter(self, entry_id: str, fields: dict, reason: str) -> None:
-        kept = {_s(k): v for k, v in (fields or {}).items() if _s(k) != "jpeg"}  # never keep face images
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.keys.dead_letter, {**kept, "reason": reason, "entry_id": entry_id, "stream": self.keys.faces},
+        pipe.xadd(self.keys.dead_letter, {**dead_letter_copy(fields), "reason": reason[:DEAD_LETTER_VALUE_BYTES],
+                                          "entry_id": entry_id, "stream": self.keys.faces},
                   maxlen=DEAD_LETTER_MAXLEN, approximate=True)
         pipe.xack(self.keys.faces, self.s.consumer_group, entry_id)
         pipe.xdel(self.keys.faces, entry_id)
         pipe.execute()
+        self.last_progress = time.monotonic()
         DEAD_LETTERS.labels(reason=reason.split(":")[0][:40]).inc()
-        log.warning("dead-lettered entry", **ctx(entry=entry_id, reason=reason))
+        log.warning("dead-lettered entry", **ctx(entry=entry_id, reason=reason[:DEAD_LETTER_VALUE_BYTES]))
 
     def _ack(self, entry_ids: list[str]) -> None:
         pipe = self.redis.pipeline(transaction=True)
@@ -148,6 +177,7 @@ class Aggregator:
             pipe.xack(self.keys.faces, self.s.consumer_group, *chunk)
             pipe.xdel(self.keys.faces, *chunk)
         pipe.execute()
+        self.last_progress = time.monotonic()
 
     # -- processing --------------------------------------------------------------------------------
     def _check_model(self) -> None:
@@ -261,6 +291,23 @@ class Aggregator:
                          "updated_at": utc(state.updated_ts)})
         upsert_camera_health(self.engine, rows)
 
+    def ready(self) -> bool:
+        """Redis answers, and the counting moves: something was acknowledged within
+        ``stall_after_s``, or nothing waits (the stream is empty)."""
+        if not redis_reachable(self.redis):
+            return False
+        try:
+            if time.monotonic() - self.last_progress <= self.s.stall_after_s:
+                return True
+            if self.redis.xlen(self.keys.faces) == 0:
+                self.last_progress = time.monotonic()
+                return True
+        except redis.RedisError:
+            return False
+        log.warning("not ready: entries pending and nothing acknowledged",
+                    **ctx(seconds=round(time.monotonic() - self.last_progress)))
+        return False
+
     def stream_lag(self) -> int:
         """Entries not yet delivered to this group. Counted entries are deleted, so the stream
         holds exactly the undelivered plus the pending ones."""
@@ -296,9 +343,6 @@ class Aggregator:
             PENDING.set(sum(len(v.entry_ids) for v in self.open.values()))
             self._next_health = now + 5.0
         return finalized
-
-    def ready(self) -> bool:
-        return redis_reachable(self.redis)
 
     def run(self, stop: threading.Event) -> None:
         delay = 0.5
@@ -337,9 +381,24 @@ class Aggregator:
         self.engine.dispose()
 
 
+def start_aggregator(settings: AggregatorSettings, stop: threading.Event) -> Aggregator | None:
+    """The aggregator, once Redis and the database answer (retried with backoff, 0.5 s -> 10 s);
+    None when stopped first."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return Aggregator(settings)
+        except (DBAPIError, redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("cannot start: %s unavailable (%s), retrying in %.1fs",
+                        "database" if isinstance(exc, DBAPIError) else "redis", str(exc).splitlines()[0], delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+    return None
+
+
 def main() -> None:
     settings = AggregatorSettings()
-    run_service(settings, 9103, lambda stop: Aggregator(settings))
+    run_service(settings, 9103, lambda stop: start_aggregator(settings, stop))
 
 
 if __name__ == "__main__":
