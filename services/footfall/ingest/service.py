@@ -13,11 +13,15 @@ of a file source ends that camera cleanly; the worker exits when every camera ha
 from __future__ import annotations
 
 import logging
+import re
 import secrets
+import socket
+import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -34,20 +38,95 @@ from footfall.vision import FaceDetector, align_face, ensure_yunet
 log = logging.getLogger("footfall.ingest")
 
 
+# Query parameters some cameras take credentials in (``?user=admin&password=...``).
+_SECRET_PARAMS = {"user", "username", "password", "pass", "passwd", "pwd", "token", "auth", "key", "apikey",
+                  "api_key", "secret", "signature"}
+_USERINFO = re.compile(r"://[^/?#\s]*@")
+# Network schemes whose first answer can be probed before OpenCV opens them (default ports).
+_PROBED_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+
+
+def redact_source(source: str) -> str:
+    """A camera source as it may be shown anywhere (logs, console, Redis, dashboard): a URL's
+    user info and credential-like query values replaced by ``***``; paths and indexes unchanged.
+
+    >>> redact_source("rtsp://viewer:S3cretPass@10.0.0.5:554/stream?channel=1&password=x")
+    'rtsp://***@10.0.0.5:554/stream?channel=1&password=***'
+    >>> redact_source("/videos/door.mp4"), redact_source("0"), redact_source("rtsp://[bad@h")
+    ('/videos/door.mp4', '0', 'rtsp://***@h')
+    """
+    if "://" not in source:
+        return source
+    source = _USERINFO.sub("://***@", source)
+    try:
+        parts = urlsplit(source)
+    except ValueError:  # not a URL after all: the user info is gone, keep the rest as it is
+        return source
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+        return source
+    query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
 @dataclass(frozen=True)
 class CameraSource:
     camera_id: str
     source: str
+    # FFmpeg's open and read timeouts, and the first-answer probe of a network source (0: none).
+    timeout_s: float = 0.0
 
     @property
     def is_file(self) -> bool:
         """A video file (ends); webcams (index or /dev/video*) and URLs are live (reconnect)."""
         return not self.source.isdigit() and "://" not in self.source and not self.source.startswith("/dev/")
 
+    @property
+    def display(self) -> str:
+        """The source without credentials: the only form of it that is logged or published."""
+        return redact_source(self.source)
+
+    def answers(self) -> bool:
+        """Whether a network source answers its protocol's first request within ``timeout_s``.
+
+        OpenCV's FFmpeg backend opens every capture under one process-wide lock, so a host that
+        accepts and never answers held every other camera's open (a file camera beside two such
+        sources went live after 62 s). Probing in plain Python first keeps a silent host away
+        from that lock; sources without a probe (files, webcams, other schemes) answer True.
+        """
+        parts = urlsplit(self.source)
+        scheme = parts.scheme.lower()
+        if not self.timeout_s or scheme not in _PROBED_PORTS:
+            return True
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            with socket.create_connection((parts.hostname, parts.port or _PROBED_PORTS[scheme]),
+                                          timeout=self.timeout_s) as sock:
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                if scheme in ("https", "rtsps"):
+                    # Liveness only: the handshake needs an answer; nothing is sent over it.
+                    context = ssl.create_default_context()
+                    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                    with context.wrap_socket(sock, server_hostname=parts.hostname):
+                        return True
+                path = parts.path or "/"
+                if scheme == "rtsp":
+                    plain = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
+                    sock.sendall(f"OPTIONS {plain} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+                else:
+                    sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {parts.hostname}\r\n\r\n".encode())
+                return bool(sock.recv(1))
+        except (OSError, ValueError):
+            return False
+
     def open(self) -> cv2.VideoCapture:
         if self.source.isdigit():
             return cv2.VideoCapture(int(self.source))
-        return cv2.VideoCapture(self.source, cv2.CAP_FFMPEG)
+        params = []
+        if self.timeout_s and not self.is_file:
+            ms = int(self.timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        return cv2.VideoCapture(self.source, cv2.CAP_FFMPEG, params)
 
 
 def parse_cameras(spec: str) -> list[CameraSource]:
@@ -128,7 +207,7 @@ class CameraWorker:
     def _set_state(self, state: str, force: bool = False) -> None:
         changed = state != self.state
         if changed:
-            log.info("camera %s", state, **ctx(camera=self.cam.camera_id, source=self.cam.source))
+            log.info("camera %s", state, **ctx(camera=self.cam.camera_id, source=self.cam.display))
         self.state = state
         CAMERA_UP.labels(camera=self.cam.camera_id).set(1 if state == "live" else 0)
         now = time.monotonic()
@@ -153,24 +232,39 @@ class CameraWorker:
             return False
 
     # -- main loop ---------------------------------------------------------------------------
+    def _give_up(self, last_frame_at: float) -> bool:
+        """A live source silent for ``camera_give_up_s`` is given up (state failed)."""
+        silent_s = time.monotonic() - last_frame_at
+        if not self.s.camera_give_up_s or silent_s < self.s.camera_give_up_s:
+            return False
+        log.error("no frame from the source for %.0f s: giving up on this camera (FOOTFALL_CAMERA_GIVE_UP_S=%g)",
+                  silent_s, self.s.camera_give_up_s, **ctx(camera=self.cam.camera_id, source=self.cam.display))
+        self._set_state("failed", force=True)
+        return True
+
     def run(self) -> None:
         delay = self.s.reconnect_initial_s
+        last_frame_at = time.monotonic()
         while not self.stop.is_set():
             if self.cam.is_file and not Path(self.cam.source).exists():
-                log.error("video file not found: %s", self.cam.source, **ctx(camera=self.cam.camera_id))
+                log.error("video file not found: %s", self.cam.display, **ctx(camera=self.cam.camera_id))
                 self._set_state("failed", force=True)
                 return
-            cap = self.cam.open()
-            if not cap.isOpened() and self.cam.is_file:
+            cap = self.cam.open() if self.cam.answers() else None
+            if cap is not None and not cap.isOpened() and self.cam.is_file:
                 cap.release()
-                log.error("cannot decode video file: %s", self.cam.source, **ctx(camera=self.cam.camera_id))
+                log.error("cannot decode video file: %s", self.cam.display, **ctx(camera=self.cam.camera_id))
                 self._set_state("failed", force=True)
                 return
-            if not cap.isOpened():
-                cap.release()
+            if cap is None or not cap.isOpened():
+                if cap is not None:
+                    cap.release()
+                if self._give_up(last_frame_at):
+                    return
                 self._set_state("reconnecting")
                 CAMERA_RECONNECTS.labels(camera=self.cam.camera_id).inc()
-                log.warning("cannot open source, retrying in %.1fs", delay, **ctx(camera=self.cam.camera_id))
+                log.warning("cannot open source%s, retrying in %.1fs", "" if cap else " (no answer)", delay,
+                            **ctx(camera=self.cam.camera_id))
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.s.reconnect_max_s)
                 continue
@@ -185,9 +279,12 @@ class CameraWorker:
             self._end_tracks(self.tracker.close_all())
             if self.frames_processed > frames_before:
                 delay = self.s.reconnect_initial_s  # only a source that delivered frames resets the backoff
+                last_frame_at = time.monotonic()
             if ended and self.cam.is_file and not self.s.loop:
                 break
             if not ended:
+                if self._give_up(last_frame_at):
+                    return
                 self._set_state("reconnecting")
                 CAMERA_RECONNECTS.labels(camera=self.cam.camera_id).inc()
                 self.stop.wait(delay)
@@ -311,7 +408,7 @@ class IngestWorker:
     def __init__(self, settings: IngestSettings, stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
-        self.cameras = parse_cameras(settings.cameras)
+        self.cameras = [replace(cam, timeout_s=settings.camera_timeout_s) for cam in parse_cameras(settings.cameras)]
         if not self.cameras:
             raise ValueError("no cameras configured: set FOOTFALL_CAMERAS, e.g. door=rtsp://host/stream")
         model = ensure_yunet(settings.models_dir)
