@@ -32,6 +32,7 @@ from footfall.db.store import make_engine, total_visitors
 from footfall.demo import compose_clip
 from footfall.embedded_redis import EmbeddedRedis, free_ports
 from footfall.ingest.service import parse_cameras
+from footfall.observability import redact_url
 from footfall.schema import StreamKeys
 
 STATE_DIR = PROJECT_ROOT / ".footfall"
@@ -90,7 +91,7 @@ class Pipeline:
             redis_url = self.redis_server.url
             print(f"redis      embedded redis-server at {redis_url} (persistence off)")
         else:
-            print(f"redis      {redis_url}")
+            print(f"redis      {redact_url(redis_url)}")
         db_url = self.args.database_url or os.environ.get("FOOTFALL_DATABASE_URL") or \
             f"sqlite:///{STATE_DIR / 'footfall.db'}"
         upgrade(db_url)
@@ -108,7 +109,7 @@ class Pipeline:
         self._spawn("aggregator", "footfall.aggregator.service",
                     {"FOOTFALL_INFERENCE_TARGETS": f"127.0.0.1:{grpc_port}", "FOOTFALL_METRICS_PORT": str(aggregator_metrics),
                      "FOOTFALL_CONSUMER_NAME": "local"})
-        print(f"database   {db_url}")
+        print(f"database   {redact_url(db_url)}")
         sources = self.args.source or demo_sources(STATE_DIR / "media")
         if not sources:
             raise SystemExit("no video sources: pass --source name=path-or-url (no demo data found in "

@@ -13,7 +13,6 @@ of a file source ends that camera cleanly; the worker exits when every camera ha
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import socket
 import ssl
@@ -21,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -29,8 +28,8 @@ import redis
 
 from footfall.config import IngestSettings
 from footfall.observability import (CAMERA_RECONNECTS, CAMERA_UP, FACES_PUBLISHED, FRAMES_DROPPED, FRAMES_PROCESSED,
-                                    FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, serve_http, setup_logging,
-                                    shutdown_event)
+                                    FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, redact_url, serve_http,
+                                    setup_logging, shutdown_event)
 from footfall.schema import MAX_CAMERA_ID, CameraState, FaceMessage, StreamKeys, TrackEnd
 from footfall.tracking import Track, Tracker
 from footfall.vision import FaceDetector, align_face, ensure_yunet
@@ -38,35 +37,8 @@ from footfall.vision import FaceDetector, align_face, ensure_yunet
 log = logging.getLogger("footfall.ingest")
 
 
-# Query parameters some cameras take credentials in (``?user=admin&password=...``).
-_SECRET_PARAMS = {"user", "username", "password", "pass", "passwd", "pwd", "token", "auth", "key", "apikey",
-                  "api_key", "secret", "signature"}
-_USERINFO = re.compile(r"://[^/?#\s]*@")
 # Network schemes whose first answer can be probed before OpenCV opens them (default ports).
 _PROBED_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
-
-
-def redact_source(source: str) -> str:
-    """A camera source as it may be shown anywhere (logs, console, Redis, dashboard): a URL's
-    user info and credential-like query values replaced by ``***``; paths and indexes unchanged.
-
-    >>> redact_source("rtsp://viewer:S3cretPass@10.0.0.5:554/stream?channel=1&password=x")
-    'rtsp://***@10.0.0.5:554/stream?channel=1&password=***'
-    >>> redact_source("/videos/door.mp4"), redact_source("0"), redact_source("rtsp://[bad@h")
-    ('/videos/door.mp4', '0', 'rtsp://***@h')
-    """
-    if "://" not in source:
-        return source
-    source = _USERINFO.sub("://***@", source)
-    try:
-        parts = urlsplit(source)
-    except ValueError:  # not a URL after all: the user info is gone, keep the rest as it is
-        return source
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    if not any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
-        return source
-    query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -84,7 +56,7 @@ class CameraSource:
     @property
     def display(self) -> str:
         """The source without credentials: the only form of it that is logged or published."""
-        return redact_source(self.source)
+        return redact_url(self.source)
 
     def answers(self) -> bool:
         """Whether a network source answers its protocol's first request within ``timeout_s``.
