@@ -42,6 +42,7 @@ from footfall.labels import EMOTIONS, RACES
 from footfall.observability import (DB_WRITES, DEAD_LETTERS, FRAME_TO_DB, PENDING, STREAM_LAG, VISITORS, ctx,
                                     serve_http, setup_logging, shutdown_event)
 from footfall.schema import CameraState, FaceMessage, MalformedMessage, StreamKeys, TrackEnd, decode_entry
+from footfall.tls import channel_credentials
 
 log = logging.getLogger("footfall.aggregator")
 
@@ -64,7 +65,7 @@ class Aggregator:
         self.redis = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=10,
                                                           socket_connect_timeout=5, health_check_interval=10)
         self.client = client or InferenceClient(settings.inference_targets, settings.inference_deadline_s,
-                                                settings.inference_retries)
+                                                settings.inference_retries, credentials=channel_credentials(settings))
         upgrade(settings.database_url)
         self.engine = make_engine(settings.database_url)
         self.open: dict[str, OpenVisitor] = {}

@@ -47,14 +47,16 @@ class InferenceUnavailable(RuntimeError):
 
 class InferenceClient:
     def __init__(self, targets: str, deadline_s: float = 5.0, retries: int = 3, backoff_s: float = 0.2,
-                 max_message_mb: int = 16) -> None:
+                 max_message_mb: int = 16, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.targets = [t.strip() for t in targets.split(",") if t.strip()]
         if not self.targets:
             raise ValueError("no inference targets configured (FOOTFALL_INFERENCE_TARGETS)")
         limit = max_message_mb * 1024 * 1024
         options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.max_send_message_length", limit),
                    ("grpc.max_receive_message_length", limit), ("grpc.enable_retries", 0)]
-        self.channels = [grpc.insecure_channel(t, options=options) for t in self.targets]
+        # credentials: footfall.tls.channel_credentials (TLS / mutual TLS), None for plain text.
+        self.channels = [grpc.secure_channel(t, credentials, options=options) if credentials else
+                         grpc.insecure_channel(t, options=options) for t in self.targets]
         self.stubs = [inference_pb2_grpc.FaceInferenceStub(c) for c in self.channels]
         self._next = itertools.cycle(range(len(self.stubs)))
         self.deadline_s, self.retries, self.backoff_s = deadline_s, retries, backoff_s

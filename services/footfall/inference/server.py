@@ -26,6 +26,7 @@ from footfall.inference.backends.base import prepare_crops
 from footfall.inference.batcher import BatcherClosed, MicroBatcher
 from footfall.observability import REQUESTS, ctx, serve_http, setup_logging, shutdown_event
 from footfall.proto import inference_pb2, inference_pb2_grpc
+from footfall.tls import server_credentials
 
 log = logging.getLogger("footfall.inference")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["FaceInference"].full_name
@@ -130,14 +131,25 @@ class InferenceServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME),
                                             self.server)
-        self.port = self.server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        address, credentials = f"{settings.grpc_host}:{settings.grpc_port}", server_credentials(settings)
+        self.port = self.server.add_secure_port(address, credentials) if credentials else \
+            self.server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot listen on {settings.grpc_host}:{settings.grpc_port}")
+            raise OSError(f"cannot listen on {address}")
+        self.health_server = None
+        if settings.grpc_health_port:  # kubelet's gRPC probe speaks plain text only: health and nothing else
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            if not self.health_server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_health_port}"):
+                raise OSError(f"cannot listen on {settings.grpc_host}:{settings.grpc_health_port}")
+            self.health_server.start()
         self.server.start()
         self._serving = True
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("inference server listening", **ctx(port=self.port, backend=self.backend.name,
+        log.info("inference server listening", **ctx(port=self.port, tls=credentials is not None,
+                                                      mutual_tls=bool(credentials and settings.grpc_tls_ca),
+                                                      backend=self.backend.name,
                                                            model=self.backend.metadata.name,
                                                       version=self.backend.metadata.version))
 
@@ -150,6 +162,8 @@ class InferenceServer:
         self._serving = False
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
+        if self.health_server:
+            self.health_server.stop(0)
         self.batcher.close()
         self.backend.close()
         log.info("inference server stopped")
