@@ -66,7 +66,7 @@ def test_kubernetes_sets_only_known_settings(overlay, rendered):
 def test_compose_environment_loads_into_the_settings(name, monkeypatch):
     env = compose_environment(compose_model()["services"][name])
     settings = load_settings(f"footfall-{name}", env, monkeypatch)
-    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.redis_url == "redis://:CHANGE-ME-redis-password@redis:6379/0"
 
 
 @pytest.mark.parametrize("overlay", list(OVERLAYS))
