@@ -188,3 +188,21 @@ def test_grpc_runs_over_mutual_tls_with_certificates_from_the_certs_job(compose)
             f"{folder}/{role}.crt", f"{folder}/{role}.key", f"{folder}/ca.crt"}
         assert f"grpc-tls:{folder}:ro" in service["volumes"]
     assert "grpc-tls" in compose["volumes"]
+
+
+def test_networks_allow_only_the_architectures_flows(compose):
+    """Services reach each other only through a shared network: the dashboard never reaches Redis
+    (face crops) or inference, ingest never the database or inference, inference nothing but the
+    aggregator; the certificate job has no network at all."""
+    services = compose["services"]
+    assert services["certs"]["network_mode"] == "none"
+    networks = {name: set(s.get("networks") or []) for name, s in services.items() if name != "certs"}
+    assert all(networks.values()), "every service names its networks (none left on the shared default)"
+    assert set().union(*networks.values()) == set(compose["networks"])
+    reach = {frozenset((a, b)) for a in networks for b in networks if a < b and networks[a] & networks[b]}
+    needed = {("ingest", "redis"), ("aggregator", "redis"), ("aggregator", "inference"), ("aggregator", "postgres"),
+              ("dashboard", "postgres")}
+    assert {frozenset(pair) for pair in needed} <= reach
+    forbidden = {("dashboard", "redis"), ("dashboard", "inference"), ("ingest", "postgres"), ("ingest", "inference"),
+                 ("inference", "redis"), ("inference", "postgres"), ("postgres", "redis")}
+    assert not {frozenset(pair) for pair in forbidden} & reach
