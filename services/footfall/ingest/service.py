@@ -62,8 +62,8 @@ class CameraSource:
         """Whether a network source answers its protocol's first request within ``timeout_s``.
 
         OpenCV's FFmpeg backend opens every capture under one process-wide lock, so a host that
-        accepts and never answers held every other camera's open (a file camera beside two such
-        sources went live after 62 s). Probing in plain Python first keeps a silent host away
+        accepts and never answers held every other camera's open for FFmpeg's 30 s each (a file
+        camera beside two such sources went live after 30-62 s). Probing in plain Python first keeps a silent host away
         from that lock; sources without a probe (files, webcams, other schemes) answer True.
         """
         parts = urlsplit(self.source)
@@ -235,7 +235,7 @@ class CameraWorker:
                     return
                 self._set_state("reconnecting")
                 CAMERA_RECONNECTS.labels(camera=self.cam.camera_id).inc()
-                log.warning("cannot open source%s, retrying in %.1fs", "" if cap else " (no answer)", delay,
+                log.warning("cannot open source%s, retrying in %.1fs", "" if cap is not None else " (no answer)", delay,
                             **ctx(camera=self.cam.camera_id))
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.s.reconnect_max_s)
