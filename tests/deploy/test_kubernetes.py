@@ -404,6 +404,11 @@ def test_grpc_runs_over_mutual_tls_from_the_certificate_secret(overlay, rendered
         tls = {env.get(f"FOOTFALL_GRPC_TLS_{k}") for k in ("CERT", "KEY", "CA")}
         assert tls == {f"/etc/footfall/tls/{role}.crt", f"/etc/footfall/tls/{role}.key", "/etc/footfall/tls/ca.crt"}
         assert tls <= files, f"{service}: every TLS file comes from the mounted Secret"
+        # The files are readable by the non-root process: group-owned by fsGroup, mode g+r.
+        volume = next(v for v in pod_spec(workload)["volumes"] if v.get("secret", {}).get("secretName") ==
+                      "footfall-grpc-tls")
+        assert volume["secret"]["defaultMode"] & 0o040 and pod_spec(workload)["securityContext"]["fsGroup"] == \
+            pod_spec(workload)["securityContext"]["runAsGroup"], service
         seen.add(service)
     assert seen == {"footfall-inference", "footfall-aggregator"}
 
