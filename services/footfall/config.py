@@ -74,8 +74,9 @@ class IngestSettings(CommonSettings):
     reconnect_initial_s: float = Field(0.5, description="First reconnect delay of a lost stream.")
     reconnect_max_s: float = Field(30.0, description="Longest reconnect delay.")
     camera_timeout_s: float = Field(10.0, ge=0, description="A network camera must answer within this long: its "
-                                    "first reply (probed before OpenCV opens it, so a silent host cannot hold the "
-                                    "other cameras' opens), FFmpeg's open and each read (0: OpenCV's defaults).")
+                                    "first reply and a trial open in a child process (both before the worker's "
+                                    "OpenCV opens it, so a hanging camera cannot hold the other cameras' opens), "
+                                    "FFmpeg's open and each read (0: no checks, OpenCV's defaults).")
     camera_give_up_s: float = Field(0.0, ge=0, description="A live camera that delivered no frame for this long "
                                     "is given up (state `failed`, the others go on); 0: retry for ever. "
                                     "`footfall-local --exit-when-done` uses 60 unless set.")

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import redis
@@ -48,6 +50,28 @@ class Blackhole:
             conn.close()
 
 
+class HalfOpenRtsp(Blackhole):
+    """Answers each connection's first request (RTSP OPTIONS) and then nothing: a hung encoder
+    whose RTSP server still runs."""
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self.listener.accept()[0]
+            except OSError:
+                return
+            self.accepted.append(conn)
+            threading.Thread(target=self._answer_once, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer_once(conn: socket.socket) -> None:
+        try:
+            conn.recv(4096)
+            conn.sendall(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nPublic: OPTIONS, DESCRIBE, SETUP, PLAY\r\n\r\n")
+        except OSError:
+            pass
+
+
 @pytest.fixture()
 def blackholes():
     holes = [Blackhole(), Blackhole()]
@@ -63,36 +87,62 @@ def blackholed_sources(holes: list[Blackhole]) -> list[str]:
 
 def test_a_file_camera_goes_live_at_once_beside_two_blackholed_sources(redis_server_url, stream_prefix, models_dir,
                                                                        synthetic_clip, blackholes, caplog):
+    """Beside them a half-open RTSP source (answers OPTIONS, then nothing) and a healthy network
+    source (the clip over HTTP): the file goes live at once, the healthy source goes live too."""
     from prometheus_client import REGISTRY, generate_latest
 
     from footfall.ingest.service import IngestWorker
 
     path, _truth = synthetic_clip
-    cameras = ",".join([*blackholed_sources(blackholes), f"file={path}"])
+    half_open = HalfOpenRtsp()
+    web = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(path.parent)))
+    web.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    cameras = ",".join([*blackholed_sources(blackholes), f"hung=rtsp://viewer:{PASSWORD}@127.0.0.1:{half_open.port}/s",
+                        f"web=http://127.0.0.1:{web.server_address[1]}/{path.name}", f"file={path}"])
+    timeout_s = 4.0
     settings = IngestSettings(redis_url=redis_server_url, stream_prefix=stream_prefix, models_dir=models_dir,
-                              cameras=cameras, camera_timeout_s=2.0, reconnect_initial_s=0.2, reconnect_max_s=1.0)
+                              cameras=cameras, camera_timeout_s=timeout_s, reconnect_initial_s=0.2,
+                              reconnect_max_s=1.0)
     worker = IngestWorker(settings)
     by_id = {w.cam.camera_id: w for w in worker.workers}
     caplog.set_level(logging.INFO, logger="footfall")
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     worker.start()
+
+    def first_live() -> dict[str, float]:
+        """Seconds from start to each camera's first state change to live (from its log line:
+        the served clip goes live and ends again within milliseconds)."""
+        first: dict[str, float] = {}
+        for record in list(caplog.records):
+            if record.getMessage() == "camera live":
+                first.setdefault(record.__dict__["ctx_camera"], record.created - started_wall)
+        return first
+
     try:
-        # Before the fix OpenCV's global open lock held the file behind each blackholed open (30 s each).
-        deadline = started + 8.0
-        while by_id["file"].state != "live" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        live_after = time.monotonic() - started
-        print(f"file camera live after {live_after:.2f} s beside two blackholed sources")
-        assert by_id["file"].state == "live", f"file camera still {by_id['file'].state} after {live_after:.1f} s"
+        # Before: OpenCV's global open lock held the file behind each blackholed open (30 s each),
+        # and behind the half-open one for the open timeout.
+        deadline = started + 3 * timeout_s
+        while not {"file", "web"} <= set(first_live()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        live_at = first_live()
+        print(f"live after: {', '.join(f'{k} {v:.2f} s' for k, v in sorted(live_at.items()))} "
+              f"(beside two blackholed and one half-open source, camera timeout {timeout_s:g} s)")
+        assert "file" in live_at and live_at["file"] < timeout_s / 2, live_at
+        assert "web" in live_at, "a healthy network source goes live"
         while by_id["file"].frames_processed < 5 and time.monotonic() < deadline + 10:
             time.sleep(0.05)
         assert by_id["file"].frames_processed >= 5
-        while {by_id["rtsp"].state, by_id["mjpeg"].state} != {"reconnecting"} and time.monotonic() < deadline + 10:
-            time.sleep(0.05)  # each probe waits out camera_timeout_s
-        assert by_id["rtsp"].state == by_id["mjpeg"].state == "reconnecting"
+        while {by_id[c].state for c in ("rtsp", "mjpeg", "hung")} != {"reconnecting"} and \
+                time.monotonic() < deadline + 10:
+            time.sleep(0.05)  # each waits out its probe or its trial open
+        assert {by_id[c].state for c in ("rtsp", "mjpeg", "hung")} == {"reconnecting"}
     finally:
         worker.stop.set()
-        worker.join(timeout=10)
+        worker.join(timeout=3 * timeout_s)
+        web.shutdown()
+        web.server_close()
+        half_open.close()
     assert not worker.alive()
 
     # The credentials appear nowhere downstream of parsing the setting.
@@ -102,7 +152,7 @@ def test_a_file_camera_goes_live_at_once_beside_two_blackholed_sources(redis_ser
     assert PASSWORD not in generate_latest(REGISTRY).decode()
     r = redis.Redis.from_url(redis_server_url)
     keys = StreamKeys(stream_prefix)
-    for camera in ("rtsp", "mjpeg", "file"):
+    for camera in ("rtsp", "mjpeg", "hung", "web", "file"):
         fields = r.hgetall(keys.camera(camera))
         assert fields and PASSWORD.encode() not in b"".join(k + v for k, v in fields.items())
 

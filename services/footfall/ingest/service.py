@@ -16,6 +16,8 @@ import logging
 import secrets
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -39,6 +41,13 @@ log = logging.getLogger("footfall.ingest")
 
 # Network schemes whose first answer can be probed before OpenCV opens them (default ports).
 _PROBED_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+# Run in a child process: can OpenCV open this source (URL and timeout on stdin, never in argv,
+# where `ps` would show the credentials)?
+_OPEN_CHECK = ("import sys, cv2\n"
+               "url, ms = sys.stdin.read().rsplit('\\n', 1)\n"
+               "ms = int(ms)\n"
+               "params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms] if ms else []\n"
+               "sys.exit(0 if cv2.VideoCapture(url, cv2.CAP_FFMPEG, params).isOpened() else 1)\n")
 
 
 @dataclass(frozen=True)
@@ -58,17 +67,25 @@ class CameraSource:
         """The source without credentials: the only form of it that is logged or published."""
         return redact_url(self.source)
 
-    def answers(self) -> bool:
-        """Whether a network source answers its protocol's first request within ``timeout_s``.
+    def reachable(self) -> bool:
+        """Whether a network source can be opened, found out without OpenCV in this process.
 
         OpenCV's FFmpeg backend opens every capture under one process-wide lock, so a host that
         accepts and never answers held every other camera's open for FFmpeg's 30 s each (a file
-        camera beside two such sources went live after 30-62 s). Probing in plain Python first keeps a silent host away
-        from that lock; sources without a probe (files, webcams, other schemes) answer True.
+        camera beside two such sources went live after 30-62 s). Two steps keep a hanging source
+        away from that lock: its protocol's first answer, probed in plain Python (cheap: a silent
+        host fails here), then a trial open by OpenCV in a child process (a host that answers
+        and then stalls, as a hung encoder does, fails there). Files and webcams are reachable.
         """
+        if self.is_file or self.source.isdigit() or self.source.startswith("/dev/") or not self.timeout_s:
+            return True
+        return self._answers() and self._opens_in_a_child()
+
+    def _answers(self) -> bool:
+        """The protocol's first request answered within ``timeout_s`` (other schemes: True)."""
         parts = urlsplit(self.source)
         scheme = parts.scheme.lower()
-        if not self.timeout_s or scheme not in _PROBED_PORTS:
+        if scheme not in _PROBED_PORTS:
             return True
         deadline = time.monotonic() + self.timeout_s
         try:
@@ -90,6 +107,14 @@ class CameraSource:
                 return bool(sock.recv(1))
         except (OSError, ValueError):
             return False
+
+    def _opens_in_a_child(self) -> bool:
+        try:
+            done = subprocess.run([sys.executable, "-c", _OPEN_CHECK], capture_output=True, text=True,
+                                  input=f"{self.source}\n{int(self.timeout_s * 1000)}", timeout=self.timeout_s + 10)
+        except subprocess.TimeoutExpired:  # the child is killed; this process never touched the source
+            return False
+        return done.returncode == 0
 
     def open(self) -> cv2.VideoCapture:
         if self.source.isdigit():
@@ -222,7 +247,7 @@ class CameraWorker:
                 log.error("video file not found: %s", self.cam.display, **ctx(camera=self.cam.camera_id))
                 self._set_state("failed", force=True)
                 return
-            cap = self.cam.open() if self.cam.answers() else None
+            cap = self.cam.open() if self.cam.reachable() else None
             if cap is not None and not cap.isOpened() and self.cam.is_file:
                 cap.release()
                 log.error("cannot decode video file: %s", self.cam.display, **ctx(camera=self.cam.camera_id))
@@ -235,7 +260,7 @@ class CameraWorker:
                     return
                 self._set_state("reconnecting")
                 CAMERA_RECONNECTS.labels(camera=self.cam.camera_id).inc()
-                log.warning("cannot open source%s, retrying in %.1fs", "" if cap is not None else " (no answer)", delay,
+                log.warning("cannot open source%s, retrying in %.1fs", "" if cap is not None else " (unreachable)", delay,
                             **ctx(camera=self.cam.camera_id))
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.s.reconnect_max_s)
