@@ -160,8 +160,8 @@ class ModelSettings(_Base):
                             "conversion and simulator), made by scripts/setup_rknn_venv.sh.")
 
 
-ALL_SETTINGS = (CommonSettings, GrpcTlsSettings, IngestSettings, InferenceSettings, AggregatorSettings, DashboardSettings,
-                ModelSettings)
+ALL_SETTINGS = (CommonSettings, GrpcTlsSettings, IngestSettings, InferenceSettings, AggregatorSettings,
+                DashboardSettings, ModelSettings)
 
 
 def settings_table() -> str:

@@ -260,8 +260,8 @@ class CameraWorker:
                     return
                 self._set_state("reconnecting")
                 CAMERA_RECONNECTS.labels(camera=self.cam.camera_id).inc()
-                log.warning("cannot open source%s, retrying in %.1fs", "" if cap is not None else " (unreachable)", delay,
-                            **ctx(camera=self.cam.camera_id))
+                why = "cannot open source" if cap is not None else "source unreachable"
+                log.warning("%s, retrying in %.1fs", why, delay, **ctx(camera=self.cam.camera_id))
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.s.reconnect_max_s)
                 continue
