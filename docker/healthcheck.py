@@ -16,6 +16,8 @@ Example:
     'http://127.0.0.1:9101/healthz'
     >>> probe_for(["footfall-inference"], {"FOOTFALL_GRPC_PORT": "6000"})
     'grpc://127.0.0.1:6000'
+    >>> probe_for(["footfall-inference"], {"FOOTFALL_GRPC_HEALTH_PORT": "50052"})  # TLS on the main port
+    'grpc://127.0.0.1:50052'
     >>> probe_for(["footfall-aggregator"], {"FOOTFALL_METRICS_PORT": "9200"})
     'http://127.0.0.1:9200/healthz'
     >>> probe_for(["/opt/venv/bin/python", "-m", "streamlit", "run", "/app/dashboard/app.py"], {})
@@ -59,8 +61,10 @@ def probe_for(argv: list[str], env: dict[str, str]) -> str | None:
     """The URL to probe for the service ``argv`` starts (None: nothing long-running to check)."""
     service = service_in(argv)
     if service == "footfall-inference":
-        # gRPC health is the inference worker's readiness: the model is loaded and serving.
-        return f"grpc://127.0.0.1:{int(env.get('FOOTFALL_GRPC_PORT') or 50051)}"
+        # gRPC health is the inference worker's readiness: the model is loaded and serving. With
+        # TLS on the main port, the plain-text health-only port answers it.
+        port = int(env.get("FOOTFALL_GRPC_HEALTH_PORT") or 0) or int(env.get("FOOTFALL_GRPC_PORT") or 50051)
+        return f"grpc://127.0.0.1:{port}"
     if service in METRICS_PORTS:
         port = int(env.get("FOOTFALL_METRICS_PORT") or 0) or METRICS_PORTS[service]
         return f"http://127.0.0.1:{port}/healthz"

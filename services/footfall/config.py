@@ -71,15 +71,34 @@ class IngestSettings(CommonSettings):
                              description="Third-party model files (YuNet); downloaded here when missing.")
     reconnect_initial_s: float = Field(0.5, description="First reconnect delay of a lost stream.")
     reconnect_max_s: float = Field(30.0, description="Longest reconnect delay.")
+    camera_timeout_s: float = Field(10.0, ge=0, description="A network camera must answer within this long: its "
+                                    "first reply and a trial open in a child process (both before the worker's "
+                                    "OpenCV opens it, so a hanging camera cannot hold the other cameras' opens), "
+                                    "FFmpeg's open and each read (0: no checks, OpenCV's defaults).")
+    camera_give_up_s: float = Field(0.0, ge=0, description="A live camera that delivered no frame for this long "
+                                    "is given up (state `failed`, the others go on); 0: retry for ever. "
+                                    "`footfall-local --exit-when-done` uses 60 unless set.")
     loop: bool = Field(False, description="Restart file sources at their end instead of finishing (demo).")
     realtime: bool = Field(True, description="Read file sources at their native frame rate.")
 
 
-class InferenceSettings(CommonSettings):
+class GrpcTlsSettings(CommonSettings):
+    """TLS between the aggregator (client) and the inference workers (server): footfall/tls.py."""
+
+    grpc_tls_cert: str = Field("", description="PEM certificate: the inference worker's (serves TLS when set "
+                               "with the key), or the aggregator's client certificate (mutual TLS).")
+    grpc_tls_key: str = Field("", description="PEM private key of `FOOTFALL_GRPC_TLS_CERT`.")
+    grpc_tls_ca: str = Field("", description="PEM CA: the aggregator verifies the workers against it (TLS on when "
+                             "set); a worker with it requires client certificates it signed (mutual TLS).")
+
+
+class InferenceSettings(GrpcTlsSettings):
     """The inference worker: a gRPC server around one backend."""
 
     grpc_port: int = Field(50051, description="gRPC listening port.")
     grpc_host: str = Field("0.0.0.0", description="gRPC listening address.")
+    grpc_health_port: int = Field(0, description="Plain-text port serving only grpc.health.v1, for probes that "
+                                  "cannot speak TLS (kubelet's gRPC probe); 0: none.")
     backend: str = Field("onnxruntime", description="`onnxruntime` (CPU) or `rknn` (RK3588 NPU).")
     face_model: Path = Field(PROJECT_ROOT / "model" / "footfall_w050.int8.onnx",
                              description="Model file (.onnx for onnxruntime, .rknn for rknn).")
@@ -98,7 +117,7 @@ class InferenceSettings(CommonSettings):
     npu_contexts_per_core: int = Field(1, description="RKNNLite contexts per NPU core (each fed from its own thread).")
 
 
-class AggregatorSettings(CommonSettings):
+class AggregatorSettings(GrpcTlsSettings):
     """The aggregator: stream -> inference -> per-visitor folding -> database."""
 
     inference_targets: str = Field("127.0.0.1:50051", description="Comma-separated host:port of inference "
@@ -145,8 +164,8 @@ class ModelSettings(_Base):
                             "conversion and simulator), made by scripts/setup_rknn_venv.sh.")
 
 
-ALL_SETTINGS = (CommonSettings, IngestSettings, InferenceSettings, AggregatorSettings, DashboardSettings,
-                ModelSettings)
+ALL_SETTINGS = (CommonSettings, GrpcTlsSettings, IngestSettings, InferenceSettings, AggregatorSettings,
+                DashboardSettings, ModelSettings)
 
 
 def settings_table() -> str:
@@ -164,7 +183,8 @@ def settings_table() -> str:
                 str(Path.home()), "~")
             if name == "consumer_name":
                 default = "(hostname)"
-            user = "all" if cls is CommonSettings else cls.__name__.removesuffix("Settings").lower()
+            user = {CommonSettings: "all", GrpcTlsSettings: "inference, aggregator"}.get(
+                cls, cls.__name__.removesuffix("Settings").lower())
             lines.append(f"| `FOOTFALL_{name.upper()}` | `{default}` | {user} | {field.description} |")
     return "\n".join(lines)
 

@@ -31,10 +31,13 @@ from footfall.db.migrate import upgrade
 from footfall.db.store import make_engine, total_visitors
 from footfall.demo import compose_clip
 from footfall.embedded_redis import EmbeddedRedis, free_ports
+from footfall.ingest.service import parse_cameras
+from footfall.observability import redact_url
 from footfall.schema import StreamKeys
 
 STATE_DIR = PROJECT_ROOT / ".footfall"
 LOG_DIR = STATE_DIR / "logs"
+EXIT_WHEN_DONE_GIVE_UP_S = 60.0
 
 
 def sample_faces(data_dir: Path, count: int, seed: int = 0) -> list[np.ndarray]:
@@ -88,7 +91,7 @@ class Pipeline:
             redis_url = self.redis_server.url
             print(f"redis      embedded redis-server at {redis_url} (persistence off)")
         else:
-            print(f"redis      {redis_url}")
+            print(f"redis      {redact_url(redis_url)}")
         db_url = self.args.database_url or os.environ.get("FOOTFALL_DATABASE_URL") or \
             f"sqlite:///{STATE_DIR / 'footfall.db'}"
         upgrade(db_url)
@@ -108,17 +111,24 @@ class Pipeline:
                     {"FOOTFALL_INFERENCE_TARGETS": f"127.0.0.1:{grpc_port}", "FOOTFALL_METRICS_PORT": str(aggregator_metrics),
                      "FOOTFALL_CONSUMER_NAME": "local"})
         print(f"aggregator metrics http://127.0.0.1:{aggregator_metrics}/metrics")
-        print(f"database   {db_url}")
+        print(f"database   {redact_url(db_url)}")
         sources = self.args.source or demo_sources(STATE_DIR / "media")
         if not sources:
             raise SystemExit("no video sources: pass --source name=path-or-url (no demo data found in "
                              f"{ModelSettings().data_dir})")
         self.sources = sources
-        self._spawn("ingest", "footfall.ingest.service",
-                    {"FOOTFALL_CAMERAS": ",".join(sources), "FOOTFALL_METRICS_PORT": str(ingest_metrics),
-                     "FOOTFALL_LOOP": "true" if self.args.loop else "false",
-                     "FOOTFALL_REALTIME": "false" if self.args.fast else "true"})
-        print(f"ingest     {', '.join(sources)}, metrics http://127.0.0.1:{ingest_metrics}/metrics")
+        ingest_env = {"FOOTFALL_CAMERAS": ",".join(sources), "FOOTFALL_METRICS_PORT": str(ingest_metrics),
+                      "FOOTFALL_LOOP": "true" if self.args.loop else "false",
+                      "FOOTFALL_REALTIME": "false" if self.args.fast else "true"}
+        if self.args.exit_when_done:
+            # Done must come even when a source never answers: give it up, count what the others saw.
+            give_up = self.env.get("FOOTFALL_CAMERA_GIVE_UP_S") or str(EXIT_WHEN_DONE_GIVE_UP_S)
+            ingest_env["FOOTFALL_CAMERA_GIVE_UP_S"] = give_up
+        self._spawn("ingest", "footfall.ingest.service", ingest_env)
+        print(f"ingest     {', '.join(f'{c.camera_id}={c.display}' for c in parse_cameras(','.join(sources)))}, "
+              f"metrics http://127.0.0.1:{ingest_metrics}/metrics")
+        if self.args.exit_when_done:
+            print(f"           a camera silent for {float(give_up):g} s is given up (FOOTFALL_CAMERA_GIVE_UP_S)")
         if not self.args.no_dashboard:
             port = self.args.dashboard_port
             self._spawn("dashboard", "footfall.dashboard_launcher", {"FOOTFALL_DASHBOARD_PORT": str(port),
@@ -136,6 +146,11 @@ class Pipeline:
         return (f"[{time.monotonic() - started:5.0f}s] {' '.join(cams) or 'cameras starting'} | "
                 f"stream {r.xlen(keys.faces)} entries | visitors counted {total - self.visitors_before} this run "
                 f"({total} in the database)")
+
+    def cameras_in(self, state: str) -> list[str]:
+        keys = StreamKeys(self.args.prefix)
+        return sorted(c.decode() for c in self.redis.smembers(keys.cameras)
+                      if self.redis.hget(keys.camera(c.decode()), "state") == state.encode())
 
     def drained(self) -> bool:
         return self.redis.xlen(StreamKeys(self.args.prefix).faces) == 0
@@ -206,6 +221,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"(progress unavailable: {exc})", flush=True)
             if pipeline.procs["ingest"].poll() == 0 and ingest_done_at is None:
                 ingest_done_at = time.monotonic()
+                given_up = pipeline.cameras_in("failed")
+                if given_up:
+                    print(f"gave up on camera(s) {', '.join(given_up)}: no frames (see .footfall/logs/ingest.log); "
+                          "counting what the others saw", flush=True)
                 print("all sources ended; counting the last visitors ...", flush=True)
             if ingest_done_at and pipeline.drained() and \
                     time.monotonic() - ingest_done_at > settings.visit_timeout_s:

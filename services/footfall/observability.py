@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
@@ -90,6 +92,36 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+# Query parameters some cameras (and services) take credentials in (``?user=admin&password=...``).
+_SECRET_PARAMS = {"user", "username", "password", "pass", "passwd", "pwd", "token", "auth", "key", "apikey",
+                  "api_key", "secret", "signature"}
+_USERINFO = re.compile(r"://[^/?#\s]*@")
+
+
+def redact_url(source: str) -> str:
+    """A URL as it may be shown anywhere (logs, console, Redis, dashboard): its user info and
+    credential-like query values replaced by ``***``; anything that is not a URL unchanged.
+    Camera sources, Redis and database URLs go through it before they are logged or printed.
+
+    >>> redact_url("rtsp://viewer:S3cretPass@10.0.0.5:554/stream?channel=1&password=x")
+    'rtsp://***@10.0.0.5:554/stream?channel=1&password=***'
+    >>> redact_url("/videos/door.mp4"), redact_url("0"), redact_url("rtsp://[bad@h")
+    ('/videos/door.mp4', '0', 'rtsp://***@h')
+    """
+    if "://" not in source:
+        return source
+    source = _USERINFO.sub("://***@", source)
+    try:
+        parts = urlsplit(source)
+    except ValueError:  # not a URL after all: the user info is gone, keep the rest as it is
+        return source
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+        return source
+    query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def ctx(**fields) -> dict:

@@ -16,7 +16,7 @@ from .deploy_tools import (COMPOSE_FILE, DOCKERFILE, ROOT, compose_environment, 
 
 FOOTFALL_SERVICES = ("inference", "ingest", "aggregator", "dashboard")
 HEALTH_URLS = {
-    "inference": "grpc://127.0.0.1:50051",
+    "inference": "grpc://127.0.0.1:50052",  # the plain-text health port (50051 serves mutual TLS)
     "ingest": "http://127.0.0.1:9101/healthz",
     "aggregator": "http://127.0.0.1:9103/healthz",
     "dashboard": "http://127.0.0.1:8501/_stcore/health",
@@ -43,7 +43,7 @@ def test_docker_compose_config_accepts_the_file():
     result = compose_config(COMPOSE_FILE)
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load(result.stdout)
-    assert set(rendered["services"]) == {"redis", "postgres", *FOOTFALL_SERVICES}
+    assert set(rendered["services"]) == {"redis", "postgres", "certs", *FOOTFALL_SERVICES}
     # What the tool understood matches our reading of the file (merge keys, defaults).
     ours = compose_model()
     for name in FOOTFALL_SERVICES:
@@ -115,9 +115,13 @@ def test_depends_on_waits_for_health(compose):
     services = compose["services"]
     for name, service in services.items():
         for dependency, rule in (service.get("depends_on") or {}).items():
+            if dependency == "certs":  # a one-shot job: waited for until it has written the certificates
+                assert rule == {"condition": "service_completed_successfully"}, name
+                continue
             assert rule == {"condition": "service_healthy"}, f"{name} -> {dependency}"
             assert "healthcheck" in services[dependency]
     assert set(services["aggregator"]["depends_on"]) == {"redis", "postgres", "inference"}
+    assert set(services["inference"]["depends_on"]) == {"certs"}
     assert "redis" in services["ingest"]["depends_on"]
     assert "postgres" in services["dashboard"]["depends_on"]
 
@@ -151,3 +155,54 @@ def test_aggregator_balances_over_every_inference_replica(compose):
     env = compose_environment(compose["services"]["aggregator"])
     assert env["FOOTFALL_INFERENCE_TARGETS"] == "dns:///inference:50051"
     assert env["FOOTFALL_CONSUMER_NAME"], "a fixed consumer name: a restart re-reads its own pending entries"
+
+
+def test_redis_requires_a_password_the_services_connect_with(compose):
+    from .deploy_tools import redis_options
+
+    redis = compose["services"]["redis"]
+    password = redis_options(redis["command"])["requirepass"]
+    assert password and compose_environment(redis)["REDISCLI_AUTH"] == password
+    for name in FOOTFALL_SERVICES:
+        url = compose_environment(compose["services"][name])["FOOTFALL_REDIS_URL"]
+        assert url == f"redis://:{password}@redis:6379/0", name
+
+
+def test_redis_password_comes_from_the_environment():
+    result = compose_config(COMPOSE_FILE, {"REDIS_PASSWORD": "s3cret-from-env"})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert "s3cret-from-env" in services["redis"]["command"]
+    assert services["ingest"]["environment"]["FOOTFALL_REDIS_URL"] == "redis://:s3cret-from-env@redis:6379/0"
+
+
+def test_grpc_runs_over_mutual_tls_with_certificates_from_the_certs_job(compose):
+    certs = compose["services"]["certs"]
+    assert certs["command"][0] == "footfall-certs" and certs["restart"] == "no"
+    folder = certs["command"][1]
+    assert f"grpc-tls:{folder}" in certs["volumes"]
+    for name, role in (("inference", "server"), ("aggregator", "client")):
+        service = compose["services"][name]
+        env = compose_environment(service)
+        assert {env[f"FOOTFALL_GRPC_TLS_{k}"] for k in ("CERT", "KEY", "CA")} == {
+            f"{folder}/{role}.crt", f"{folder}/{role}.key", f"{folder}/ca.crt"}
+        assert f"grpc-tls:{folder}:ro" in service["volumes"]
+    assert "grpc-tls" in compose["volumes"]
+
+
+def test_networks_allow_only_the_architectures_flows(compose):
+    """Services reach each other only through a shared network: the dashboard never reaches Redis
+    (face crops) or inference, ingest never the database or inference, inference nothing but the
+    aggregator; the certificate job has no network at all."""
+    services = compose["services"]
+    assert services["certs"]["network_mode"] == "none"
+    networks = {name: set(s.get("networks") or []) for name, s in services.items() if name != "certs"}
+    assert all(networks.values()), "every service names its networks (none left on the shared default)"
+    assert set().union(*networks.values()) == set(compose["networks"])
+    reach = {frozenset((a, b)) for a in networks for b in networks if a < b and networks[a] & networks[b]}
+    needed = {("ingest", "redis"), ("aggregator", "redis"), ("aggregator", "inference"), ("aggregator", "postgres"),
+              ("dashboard", "postgres")}
+    assert {frozenset(pair) for pair in needed} <= reach
+    forbidden = {("dashboard", "redis"), ("dashboard", "inference"), ("ingest", "postgres"), ("ingest", "inference"),
+                 ("inference", "redis"), ("inference", "postgres"), ("postgres", "redis")}
+    assert not {frozenset(pair) for pair in forbidden} & reach

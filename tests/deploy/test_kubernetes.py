@@ -122,9 +122,12 @@ def test_footfall_probes_use_the_service_conventions(overlay, rendered):
             ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
             probes = {k: container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in container}
             if service == "footfall-inference":
+                # 50051 serves mutual TLS, which kubelet's gRPC probe cannot speak: it probes the
+                # plain-text health-only port.
+                health = int(container_environment(rendered[overlay], container)["FOOTFALL_GRPC_HEALTH_PORT"])
                 for kind, probe in probes.items():
-                    assert probe.get("grpc", {}).get("port") == 50051, f"{kind}: native gRPC probe on 50051"
-                assert ports.get("grpc") == 50051
+                    assert probe.get("grpc", {}).get("port") == health, f"{kind}: native gRPC probe on {health}"
+                assert ports.get("grpc") == 50051 and ports.get("grpc-health") == health
             elif service == "footfall-dashboard":
                 for probe in probes.values():
                     assert probe["httpGet"]["path"] == "/_stcore/health"
@@ -370,3 +373,62 @@ def test_model_files_named_by_the_manifests_are_committed(overlay, rendered):
                     f"{model}: not in the repository's model/ folder, which the image copies to /app/model")
                 if committed.suffix == ".rknn":  # RKNN files carry their metadata in a sidecar
                     assert committed.with_name(committed.name + ".json").is_file()
+
+
+def _mounted_files(workload: dict, container: dict, secret: str) -> set[str]:
+    """Paths of the files a container sees from a Secret volume."""
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes") or []}
+    files = set()
+    for mount in container.get("volumeMounts") or []:
+        source = volumes[mount["name"]].get("secret") or {}
+        if source.get("secretName") == secret:
+            assert mount.get("readOnly") is True
+            files |= {f"{mount['mountPath']}/{item['path']}" for item in source["items"]}
+    return files
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_grpc_runs_over_mutual_tls_from_the_certificate_secret(overlay, rendered):
+    """Every inference worker serves mutual TLS and the aggregator presents its client
+    certificate, both from the footfall-grpc-tls Secret (made by footfall-certs)."""
+    objects = rendered[overlay]
+    seen = set()
+    for workload in workloads(objects):
+        container = containers(workload)[0]
+        service = footfall_service(container)
+        if service not in ("footfall-inference", "footfall-aggregator"):
+            continue
+        env = container_environment(objects, container)
+        files = _mounted_files(workload, container, "footfall-grpc-tls")
+        role = "server" if service == "footfall-inference" else "client"
+        tls = {env.get(f"FOOTFALL_GRPC_TLS_{k}") for k in ("CERT", "KEY", "CA")}
+        assert tls == {f"/etc/footfall/tls/{role}.crt", f"/etc/footfall/tls/{role}.key", "/etc/footfall/tls/ca.crt"}
+        assert tls <= files, f"{service}: every TLS file comes from the mounted Secret"
+        # The files are readable by the non-root process: group-owned by fsGroup, mode g+r.
+        volume = next(v for v in pod_spec(workload)["volumes"] if v.get("secret", {}).get("secretName") ==
+                      "footfall-grpc-tls")
+        assert volume["secret"]["defaultMode"] & 0o040 and pod_spec(workload)["securityContext"]["fsGroup"] == \
+            pod_spec(workload)["securityContext"]["runAsGroup"], service
+        seen.add(service)
+    assert seen == {"footfall-inference", "footfall-aggregator"}
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_redis_requires_the_password_the_services_connect_with(overlay, rendered):
+    from .deploy_tools import redis_options
+
+    objects = rendered[overlay]
+    redis_deployment = find(objects, "Deployment", "footfall-redis")
+    container = containers(redis_deployment)[0]
+    env = container_environment(objects, container)
+    password = env["REDIS_PASSWORD"]
+    assert password and redis_options(container["args"])["requirepass"] == "$(REDIS_PASSWORD)"
+    assert env["REDISCLI_AUTH"] == password, "the probes' redis-cli authenticates"
+    users = set()
+    for workload in workloads(objects):
+        service = footfall_service(containers(workload)[0])
+        url = container_environment(objects, containers(workload)[0]).get("FOOTFALL_REDIS_URL")
+        if url:
+            assert url.startswith(f"redis://:{password}@footfall-redis:6379/"), service
+            users.add(service)
+    assert users == {"footfall-ingest", "footfall-aggregator"}, "only the stream's users get its password"

@@ -66,7 +66,7 @@ def test_kubernetes_sets_only_known_settings(overlay, rendered):
 def test_compose_environment_loads_into_the_settings(name, monkeypatch):
     env = compose_environment(compose_model()["services"][name])
     settings = load_settings(f"footfall-{name}", env, monkeypatch)
-    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.redis_url == "redis://:CHANGE-ME-redis-password@redis:6379/0"
 
 
 @pytest.mark.parametrize("overlay", list(OVERLAYS))
@@ -79,7 +79,8 @@ def test_kubernetes_environment_loads_into_the_settings(overlay, rendered, monke
             if service is None or service == "footfall-migrate":
                 continue
             settings = load_settings(service, container_environment(objects, container), monkeypatch)
-            assert settings.redis_url == "redis://footfall-redis:6379/0"
+            if service in ("footfall-ingest", "footfall-aggregator"):  # the others never touch Redis
+                assert settings.redis_url.endswith("@footfall-redis:6379/0")
             seen.add(service)
     assert seen == {"footfall-ingest", "footfall-inference", "footfall-aggregator", "footfall-dashboard"}
 

@@ -381,6 +381,7 @@ def test_a_flapping_stream_backs_off_and_a_reader_crash_reconnects(redis_server_
         def release(self):
             pass
 
+    monkeypatch.setattr(ingest.CameraSource, "reachable", lambda self: True)
     monkeypatch.setattr(ingest.CameraSource, "open", lambda self: OpensButNoFrames())
     settings = IngestSettings(redis_url=redis_server_url, stream_prefix=stream_prefix, models_dir=models_dir,
                               cameras="cam=rtsp://127.0.0.1:1/x", reconnect_initial_s=0.5, reconnect_max_s=4)

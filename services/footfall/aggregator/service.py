@@ -48,6 +48,7 @@ from footfall.labels import EMOTIONS, RACES
 from footfall.observability import (DB_WRITES, DEAD_LETTERS, FRAME_TO_DB, PENDING, STREAM_LAG, VISITORS, ctx,
                                     redis_reachable, run_service)
 from footfall.schema import CameraState, FaceMessage, MalformedMessage, StreamKeys, TrackEnd, decode_entry
+from footfall.tls import channel_credentials
 
 log = logging.getLogger("footfall.aggregator")
 
@@ -94,7 +95,8 @@ class Aggregator:
         self._ensure_group()
         self.client = client or InferenceClient(settings.inference_targets, settings.inference_deadline_s,
                                                 settings.inference_retries, max_message_mb=settings.max_message_mb,
-                                                eject_s=settings.inference_eject_s)
+                                                eject_s=settings.inference_eject_s,
+                                                credentials=channel_credentials(settings))
         self.engine = make_engine(settings.database_url)
         self.open: dict[str, OpenVisitor] = {}
         self.camera_stream_ts: dict[str, float] = {}  # newest frame time seen per camera

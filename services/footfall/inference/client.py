@@ -83,7 +83,8 @@ class _Target:
 class InferenceClient:
     def __init__(self, targets: str, deadline_s: float = 5.0, retries: int = 3, backoff_s: float = 0.2,
                  max_message_mb: int = 16, max_request_faces: int = 256, eject_s: float = 1.0,
-                 max_eject_s: float = 30.0, probe_s: float = 0.25) -> None:
+                 max_eject_s: float = 30.0, probe_s: float = 0.25,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         addresses = [t.strip() for t in targets.split(",") if t.strip()]
         if not addresses:
             raise ValueError("no inference targets configured (FOOTFALL_INFERENCE_TARGETS)")
@@ -91,7 +92,9 @@ class InferenceClient:
         limit = max_message_mb * 1024 * 1024
         options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.max_send_message_length", limit),
                    ("grpc.max_receive_message_length", limit), ("grpc.enable_retries", 0)]
-        self.channels = [grpc.insecure_channel(t, options=options) for t in addresses]
+        # credentials: footfall.tls.channel_credentials (TLS / mutual TLS), None for plain text.
+        self.channels = [grpc.secure_channel(t, credentials, options=options) if credentials else
+                         grpc.insecure_channel(t, options=options) for t in addresses]
         self._targets = [_Target(a, inference_pb2_grpc.FaceInferenceStub(c), health_pb2_grpc.HealthStub(c))
                          for a, c in zip(addresses, self.channels)]
         self._next = itertools.cycle(range(len(self._targets)))

@@ -34,6 +34,7 @@ from footfall.inference.backends.base import prepare_crops
 from footfall.inference.batcher import BatcherClosed, MicroBatcher
 from footfall.observability import REQUESTS, ctx, run_service
 from footfall.proto import inference_pb2, inference_pb2_grpc
+from footfall.tls import server_credentials
 
 log = logging.getLogger("footfall.inference")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["FaceInference"].full_name
@@ -191,19 +192,29 @@ class InferenceServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME),
                                             self.server)
+        address, credentials = f"{settings.grpc_host}:{settings.grpc_port}", server_credentials(settings)
         try:
-            self.port = self.server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+            self.port = self.server.add_secure_port(address, credentials) if credentials else \
+                self.server.add_insecure_port(address)
         except RuntimeError:  # newer grpcio raise instead of returning 0
             self.port = 0
         if self.port == 0:
             self.batcher.close()
-            raise OSError(f"cannot listen on {settings.grpc_host}:{settings.grpc_port} (port taken by "
-                          f"another process?)")
+            raise OSError(f"cannot listen on {address} (port taken by another process?)")
+        self.health_server = None
+        if settings.grpc_health_port:  # kubelet's gRPC probe speaks plain text only: health and nothing else
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            if not self.health_server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_health_port}"):
+                raise OSError(f"cannot listen on {settings.grpc_host}:{settings.grpc_health_port}")
+            self.health_server.start()
         self.server.start()
         self._serving = True
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("inference server listening", **ctx(port=self.port, backend=self.backend.name,
+        log.info("inference server listening", **ctx(port=self.port, tls=credentials is not None,
+                                                      mutual_tls=bool(credentials and settings.grpc_tls_ca),
+                                                      backend=self.backend.name,
                                                            model=self.backend.metadata.name,
                                                       version=self.backend.metadata.version))
 
@@ -226,6 +237,8 @@ class InferenceServer:
         self._serving = False
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
+        if self.health_server:
+            self.health_server.stop(0)
         self.batcher.close()
         self.backend.close()
         log.info("inference server stopped")

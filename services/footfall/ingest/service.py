@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -25,7 +30,8 @@ import redis
 
 from footfall.config import IngestSettings
 from footfall.observability import (CAMERA_RECONNECTS, CAMERA_UP, FACES_PUBLISHED, FRAMES_DROPPED, FRAMES_PROCESSED,
-                                    FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, redis_reachable, run_service)
+                                    FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, redact_url, redis_reachable,
+                                    run_service)
 from footfall.schema import MAX_CAMERA_ID, CameraState, FaceMessage, StreamKeys, TrackEnd
 from footfall.tracking import Track, Tracker
 from footfall.vision import FaceDetector, align_face, ensure_yunet
@@ -33,20 +39,91 @@ from footfall.vision import FaceDetector, align_face, ensure_yunet
 log = logging.getLogger("footfall.ingest")
 
 
+# Network schemes whose first answer can be probed before OpenCV opens them (default ports).
+_PROBED_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+# Run in a child process: can OpenCV open this source (URL and timeout on stdin, never in argv,
+# where `ps` would show the credentials)?
+_OPEN_CHECK = ("import sys, cv2\n"
+               "url, ms = sys.stdin.read().rsplit('\\n', 1)\n"
+               "ms = int(ms)\n"
+               "params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms] if ms else []\n"
+               "sys.exit(0 if cv2.VideoCapture(url, cv2.CAP_FFMPEG, params).isOpened() else 1)\n")
+
+
 @dataclass(frozen=True)
 class CameraSource:
     camera_id: str
     source: str
+    # FFmpeg's open and read timeouts, and the first-answer probe of a network source (0: none).
+    timeout_s: float = 0.0
 
     @property
     def is_file(self) -> bool:
         """A video file (ends); webcams (index or /dev/video*) and URLs are live (reconnect)."""
         return not self.source.isdigit() and "://" not in self.source and not self.source.startswith("/dev/")
 
+    @property
+    def display(self) -> str:
+        """The source without credentials: the only form of it that is logged or published."""
+        return redact_url(self.source)
+
+    def reachable(self) -> bool:
+        """Whether a network source can be opened, found out without OpenCV in this process.
+
+        OpenCV's FFmpeg backend opens every capture under one process-wide lock, so a host that
+        accepts and never answers held every other camera's open for FFmpeg's 30 s each (a file
+        camera beside two such sources went live after 30-62 s). Two steps keep a hanging source
+        away from that lock: its protocol's first answer, probed in plain Python (cheap: a silent
+        host fails here), then a trial open by OpenCV in a child process (a host that answers
+        and then stalls, as a hung encoder does, fails there). Files and webcams are reachable.
+        """
+        if self.is_file or self.source.isdigit() or self.source.startswith("/dev/") or not self.timeout_s:
+            return True
+        return self._answers() and self._opens_in_a_child()
+
+    def _answers(self) -> bool:
+        """The protocol's first request answered within ``timeout_s`` (other schemes: True)."""
+        parts = urlsplit(self.source)
+        scheme = parts.scheme.lower()
+        if scheme not in _PROBED_PORTS:
+            return True
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            with socket.create_connection((parts.hostname, parts.port or _PROBED_PORTS[scheme]),
+                                          timeout=self.timeout_s) as sock:
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                if scheme in ("https", "rtsps"):
+                    # Liveness only: the handshake needs an answer; nothing is sent over it.
+                    context = ssl.create_default_context()
+                    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                    with context.wrap_socket(sock, server_hostname=parts.hostname):
+                        return True
+                path = parts.path or "/"
+                if scheme == "rtsp":
+                    plain = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
+                    sock.sendall(f"OPTIONS {plain} RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+                else:
+                    sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {parts.hostname}\r\n\r\n".encode())
+                return bool(sock.recv(1))
+        except (OSError, ValueError):
+            return False
+
+    def _opens_in_a_child(self) -> bool:
+        try:
+            done = subprocess.run([sys.executable, "-c", _OPEN_CHECK], capture_output=True, text=True,
+                                  input=f"{self.source}\n{int(self.timeout_s * 1000)}", timeout=self.timeout_s + 10)
+        except subprocess.TimeoutExpired:  # the child is killed; this process never touched the source
+            return False
+        return done.returncode == 0
+
     def open(self) -> cv2.VideoCapture:
         if self.source.isdigit():
             return cv2.VideoCapture(int(self.source))
-        return cv2.VideoCapture(self.source, cv2.CAP_FFMPEG)
+        params = []
+        if self.timeout_s and not self.is_file:
+            ms = int(self.timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        return cv2.VideoCapture(self.source, cv2.CAP_FFMPEG, params)
 
 
 def parse_cameras(spec: str) -> list[CameraSource]:
@@ -127,7 +204,7 @@ class CameraWorker:
     def _set_state(self, state: str, force: bool = False) -> None:
         changed = state != self.state
         if changed:
-            log.info("camera %s", state, **ctx(camera=self.cam.camera_id, source=self.cam.source))
+            log.info("camera %s", state, **ctx(camera=self.cam.camera_id, source=self.cam.display))
         self.state = state
         CAMERA_UP.labels(camera=self.cam.camera_id).set(1 if state == "live" else 0)
         now = time.monotonic()
@@ -152,24 +229,39 @@ class CameraWorker:
             return False
 
     # -- main loop ---------------------------------------------------------------------------
+    def _give_up(self, last_frame_at: float) -> bool:
+        """A live source silent for ``camera_give_up_s`` is given up (state failed)."""
+        silent_s = time.monotonic() - last_frame_at
+        if not self.s.camera_give_up_s or silent_s < self.s.camera_give_up_s:
+            return False
+        log.error("no frame from the source for %.0f s: giving up on this camera (FOOTFALL_CAMERA_GIVE_UP_S=%g)",
+                  silent_s, self.s.camera_give_up_s, **ctx(camera=self.cam.camera_id, source=self.cam.display))
+        self._set_state("failed", force=True)
+        return True
+
     def run(self) -> None:
         delay = self.s.reconnect_initial_s
+        last_frame_at = time.monotonic()
         while not self.stop.is_set():
             if self.cam.is_file and not Path(self.cam.source).exists():
-                log.error("video file not found: %s", self.cam.source, **ctx(camera=self.cam.camera_id))
+                log.error("video file not found: %s", self.cam.display, **ctx(camera=self.cam.camera_id))
                 self._set_state("failed", force=True)
                 return
-            cap = self.cam.open()
-            if not cap.isOpened() and self.cam.is_file:
+            cap = self.cam.open() if self.cam.reachable() else None
+            if cap is not None and not cap.isOpened() and self.cam.is_file:
                 cap.release()
-                log.error("cannot decode video file: %s", self.cam.source, **ctx(camera=self.cam.camera_id))
+                log.error("cannot decode video file: %s", self.cam.display, **ctx(camera=self.cam.camera_id))
                 self._set_state("failed", force=True)
                 return
-            if not cap.isOpened():
-                cap.release()
+            if cap is None or not cap.isOpened():
+                if cap is not None:
+                    cap.release()
+                if self._give_up(last_frame_at):
+                    return
                 self._set_state("reconnecting")
                 CAMERA_RECONNECTS.labels(camera=self.cam.camera_id).inc()
-                log.warning("cannot open source, retrying in %.1fs", delay, **ctx(camera=self.cam.camera_id))
+                why = "cannot open source" if cap is not None else "source unreachable"
+                log.warning("%s, retrying in %.1fs", why, delay, **ctx(camera=self.cam.camera_id))
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.s.reconnect_max_s)
                 continue
@@ -184,9 +276,12 @@ class CameraWorker:
             self._end_tracks(self.tracker.close_all())
             if self.frames_processed > frames_before:
                 delay = self.s.reconnect_initial_s  # only a source that delivered frames resets the backoff
+                last_frame_at = time.monotonic()
             if ended and self.cam.is_file and not self.s.loop:
                 break
             if not ended:
+                if self._give_up(last_frame_at):
+                    return
                 self._set_state("reconnecting")
                 CAMERA_RECONNECTS.labels(camera=self.cam.camera_id).inc()
                 self.stop.wait(delay)
@@ -310,7 +405,7 @@ class IngestWorker:
     def __init__(self, settings: IngestSettings, stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
-        self.cameras = parse_cameras(settings.cameras)
+        self.cameras = [replace(cam, timeout_s=settings.camera_timeout_s) for cam in parse_cameras(settings.cameras)]
         if not self.cameras:
             raise ValueError("no cameras configured: set FOOTFALL_CAMERAS, e.g. door=rtsp://host/stream")
         model = ensure_yunet(settings.models_dir)
