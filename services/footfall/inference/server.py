@@ -12,6 +12,7 @@ is released.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 
 import cv2
@@ -24,7 +25,7 @@ from footfall.config import InferenceSettings
 from footfall.inference.backends import Backend, load_backend
 from footfall.inference.backends.base import prepare_crops
 from footfall.inference.batcher import BatcherClosed, MicroBatcher
-from footfall.observability import REQUESTS, ctx, serve_http, setup_logging, shutdown_event
+from footfall.observability import INFERENCE_DECODE, REQUESTS, ctx, serve_http, setup_logging, shutdown_event
 from footfall.proto import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("footfall.inference")
@@ -81,11 +82,14 @@ class FaceInferenceServicer(inference_pb2_grpc.FaceInferenceServicer):
         if n > self.max_request_faces:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"{n} crops in one request; at most {self.max_request_faces}")
+        started = time.perf_counter()
         try:
             batch = prepare_crops([decode_crop(i, crop) for i, crop in enumerate(request.crops)],
                                   self.meta.input_size)
         except InvalidCrop as exc:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            INFERENCE_DECODE.inc(time.perf_counter() - started)
         try:
             preds, ran_in = self.batcher.submit(batch).result()
         except BatcherClosed as exc:
