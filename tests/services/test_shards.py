@@ -193,3 +193,35 @@ def test_killing_an_aggregator_while_shards_move_keeps_counts_exact(redis_server
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(20)
+
+
+def test_the_ingest_publishes_each_camera_to_its_shard(redis_server_url, stream_prefix, crops):
+    from footfall.ingest.service import Publisher
+
+    r = redis.Redis.from_url(redis_server_url)
+    keys = StreamKeys(stream_prefix, SHARDS)
+    entries = visitors(crops, 24)
+    Publisher(r, keys, maxlen=1000).publish(entries)
+    for shard in range(SHARDS):
+        cameras = {f[b"camera"].decode() for _, f in r.xrange(keys.shard_stream(shard))}
+        assert cameras and {keys.shard_of(c) for c in cameras} == {shard}
+    assert sum(r.xlen(keys.shard_stream(s)) for s in range(SHARDS)) == len(entries)
+
+
+def test_one_commit_counts_many_visitors_of_one_cell_once_each(db_url):
+    """The bulk commit sums visitors of the same cell before its single upsert, and skips tracks
+    counted before (SQLite and PostgreSQL)."""
+    from datetime import datetime
+
+    from footfall.aggregator.folding import VisitorRecord
+    from footfall.db.store import count_visitors
+
+    engine = make_engine(db_url)
+
+    def record(i: int, age: float = 30.0) -> VisitorRecord:
+        return VisitorRecord("door", f"door:t:{i}", datetime(2026, 1, 1), 0, 1, 3, age, "25-34", "male", "", "happy")
+
+    assert len(count_visitors(engine, [record(0)])) == 1
+    new = count_visitors(engine, [record(i, 30.0 + i) for i in range(5)] + [record(7), record(7)])
+    assert sorted(v.track_id for v in new) == [f"door:t:{i}" for i in (1, 2, 3, 4, 7)]
+    assert table(db_url) == [("door", datetime(2026, 1, 1), "25-34", "male", "", "happy", 6, 30.0 + 31 + 32 + 33 + 34 + 30)]
