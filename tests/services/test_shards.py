@@ -225,3 +225,31 @@ def test_one_commit_counts_many_visitors_of_one_cell_once_each(db_url):
     new = count_visitors(engine, [record(i, 30.0 + i) for i in range(5)] + [record(7), record(7)])
     assert sorted(v.track_id for v in new) == [f"door:t:{i}" for i in (1, 2, 3, 4, 7)]
     assert table(db_url) == [("door", datetime(2026, 1, 1), "25-34", "male", "", "happy", 6, 30.0 + 31 + 32 + 33 + 34 + 30)]
+
+
+def test_a_shard_lost_while_its_crops_are_at_inference_is_not_folded(redis_server_url, stream_prefix,
+                                                                     inference_server, crops, tmp_path):
+    """The lease runs out during a round (the commit of earlier visitors notices): the crops of
+    that shard coming back from inference are left to the next holder, not folded into visitors
+    nobody would commit or release."""
+    r = redis.Redis.from_url(redis_server_url)
+    keys = StreamKeys(stream_prefix, SHARDS)
+    a = Aggregator(settings(redis_server_url, stream_prefix, f"sqlite:///{tmp_path}/l.db", inference_server.port,
+                            consumer_name="a"))
+    faces = [e for e in visitors(crops, 24) if isinstance(e, FaceMessage)]
+    lost = keys.shard_of(faces[0].camera_id)
+    first_half = [e for e in faces if e.frame == 0]
+    publish(r, keys, first_half)
+    while len(a.open) < len({e.track_id for e in first_half}):
+        a.step()
+    publish(r, keys, [e for e in faces if e.frame > 0])
+
+    def lease_runs_out():
+        r.set(keys.lease(lost), "b:999", px=60_000)
+        a.finalize_due(force=True)
+
+    a.handle(a._read(), while_inferring=lease_runs_out)
+    assert lost not in a.owned
+    assert not [t for t, v in a.open.items() if keys.shard_of(v.camera_id) == lost], "nothing of the lost shard kept"
+    assert a.open, "the other shards' crops are folded"
+    a.close()

@@ -199,8 +199,9 @@ class Aggregator:
                 value = self.owned.get(shard)
                 if value and self._renew(keys=[self.keys.lease(shard)], args=[value, self.s.claim_idle_ms]):
                     held.add(shard)
-                elif value:
-                    log.warning("shard lease lost before commit", **ctx(shard=shard))
+                else:
+                    if value:
+                        log.warning("shard lease lost before commit", **ctx(shard=shard))
                     self._drop_shard(shard)
         return held
 
@@ -340,6 +341,8 @@ class Aggregator:
                     self._fold(chunk, future.result())
         now = time.monotonic()
         for shard, entry_id, end in ends:
+            if shard not in self.owned:  # lost while this round ran: the next holder folds it
+                continue
             visitor = self._visitor(shard, end.camera_id, end.track_id, last_update=now)
             visitor.add_end(entry_id)
             self.camera_stream_ts[end.camera_id] = max(self.camera_stream_ts.get(end.camera_id, 0.0), end.ts)
@@ -383,6 +386,8 @@ class Aggregator:
                 self.camera_stream_ts[m.camera_id] = max(self.camera_stream_ts.get(m.camera_id, 0.0), m.ts)
             for track_id, rows in by_track.items():
                 shard, _, first = faces[rows[0]]
+                if shard not in self.owned:  # lost (lease) while its crops were at inference: not ours to fold
+                    continue
                 visitor = self._visitor(shard, first.camera_id, track_id)
                 visitor.add([faces[r][1] for r in rows], [faces[r][2].ts for r in rows], preds[rows])
                 visitor.last_update = now
