@@ -240,7 +240,9 @@ def test_a_shard_lost_while_its_crops_are_at_inference_is_not_folded(redis_serve
     lost = keys.shard_of(faces[0].camera_id)
     first_half = [e for e in faces if e.frame == 0]
     publish(r, keys, first_half)
+    deadline = time.monotonic() + 60
     while len(a.open) < len({e.track_id for e in first_half}):
+        assert time.monotonic() < deadline, "the first crops were not folded"
         a.step()
     publish(r, keys, [e for e in faces if e.frame > 0])
 
