@@ -39,6 +39,9 @@ class CommonSettings(_Base):
                            "(the conventional `REDIS_URL` is read too).",
                            validation_alias=AliasChoices("FOOTFALL_REDIS_URL", "REDIS_URL"))
     stream_prefix: str = Field("footfall", description="Prefix of every Redis key Footfall uses.")
+    stream_shards: int = Field(1, ge=1, description="Face streams, split by camera (one aggregator consumes each "
+                               "shard at a time; more shards let more aggregators share the work). Ingest and "
+                               "aggregators must agree.")
     database_url: str = Field(f"sqlite:///{PROJECT_ROOT / '.footfall' / 'footfall.db'}",
                               description="SQLAlchemy URL of the aggregate database (SQLite or PostgreSQL).")
     enable_race: bool = Field(False, description="Store and show race (off by default: EU AI Act).")
@@ -65,7 +68,7 @@ class IngestSettings(CommonSettings):
                                        "frames taken as a cut or a moved camera: all tracks close (0: off).")
     track_sample_interval_s: float = Field(0.4, description="At most one crop per track per this many seconds.")
     max_crops_per_track: int = Field(20, description="Crops published per track at most (enough to fold a visitor).")
-    stream_maxlen: int = Field(5000, description="Approximate cap of the crop stream (Redis memory stays flat).")
+    stream_maxlen: int = Field(5000, description="Approximate cap of each crop stream (shard): Redis memory stays flat.")
     jpeg_quality: int = Field(90, description="JPEG quality of the published crops.")
     models_dir: Path = Field(CACHE_DIR / "models",
                              description="Third-party model files (YuNet); downloaded here when missing.")
@@ -126,7 +129,8 @@ class AggregatorSettings(GrpcTlsSettings):
     consumer_name: str = Field(socket.gethostname(), description="This consumer's name in the group.")
     read_count: int = Field(64, description="Most entries read per XREADGROUP.")
     block_ms: int = Field(500, description="XREADGROUP block time.")
-    claim_idle_ms: int = Field(15000, description="Entries pending longer than this are claimed from dead consumers.")
+    claim_idle_ms: int = Field(15000, description="Entries pending longer than this are claimed from dead consumers; "
+                               "also how long a dead aggregator's shard lease lasts before another takes the shard.")
     inference_deadline_s: float = Field(5.0, description="Deadline of one inference call.")
     inference_retries: int = Field(3, description="Attempts per inference call.")
     inference_eject_s: float = Field(1.0, description="An inference worker that times out or is unavailable leaves "

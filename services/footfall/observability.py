@@ -49,6 +49,10 @@ PENDING = Gauge("footfall_pending_entries", "Entries delivered but not yet ackno
 DB_WRITES = Counter("footfall_db_writes", "Database transactions committed", ["kind"])
 VISITORS = Counter("footfall_visitors_counted", "Visitors counted", ["camera"])
 DEAD_LETTERS = Counter("footfall_dead_letters", "Stream entries moved to the dead-letter stream", ["reason"])
+AGGREGATOR_STAGE = Counter("footfall_aggregator_stage_seconds", "Aggregator time per stage (read, decode, "
+                           "inference, fold, commit, ack, lease)", ["stage"])
+INFERENCE_DECODE = Counter("footfall_inference_decode_seconds", "Inference worker time decoding and preparing crops")
+SHARDS_OWNED = Gauge("footfall_shards_owned", "Stream shards this aggregator holds the lease of")
 FRAME_TO_DB = Histogram("footfall_frame_to_db_seconds", "Time from a visitor's last frame to its database commit",
                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 

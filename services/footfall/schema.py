@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from dataclasses import dataclass
 
 SCHEMA_VERSION = "1"
@@ -43,13 +44,54 @@ class MalformedMessage(ValueError):
 
 @dataclass(frozen=True)
 class StreamKeys:
-    """Every Redis key Footfall uses, under one prefix (FOOTFALL_STREAM_PREFIX)."""
+    """Every Redis key Footfall uses, under one prefix (FOOTFALL_STREAM_PREFIX).
+
+    The face stream is split into ``shards`` streams (FOOTFALL_STREAM_SHARDS) by camera, so
+    several aggregators can share the work while every crop of a track stays in one stream.
+    One shard keeps the single stream ``{prefix}:faces``; with more, shard ``i`` is
+    ``{prefix}:{faces:i}``, a Redis Cluster hash tag that puts each shard and its lease keys in
+    one slot (different shards land on different nodes).
+
+        >>> keys = StreamKeys("footfall", shards=4)
+        >>> keys.shard_stream(3), keys.shard_of("door") == keys.shard_of("door"), StreamKeys().faces
+        ('footfall:{faces:3}', True, 'footfall:faces')
+    """
 
     prefix: str = "footfall"
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError(f"stream shards must be >= 1, got {self.shards}")
 
     @property
     def faces(self) -> str:
-        return f"{self.prefix}:faces"
+        """The face stream of a single-shard setup (shard 0)."""
+        return self.shard_stream(0)
+
+    def shard_stream(self, shard: int) -> str:
+        return f"{self.prefix}:faces" if self.shards == 1 else f"{self.prefix}:{{faces:{shard}}}"
+
+    def shard_of(self, camera_id: str) -> int:
+        """The shard of a camera: a stable hash (CRC-32, the same in every process and release)."""
+        return zlib.crc32(camera_id.encode()) % self.shards
+
+    def faces_for(self, camera_id: str) -> str:
+        """The stream a camera's crops and track ends go to."""
+        return self.shard_stream(self.shard_of(camera_id))
+
+    def lease(self, shard: int) -> str:
+        """Which aggregator consumes a shard (value ``consumer:token``, expires unless renewed)."""
+        return f"{self.prefix}:{{faces:{shard}}}:lease"
+
+    def lease_epoch(self, shard: int) -> str:
+        """Counter of a shard's leases: each new lease gets the next token (fencing)."""
+        return f"{self.prefix}:{{faces:{shard}}}:epoch"
+
+    @property
+    def aggregators(self) -> str:
+        """Sorted set of live aggregators (score: last heartbeat), to share the shards fairly."""
+        return f"{self.prefix}:aggregators"
 
     @property
     def dead_letter(self) -> str:

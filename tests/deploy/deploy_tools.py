@@ -36,6 +36,7 @@ OVERLAYS = {
     "base": K8S / "base",
     "cpu": K8S / "overlays" / "cpu",
     "orangepi": K8S / "overlays" / "orangepi",
+    "scale": K8S / "overlays" / "scale",
     "orangepi+rknpu-misc-device": None,
 }
 MIN_KUSTOMIZE = (5, 0)

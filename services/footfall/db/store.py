@@ -44,25 +44,36 @@ def _utcnow() -> datetime:
 
 
 def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> list[VisitorRecord]:
-    """Count the visitors not counted before, in one transaction; returns those newly counted."""
+    """Count the visitors not counted before, in one transaction; returns those newly counted.
+
+    Two statements whatever the number of visitors: one multi-row insert of the track ids that
+    returns those not recorded before, and one multi-row upsert of their cells (summed here first:
+    a statement may update a row only once).
+    """
+    visitors = list({v.track_id: v for v in visitors}.values())
+    if not visitors:
+        return []
     insert = _insert(engine)
-    new: list[VisitorRecord] = []
+    now = _utcnow()
     with Session(engine) as session, session.begin():
-        for v in visitors:
-            claimed = session.execute(
-                insert(CountedTrack).values(track_id=v.track_id, camera_id=v.camera_id, bucket_start=v.bucket_start,
-                                            counted_at=_utcnow())
-                .on_conflict_do_nothing(index_elements=["track_id"]).returning(CountedTrack.track_id)
-            ).first()
-            if claimed is None:
-                continue  # counted before
-            stmt = insert(VisitorCount).values(camera_id=v.camera_id, bucket_start=v.bucket_start, age_band=v.age_band,
-                                               gender=v.gender, race=v.race, emotion=v.emotion, visitors=1,
-                                               age_sum=v.age)
+        claimed = set(session.execute(
+            insert(CountedTrack).values([{"track_id": v.track_id, "camera_id": v.camera_id,
+                                          "bucket_start": v.bucket_start, "counted_at": now} for v in visitors])
+            .on_conflict_do_nothing(index_elements=["track_id"]).returning(CountedTrack.track_id)).scalars())
+        new = [v for v in visitors if v.track_id in claimed]  # the others were counted before
+        cells: dict[tuple, list] = {}
+        for v in new:
+            cell = cells.setdefault((v.camera_id, v.bucket_start, v.age_band, v.gender, v.race, v.emotion), [0, 0.0])
+            cell[0] += 1
+            cell[1] += v.age
+        if cells:
+            stmt = insert(VisitorCount).values([
+                {"camera_id": k[0], "bucket_start": k[1], "age_band": k[2], "gender": k[3], "race": k[4],
+                 "emotion": k[5], "visitors": n, "age_sum": age_sum} for k, (n, age_sum) in cells.items()])
             session.execute(stmt.on_conflict_do_update(
                 index_elements=["camera_id", "bucket_start", "age_band", "gender", "race", "emotion"],
-                set_={"visitors": VisitorCount.visitors + 1, "age_sum": VisitorCount.age_sum + v.age}))
-            new.append(v)
+                set_={"visitors": VisitorCount.visitors + stmt.excluded.visitors,
+                      "age_sum": VisitorCount.age_sum + stmt.excluded.age_sum}))
     return new
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 from concurrent import futures
 
 import cv2
@@ -32,7 +33,7 @@ from footfall.config import InferenceSettings
 from footfall.inference.backends import Backend, load_backend
 from footfall.inference.backends.base import prepare_crops
 from footfall.inference.batcher import BatcherClosed, MicroBatcher
-from footfall.observability import REQUESTS, ctx, run_service
+from footfall.observability import INFERENCE_DECODE, REQUESTS, ctx, run_service
 from footfall.proto import inference_pb2, inference_pb2_grpc
 from footfall.tls import server_credentials
 
@@ -145,10 +146,13 @@ class FaceInferenceServicer(inference_pb2_grpc.FaceInferenceServicer):
         if n > self.max_request_faces:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"{n} crops in one request; at most {self.max_request_faces}")
+        started = time.perf_counter()
         try:
             batch = self._prepare(request.crops)
         except InvalidCrop as exc:
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            INFERENCE_DECODE.inc(time.perf_counter() - started)
         try:
             preds, ran_in = self.batcher.submit(batch).result()
         except BatcherClosed as exc:

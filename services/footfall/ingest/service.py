@@ -174,7 +174,7 @@ class Publisher:
     def publish(self, messages: list[FaceMessage | TrackEnd]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for m in messages:
-            pipe.xadd(self.keys.faces, m.encode(), maxlen=self.maxlen, approximate=True)
+            pipe.xadd(self.keys.faces_for(m.camera_id), m.encode(), maxlen=self.maxlen, approximate=True)
         self._execute(pipe)
 
     def camera_state(self, state: CameraState) -> None:
@@ -411,7 +411,8 @@ class IngestWorker:
         model = ensure_yunet(settings.models_dir)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
                                           health_check_interval=10, retry_on_timeout=True)
-        publisher = Publisher(self.redis, StreamKeys(settings.stream_prefix), settings.stream_maxlen)
+        publisher = Publisher(self.redis, StreamKeys(settings.stream_prefix, settings.stream_shards),
+                              settings.stream_maxlen)
         self.workers = [CameraWorker(cam, settings, FaceDetector(model, settings.detect_width,
                                                                  settings.detection_threshold, min_face_px=settings.min_face_px),
                                      publisher, self.stop) for cam in self.cameras]
