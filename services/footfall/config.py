@@ -62,7 +62,10 @@ class IngestSettings(CommonSettings):
     detection_threshold: float = Field(0.75, description="YuNet score threshold.")
     min_face_px: int = Field(24, description="Faces smaller than this (shorter box side, pixels) are ignored.")
     track_max_age_s: float = Field(1.5, description="A track not matched for this long is closed.")
-    track_iou: float = Field(0.3, description="IoU needed to continue a track.")
+    track_confirm_hits: int = Field(2, ge=1, description="Detections that confirm a track; a tentative track "
+                                    "publishes nothing (a detector glitch or a mix-up is never counted).")
+    track_max_speed: float = Field(15.0, gt=0, description="Fastest plausible walker, face widths per second (a "
+                                   "child's face crossing at 630 px/s is ~14): where a new track may be found next.")
     scene_cut_threshold: float = Field(0.35, description="Colour-histogram (Bhattacharyya) distance between processed "
                                        "frames taken as a cut or a moved camera: all tracks close (0: off).")
     track_sample_interval_s: float = Field(0.4, description="At most one crop per track per this many seconds.")

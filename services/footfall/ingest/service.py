@@ -28,7 +28,7 @@ from footfall.observability import (CAMERA_RECONNECTS, CAMERA_UP, FACES_PUBLISHE
                                     FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, serve_http, setup_logging,
                                     shutdown_event)
 from footfall.schema import MAX_CAMERA_ID, CameraState, FaceMessage, StreamKeys, TrackEnd
-from footfall.tracking import Track, Tracker
+from footfall.tracking import Track, Tracker, appearance_features
 from footfall.vision import FaceDetector, align_face, ensure_yunet
 
 log = logging.getLogger("footfall.ingest")
@@ -114,15 +114,16 @@ class CameraWorker:
     def __init__(self, cam: CameraSource, settings: IngestSettings, detector: FaceDetector, publisher: Publisher,
                  stop: threading.Event) -> None:
         self.cam, self.s, self.detector, self.publisher, self.stop = cam, settings, detector, publisher, stop
-        self.tracker = Tracker(prefix=f"{cam.camera_id}:{secrets.token_hex(4)}", iou_threshold=settings.track_iou,
-                               max_age_s=settings.track_max_age_s)
+        self.tracker = Tracker(prefix=f"{cam.camera_id}:{secrets.token_hex(4)}", max_age_s=settings.track_max_age_s,
+                               max_speed=settings.track_max_speed, n_init=settings.track_confirm_hits)
         self.state = "connecting"
         self.last_frame_ts = 0.0
         self.frames_meter, self.faces_meter = RateMeter(), RateMeter()
         self._last_state_push = 0.0
         self.frames_processed = 0
         self.faces_published = 0
-        self._thumb: np.ndarray | None = None
+        self._thumb: np.ndarray | None = None  # colour histogram of the last frame of the current scene
+        self._changed = False  # the previous frame differed from it (a flash or the first frame after a cut)
 
     # -- state -----------------------------------------------------------------------------
     def _set_state(self, state: str, force: bool = False) -> None:
@@ -246,14 +247,21 @@ class CameraWorker:
         t0 = time.perf_counter()
         cid = self.cam.camera_id
         messages: list = []
-        if self._scene_cut(frame):
+        cut = self._scene_cut(frame)
+        if cut is None:
+            # One frame unlike the last (a flash, a camera's exposure jump): skipped, tracks coast through it.
+            FRAMES_DROPPED.labels(camera=cid, reason="flash").inc()
+            return []
+        if cut:
             # An edited clip's cut or a moved camera: nobody in view can be the same track.
             messages += self._track_ends(self.tracker.close_all())
         dets = self.detector.detect(frame)
-        update = self.tracker.update(dets.boxes, frame_ts, frame_size=(frame.shape[1], frame.shape[0]))
+        update = self.tracker.update(dets.boxes, frame_ts, frame_size=(frame.shape[1], frame.shape[0]),
+                                     appearance=appearance_features(frame, dets.boxes))
         for i, track_id in enumerate(update.track_ids):
             track = self.tracker.get(track_id)
-            if track is None or track.published >= self.s.max_crops_per_track:
+            # A tentative track publishes nothing: it may be a glitch or a mix-up the next frame undoes.
+            if track is None or not track.confirmed or track.published >= self.s.max_crops_per_track:
                 continue
             if frame_ts - track.last_published < self.s.track_sample_interval_s:
                 continue
@@ -284,7 +292,9 @@ class CameraWorker:
         self._set_state("live")
         return faces
 
-    def _scene_cut(self, frame: np.ndarray) -> bool:
+    def _scene_cut(self, frame: np.ndarray) -> bool | None:
+        """True at a cut, None for a single frame unlike the ones before (a flash: not a cut, since the
+        next frame looks like the earlier ones again; decided one frame late), False otherwise."""
         if not self.s.scene_cut_threshold:
             return False
         # Hue/saturation histogram of a thumbnail: moving people barely change it, a cut does
@@ -292,9 +302,15 @@ class CameraWorker:
         hsv = cv2.cvtColor(cv2.resize(frame, (64, 36), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2HSV)
         hist = cv2.calcHist([hsv], [0, 1], None, [16, 8], [0, 180, 0, 256])
         cv2.normalize(hist, hist, 1, 0, cv2.NORM_L1)
-        previous, self._thumb = self._thumb, hist
-        return previous is not None and cv2.compareHist(previous, hist, cv2.HISTCMP_BHATTACHARYYA) > \
-            self.s.scene_cut_threshold
+        if self._thumb is None or cv2.compareHist(self._thumb, hist, cv2.HISTCMP_BHATTACHARYYA) <= \
+                self.s.scene_cut_threshold:
+            self._thumb, self._changed = hist, False
+            return False
+        if not self._changed:
+            self._changed = True  # the reference stays: the next frame tells a flash from a cut
+            return None
+        self._thumb, self._changed = hist, False  # changed twice in a row: the new scene holds
+        return True
 
     def _track_ends(self, tracks: list[Track]) -> list[TrackEnd]:
         return [TrackEnd(self.cam.camera_id, t.last_seen, t.track_id, t.published) for t in tracks if t.published]
