@@ -113,7 +113,7 @@ def turn_back(identity: int, face: int, size: int, y: float, t0: float, speed: f
 def _in_file() -> Scene:
     # Four people one behind the other at 500 px/s, 1.5 face widths apart: at 5 processed fps each moves
     # 100 px, about the gap between two of them.
-    walkers = tuple(across(i, i, 130, 330, 0.4 + i * 0.4, 500.0) for i in range(4))
+    walkers = tuple(across(i, i, 120, 330 + 12 * (i % 2), 0.4 + i * 0.3, 560.0) for i in range(4))
     return Scene("in_file", walkers, 4.6, seed=1)
 
 
