@@ -18,7 +18,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The source checkout (services/footfall/config.py -> repo root); used for defaults only.
@@ -68,6 +68,12 @@ class IngestSettings(CommonSettings):
                                    "child's face crossing at 630 px/s is ~14): where a new track may be found next.")
     scene_cut_threshold: float = Field(0.35, description="Colour-histogram (Bhattacharyya) distance between processed "
                                        "frames taken as a cut or a moved camera: all tracks close (0: off).")
+    count_lines: str = Field("", description="Counting line per camera, `camera=x1,y1,x2,y2;...` (normalized 0..1): "
+                             "crossing it from its left to its right, seen walking from (x1,y1) to (x2,y2), is an "
+                             "entry, the other way an exit, neither a passer-by (e.g. `door=0.5,1,0.5,0`: left to "
+                             "right enters).")
+    count_zones: str = Field("", description="Polygon zones, `camera/zone=x1,y1,x2,y2,x3,y3,...;...` (normalized "
+                             "0..1): visitors and dwell per zone.")
     track_sample_interval_s: float = Field(0.4, description="At most one crop per track per this many seconds.")
     max_crops_per_track: int = Field(20, description="Crops published per track at most (enough to fold a visitor).")
     stream_maxlen: int = Field(5000, description="Approximate cap of the crop stream (Redis memory stays flat).")
@@ -78,6 +84,23 @@ class IngestSettings(CommonSettings):
     reconnect_max_s: float = Field(30.0, description="Longest reconnect delay.")
     loop: bool = Field(False, description="Restart file sources at their end instead of finishing (demo).")
     realtime: bool = Field(True, description="Read file sources at their native frame rate.")
+
+
+    @field_validator("count_lines")
+    @classmethod
+    def _valid_lines(cls, value: str) -> str:
+        from footfall.counting import parse_count_lines
+
+        parse_count_lines(value)
+        return value
+
+    @field_validator("count_zones")
+    @classmethod
+    def _valid_zones(cls, value: str) -> str:
+        from footfall.counting import parse_count_zones
+
+        parse_count_zones(value)
+        return value
 
 
 class InferenceSettings(CommonSettings):

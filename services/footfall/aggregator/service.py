@@ -176,7 +176,7 @@ class Aggregator:
         now = time.monotonic()
         for entry_id, end in ends:
             visitor = self.open.setdefault(end.track_id, OpenVisitor(end.camera_id, end.track_id, last_update=now))
-            visitor.add_end(entry_id)
+            visitor.add_end(entry_id, end)
             self.camera_stream_ts[end.camera_id] = max(self.camera_stream_ts.get(end.camera_id, 0.0), end.ts)
 
     def _infer_and_fold(self, faces: list[tuple[str, FaceMessage]]) -> None:

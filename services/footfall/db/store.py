@@ -1,7 +1,8 @@
 """Writing aggregates: idempotent visitor counting and camera health, SQLite or PostgreSQL.
 
-``count_visitors`` adds each visitor to ``visitor_counts`` in the same transaction that
-records its track id in ``counted_tracks``; a track already recorded is skipped, so a
+``count_visitors`` adds each visitor to ``visitor_counts`` (and its entry / exit / passing-by,
+dwell and zones to ``flow_counts`` and ``dwell_counts``) in the same transaction that records
+its track id in ``counted_tracks``; a track already recorded is skipped, so a
 message processed twice (redelivery after a crash) is never counted twice.
 
 Example:
@@ -25,7 +26,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from footfall.aggregator.folding import VisitorRecord
-from footfall.db.models import CameraHealth, CountedTrack, VisitorCount
+from footfall.counting import ENTRY, EXIT, PASSER_BY, dwell_band
+from footfall.db.models import CameraHealth, CountedTrack, DwellCount, FlowCount, VisitorCount
 
 
 def make_engine(url: str) -> Engine:
@@ -62,8 +64,31 @@ def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> list[Vi
             session.execute(stmt.on_conflict_do_update(
                 index_elements=["camera_id", "bucket_start", "age_band", "gender", "race", "emotion"],
                 set_={"visitors": VisitorCount.visitors + 1, "age_sum": VisitorCount.age_sum + v.age}))
+            _count_flow(session, insert, v)
             new.append(v)
     return new
+
+
+def _add(session: Session, insert, model, keys: dict, counts: dict) -> None:
+    """Add ``counts`` to the row of ``model`` at ``keys`` (created when missing)."""
+    stmt = insert(model).values(**keys, **counts)
+    session.execute(stmt.on_conflict_do_update(index_elements=list(keys),
+                                               set_={k: getattr(model, k) + n for k, n in counts.items()}))
+
+
+def _count_flow(session: Session, insert, v: VisitorRecord) -> None:
+    """The visitor's entry / exit / passing-by, dwell band and zones (flow_counts, dwell_counts)."""
+    first = {"camera_id": v.camera_id, "bucket_start": v.bucket_start}
+    _add(session, insert, FlowCount, {**first, "zone": ""},
+         {"visitors": 1, "entries": int(v.crossing == ENTRY), "exits": 0, "passers_by": int(v.crossing == PASSER_BY)})
+    if v.crossing == EXIT:  # counted when the visitor left: occupancy drops then
+        _add(session, insert, FlowCount, {"camera_id": v.camera_id, "bucket_start": v.end_bucket_start or v.bucket_start,
+                                          "zone": ""}, {"visitors": 0, "entries": 0, "exits": 1, "passers_by": 0})
+    _add(session, insert, DwellCount, {**first, "zone": "", "dwell_band": dwell_band(v.dwell_s)}, {"visitors": 1})
+    for zone, seconds in v.zones:
+        _add(session, insert, FlowCount, {**first, "zone": zone},
+             {"visitors": 1, "entries": 0, "exits": 0, "passers_by": 0})
+        _add(session, insert, DwellCount, {**first, "zone": zone, "dwell_band": dwell_band(seconds)}, {"visitors": 1})
 
 
 def upsert_camera_health(engine: Engine, rows: list[dict]) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import redis
 
 from footfall.config import IngestSettings
+from footfall.counting import parse_count_lines, parse_count_zones
 from footfall.observability import (CAMERA_RECONNECTS, CAMERA_UP, FACES_PUBLISHED, FRAMES_DROPPED, FRAMES_PROCESSED,
                                     FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, serve_http, setup_logging,
                                     shutdown_event)
@@ -116,6 +117,9 @@ class CameraWorker:
         self.cam, self.s, self.detector, self.publisher, self.stop = cam, settings, detector, publisher, stop
         self.tracker = Tracker(prefix=f"{cam.camera_id}:{secrets.token_hex(4)}", max_age_s=settings.track_max_age_s,
                                max_speed=settings.track_max_speed, n_init=settings.track_confirm_hits)
+        self.line = parse_count_lines(settings.count_lines).get(cam.camera_id)
+        self.zones = parse_count_zones(settings.count_zones).get(cam.camera_id, [])
+        self.frame_size = (1, 1)  # (w, h) of the last frame: tracks' paths are normalized by it
         self.state = "connecting"
         self.last_frame_ts = 0.0
         self.frames_meter, self.faces_meter = RateMeter(), RateMeter()
@@ -255,6 +259,7 @@ class CameraWorker:
         if cut:
             # An edited clip's cut or a moved camera: nobody in view can be the same track.
             messages += self._track_ends(self.tracker.close_all())
+        self.frame_size = (frame.shape[1], frame.shape[0])
         dets = self.detector.detect(frame)
         update = self.tracker.update(dets.boxes, frame_ts, frame_size=(frame.shape[1], frame.shape[0]),
                                      appearance=appearance_features(frame, dets.boxes))
@@ -313,7 +318,16 @@ class CameraWorker:
         return True
 
     def _track_ends(self, tracks: list[Track]) -> list[TrackEnd]:
-        return [TrackEnd(self.cam.camera_id, t.last_seen, t.track_id, t.published) for t in tracks if t.published]
+        return [self._track_end(t) for t in tracks if t.published]
+
+    def _track_end(self, track: Track) -> TrackEnd:
+        """The closed track with its footfall meaning: dwell, line crossing, zones (footfall.counting)."""
+        w, h = self.frame_size
+        path = [(t, x / w, y / h) for t, x, y in track.centres]
+        zones = tuple((z.name, round(d, 3)) for z in self.zones if (d := z.dwell(path)) is not None)
+        return TrackEnd(self.cam.camera_id, track.last_seen, track.track_id, track.published,
+                        dwell=round(track.dwell_s, 3), crossing=self.line.crossing(path) if self.line else "",
+                        zones=zones)
 
     def _end_tracks(self, tracks: list[Track]) -> None:
         ends = self._track_ends(tracks)
@@ -330,6 +344,11 @@ class IngestWorker:
         self.cameras = parse_cameras(settings.cameras)
         if not self.cameras:
             raise ValueError("no cameras configured: set FOOTFALL_CAMERAS, e.g. door=rtsp://host/stream")
+        known = {c.camera_id for c in self.cameras}
+        unknown = sorted((set(parse_count_lines(settings.count_lines)) | set(parse_count_zones(settings.count_zones)))
+                         - known)
+        if unknown:
+            raise ValueError(f"counting lines or zones for cameras not in FOOTFALL_CAMERAS: {unknown}")
         model = ensure_yunet(settings.models_dir)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
                                           health_check_interval=10, retry_on_timeout=True)
