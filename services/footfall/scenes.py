@@ -150,7 +150,7 @@ def _crowd() -> Scene:
     for i in range(10):
         size = int(rng.choice([76, 84])) if i in (3, 7) else int(rng.integers(100, 140))
         direction = 1 if i % 3 else -1
-        stop = (900.0 if direction > 0 else 400.0, 1.5) if i == 5 else None
+        stop = (1050.0 if direction > 0 else 300.0, 1.5) if i == 5 else None  # browsing in full view
         walkers.append(across(i, 11 if i == 3 else i, size, lanes[i % len(lanes)] + float(rng.integers(-20, 20)), 0.3 + 0.55 * i,
                               float(rng.integers(380, 630)), direction, stop))
     walkers.append(turn_back(10, 10, 110, 250, 3.0, 380.0, 380.0))
@@ -193,8 +193,8 @@ class SceneRenderer:
                                           interpolation=cv2.INTER_AREA)
         return self._tiles[key]
 
-    def frame(self, index: int) -> tuple[np.ndarray, list[TruthBox]]:
-        """Frame ``index`` (BGR) and the boxes of the visitors visible in it."""
+    def frame(self, index: int, visible: float = VISIBLE) -> tuple[np.ndarray, list[TruthBox]]:
+        """Frame ``index`` (BGR) and the boxes of the visitors of whose face at least ``visible`` is in view."""
         t = index / FPS
         w, h = SIZE
         frame = self._background.copy()
@@ -211,14 +211,14 @@ class SceneRenderer:
             if x1 <= x0 or y1 <= y0:
                 continue
             frame[y0:y1, x0:x1] = self._tile(walker.face, s)[y0 - y:y1 - y, x0 - x:x1 - x]
-            visible = (x1 - x0) * (y1 - y0)
+            in_view = (x1 - x0) * (y1 - y0)
             if self.scene.pillar is not None:
                 p0, p1 = self.scene.pillar[0] + dx, self.scene.pillar[1] + dx
-                visible -= max(0, min(x1, p1) - max(x0, p0)) * (y1 - y0)
+                in_view -= max(0, min(x1, p1) - max(x0, p0)) * (y1 - y0)
             truth.append(TruthBox(walker.identity, (float(x), float(y), float(s), float(s))))
-            if visible < VISIBLE * s * s:
+            if in_view < visible * s * s:
                 truth.pop()
-        truth = _drop_hidden(truth)
+        truth = _drop_hidden(truth, visible)
         if self.scene.pillar is not None:
             p0, p1 = self.scene.pillar[0] + dx, self.scene.pillar[1] + dx
             frame[:, max(p0, 0):max(p1, 0)] = (70, 80, 95)
@@ -229,7 +229,7 @@ class SceneRenderer:
         return frame, truth
 
 
-def _drop_hidden(truth: list[TruthBox]) -> list[TruthBox]:
+def _drop_hidden(truth: list[TruthBox], visible: float) -> list[TruthBox]:
     """Faces mostly covered by a face drawn after them (listed later) are not visible."""
     kept = []
     for i, a in enumerate(truth):
@@ -239,6 +239,6 @@ def _drop_hidden(truth: list[TruthBox]) -> list[TruthBox]:
             bx, by, bw, bh = b.box
             covered = max(covered, max(0.0, min(ax + aw, bx + bw) - max(ax, bx)) *
                           max(0.0, min(ay + ah, by + bh) - max(ay, by)))
-        if covered <= (1 - VISIBLE) * aw * ah:
+        if covered <= (1 - visible) * aw * ah:
             kept.append(a)
     return kept

@@ -136,7 +136,8 @@ class Tracker:
 
     def __init__(self, prefix: str, max_age_s: float = 1.5, max_speed: float = 15.0, n_init: int = 2,
                  appearance_weight: float = 1.0, max_appearance_distance: float = 0.5,
-                 acceleration: float = 4.0, position_noise: float = 0.06, recovery_s: float = 0.5) -> None:
+                 acceleration: float = 4.0, position_noise: float = 0.06, recovery_s: float = 0.5,
+                 sure_distance: float = 0.4) -> None:
         self.prefix = prefix
         self.max_age_s = max_age_s
         self.max_speed = max_speed
@@ -146,6 +147,7 @@ class Tracker:
         self.acceleration = acceleration  # face widths/s^2 of unexplained acceleration (process noise)
         self.position_noise = position_noise  # face widths of detector jitter (measurement noise)
         self.recovery_s = recovery_s  # how long a lost track may be found again near where it was last seen
+        self.sure_distance = sure_distance  # face widths from the prediction within which the look is not gated
         self.tracks: list[Track] = []
         self._counter = 0
 
@@ -216,7 +218,12 @@ class Tracker:
                     distance = _bhattacharyya(track_features, appearance)
                     distance[~known] = 0.0
                     cost = cost + self.appearance_weight * distance
-                    gated |= distance > self.max_appearance_distance
+                    # A face right where the track is predicted is its visitor even if it looks different
+                    # (coming out from behind a pillar half hidden): the look gates the rest.
+                    predicted = np.stack([t.kalman.statePost[:4, 0] for t in self.tracks])
+                    near = np.linalg.norm(predicted[:, None, :2] - measurements[None, :, :2], axis=2) \
+                        < self.sure_distance * predicted[:, None, 2]
+                    gated |= (distance > self.max_appearance_distance) & ~near
             cost[gated] = _REJECTED
             rows, cols = linear_sum_assignment(cost)
             assigned = {int(d): int(t) for t, d in zip(rows, cols) if cost[t, d] < _REJECTED}
@@ -279,7 +286,9 @@ class Tracker:
         for row, i in enumerate(tracks):
             track = self.tracks[i]
             size = float(max(track.box[2], 1.0))
-            reach = float(np.linalg.norm(track.velocity)) * (now - track.last_seen) + 0.5 * size
+            # As far as they walked, plus a quarter of the fastest walk (setting off from standing), plus half a face.
+            speed = float(np.linalg.norm(track.velocity)) + 0.25 * self.max_speed * size
+            reach = speed * (now - track.last_seen) + 0.5 * size
             for col, d in enumerate(detections):
                 box = boxes[d]
                 distance = float(np.linalg.norm(box[:2] + box[2:] / 2 - np.array(track.centres[-1][1:])))
