@@ -185,7 +185,8 @@ class Tracker:
         track.predicted_at = now
 
     def _measurement_noise(self, size: float) -> np.ndarray:
-        return np.diag([(self.position_noise * size) ** 2] * 2 + [(0.08 * size) ** 2] * 2).astype(np.float32)
+        # The box's size varies more than its centre: a face half behind a pillar or the frame's edge is narrower.
+        return np.diag([(self.position_noise * size) ** 2] * 2 + [(0.15 * size) ** 2] * 2).astype(np.float32)
 
     def _mahalanobis(self, track: Track, measurements: np.ndarray) -> np.ndarray:
         kf = track.kalman
@@ -293,7 +294,7 @@ class Tracker:
                 box = boxes[d]
                 distance = float(np.linalg.norm(box[:2] + box[2:] / 2 - np.array(track.centres[-1][1:])))
                 ratio = float(box[2]) / size
-                if distance > reach or not 0.75 <= ratio <= 1.33:
+                if distance > reach or not 0.67 <= ratio <= 1.5:
                     continue
                 look = 0.0
                 if appearance is not None and track.appearance is not None:
