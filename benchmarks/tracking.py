@@ -11,6 +11,7 @@ rate cap on a 25 fps source) and, per scene, fps and tracker, printed:
   width of its centre), over every tracked detection;
 - fragmented: visitors counted more than once; mixed: counted tracks whose crops come from two people;
 - detector ms per processed frame and detector cost per second of video relative to "today" at 5 fps;
+  crops published per counted visitor (a tentative track publishes none);
   tracker ms per frame (assignment, appearance histograms, crop sampling: the ingest's work past the detector).
 
 Trackers: ``today`` (``GreedyTracker``, before issue 19), ``sort`` (Kalman + Hungarian on position
@@ -210,7 +211,7 @@ def main() -> None:
                       f"{1000 * run.process_s / run.frames:>10.2f}", flush=True)
     print("\nAll scenes together (IDF1/MOTA over every frame; detector cost per second of video vs the first tracker at 5 fps):")
     print(f"{'fps':>4} {'tracker':<6} {'truth':>5} {'count':>5} {'err%':>6} {'IDsw':>4} {'frag':>4} {'mixed':>5} "
-          f"{'IDF1':>6} {'MOTA':>6} {'det cost':>8}")
+          f"{'IDF1':>6} {'MOTA':>6} {'det cost':>8} {'crops/visitor':>13}")
     video_s = sum(s.duration_s for s in scenes)
     # Detector cost per second of video (measured once per frame, shared by the trackers), relative to today's 5 fps.
     baseline = sum(r.detector_s for r in runs if r.fps == 5 and r.tracker == trackers[0]) / video_s or None
@@ -225,7 +226,8 @@ def main() -> None:
             print(f"{fps:>4g} {name:<6} {truth:>5} {counted:>5} {100.0 * (counted - truth) / truth:>+6.1f} "
                   f"{int(summary.num_switches):>4} {sum(r.fragmented for r in group):>4} "
                   f"{sum(r.mixed for r in group):>5} {summary.idf1:>6.3f} {summary.mota:>6.3f} "
-                  f"{cost / baseline if baseline else float('nan'):>7.2f}x")
+                  f"{cost / baseline if baseline else float('nan'):>7.2f}x "
+                  f"{np.mean([e.faces for r in group for e in r.ends if e.faces >= min_faces]):>13.1f}")
 
 
 if __name__ == "__main__":
