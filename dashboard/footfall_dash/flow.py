@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from footfall.counting import DWELL_BANDS
 from footfall.db.models import DwellCount, FlowCount
+from footfall.labels import DWELL_BANDS
 
 from . import data
 from .privacy import is_small, shown, suppress

@@ -20,8 +20,6 @@ Example:
     >>> zones = parse_count_zones("door/queue=0,0,0.5,0,0.5,1,0,1")
     >>> zones["door"][0].dwell([(0.0, 0.1, 0.5), (1.5, 0.4, 0.5), (2.0, 0.9, 0.5)])
     1.5
-    >>> dwell_band(42.0)
-    '30s-1m'
 """
 
 from __future__ import annotations
@@ -34,24 +32,7 @@ import numpy as np
 from footfall.schema import CROSSINGS, MAX_ZONE_NAME
 
 ENTRY, EXIT, PASSER_BY = CROSSINGS
-# Dwell bands stored by the aggregator: (label, lower bound inclusive, upper bound exclusive), seconds.
-DWELL_BANDS = (
-    ("<10s", 0, 10),
-    ("10-30s", 10, 30),
-    ("30s-1m", 30, 60),
-    ("1-5m", 60, 300),
-    ("5-15m", 300, 900),
-    ("15m+", 900, float("inf")),
-)
-
 Path = list[tuple[float, float, float]]  # (time, x, y) of a track's matches, x and y normalized to the frame
-
-
-def dwell_band(seconds: float) -> str:
-    for label, low, high in DWELL_BANDS:
-        if low <= seconds < high:
-            return label
-    return DWELL_BANDS[0][0]
 
 
 def _numbers(text: str, what: str) -> list[float]:

@@ -26,7 +26,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from footfall.aggregator.folding import VisitorRecord
-from footfall.counting import ENTRY, EXIT, PASSER_BY, dwell_band
+from footfall.counting import ENTRY, EXIT, PASSER_BY
+from footfall.labels import dwell_band
 from footfall.db.models import CameraHealth, CountedTrack, DwellCount, FlowCount, VisitorCount
 
 
