@@ -59,6 +59,7 @@ class Track:
     kalman: cv2.KalmanFilter | None = field(default=None, repr=False)
     appearance: np.ndarray | None = field(default=None, repr=False)  # in memory only, never stored
     predicted_at: float = 0.0
+    held: object | None = field(default=None, repr=False)  # the ingest's first crop, sent once confirmed (memory only)
 
     def predicted_box(self, now: float) -> np.ndarray:
         shift = self.velocity * (now - self.last_seen)
@@ -137,7 +138,7 @@ class Tracker:
     def __init__(self, prefix: str, max_age_s: float = 1.5, max_speed: float = 15.0, n_init: int = 2,
                  appearance_weight: float = 1.0, max_appearance_distance: float = 0.5,
                  acceleration: float = 4.0, position_noise: float = 0.06, recovery_s: float = 0.5,
-                 sure_distance: float = 0.4) -> None:
+                 sure_distance: float = 0.4, tentative_max_age_s: float = 0.5) -> None:
         self.prefix = prefix
         self.max_age_s = max_age_s
         self.max_speed = max_speed
@@ -148,6 +149,7 @@ class Tracker:
         self.position_noise = position_noise  # face widths of detector jitter (measurement noise)
         self.recovery_s = recovery_s  # how long a lost track may be found again near where it was last seen
         self.sure_distance = sure_distance  # face widths from the prediction within which the look is not gated
+        self.tentative_max_age_s = tentative_max_age_s  # a tentative track unseen this long is dropped
         self.tracks: list[Track] = []
         self._counter = 0
 
@@ -188,11 +190,15 @@ class Tracker:
         # The box's size varies more than its centre: a face half behind a pillar or the frame's edge is narrower.
         return np.diag([(self.position_noise * size) ** 2] * 2 + [(0.15 * size) ** 2] * 2).astype(np.float32)
 
-    def _mahalanobis(self, track: Track, measurements: np.ndarray) -> np.ndarray:
+    def _mahalanobis(self, track: Track, measurements: np.ndarray, frame_size: tuple[int, int] | None) -> np.ndarray:
         kf = track.kalman
         # OpenCV's predict() leaves the prediction in statePost/errorCovPost too.
         predicted, cov = kf.statePost[:4, 0], kf.errorCovPost
-        innovation_cov = cov[:4, :4] + self._measurement_noise(float(max(track.box[2], 1.0)))
+        size = float(max(track.box[2], 1.0))
+        innovation_cov = cov[:4, :4] + self._measurement_noise(size)
+        if frame_size is not None and _outside(track.box, frame_size, 0.98):
+            # A face cut by the frame's edge was measured partly: the whole face may be up to twice as wide.
+            innovation_cov = innovation_cov + np.diag([(0.5 * size) ** 2] * 4).astype(np.float32)
         residual = measurements - predicted[None, :]
         return np.einsum("ni,ij,nj->n", residual, np.linalg.inv(innovation_cov), residual)
 
@@ -209,7 +215,7 @@ class Tracker:
         assigned: dict[int, int] = {}  # detection -> track index
         recovered: dict[int, int] = {}
         if self.tracks and len(boxes):
-            cost = np.stack([self._mahalanobis(t, measurements) for t in self.tracks]) / CHI2_4DOF_99
+            cost = np.stack([self._mahalanobis(t, measurements, frame_size) for t in self.tracks]) / CHI2_4DOF_99
             gated = cost > 1.0
             if appearance is not None:
                 known = np.array([t.appearance is not None for t in self.tracks])
@@ -261,8 +267,8 @@ class Tracker:
         for i, track in enumerate(self.tracks):
             if track.last_seen == now:
                 continue
-            if not track.confirmed and i not in matched:
-                ended_at.add(i)  # a tentative track that misses a frame was noise or a mix-up
+            if not track.confirmed and now - track.last_seen > self.tentative_max_age_s:
+                ended_at.add(i)  # a tentative track not seen again soon was noise or a mix-up
             elif frame_size is not None and (_outside(self._predicted_box(track), frame_size, 0.5)
                                              and not _outside(track.box, frame_size, 0.5)
                                              or _outside(self._predicted_box(track), frame_size, 1e-6)):

@@ -117,8 +117,9 @@ def test_tracks_leaving_the_frame_close_at_once_but_edge_faces_get_the_grace_per
     t.update(np.array([[300, 100, 80, 80]], np.float32), 3.0, size)  # a confirmed track lost mid-frame
     t.update(np.array([[300, 100, 80, 80]], np.float32), 3.2, size)
     assert t.update(np.zeros((0, 4), np.float32), 3.4, size).ended == []
-    t.update(np.array([[100, 100, 80, 80]], np.float32), 5.0, size)  # a tentative track that misses a frame
-    assert [e.track_id for e in t.update(np.zeros((0, 4), np.float32), 5.2, size).ended] == ["c:r:4"]
+    t.update(np.array([[100, 100, 80, 80]], np.float32), 5.0, size)  # a tentative track, not seen again
+    assert t.update(np.zeros((0, 4), np.float32), 5.2, size).ended == []
+    assert [e.track_id for e in t.update(np.zeros((0, 4), np.float32), 5.6, size).ended] == ["c:r:4"]
 
 
 def test_a_fast_walker_keeps_one_track_from_its_first_sighting():

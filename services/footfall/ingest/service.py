@@ -265,24 +265,24 @@ class CameraWorker:
                                      appearance=appearance_features(frame, dets.boxes))
         for i, track_id in enumerate(update.track_ids):
             track = self.tracker.get(track_id)
-            # A tentative track publishes nothing: it may be a glitch or a mix-up the next frame undoes.
-            if track is None or not track.confirmed or track.published >= self.s.max_crops_per_track:
+            if track is None or track.published >= self.s.max_crops_per_track:
                 continue
+            if not track.confirmed:
+                # A tentative track publishes nothing (it may be a glitch or a mix-up the next frame undoes);
+                # its first crop waits in memory and goes out with the confirmation.
+                if track.held is None:
+                    track.held = self._crop(frame, frame_ts, index, dets, i, track_id)
+                continue
+            if track.held is not None:
+                messages.append(track.held)
+                track.published, track.last_published, track.held = track.published + 1, track.held.ts, None
             if frame_ts - track.last_published < self.s.track_sample_interval_s:
                 continue
-            try:
-                crop = align_face(frame, dets.landmarks[i])
-            except (ValueError, cv2.error) as exc:
-                log.debug("face skipped: %s", exc, **ctx(camera=cid))
-                continue
-            ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.s.jpeg_quality])
-            if not ok:
-                continue
-            track.published += 1
-            track.last_published = frame_ts
-            x, y, w, h = (int(round(v)) for v in dets.boxes[i])
-            messages.append(FaceMessage(camera_id=cid, ts=frame_ts, frame=index, track_id=track_id, box=(x, y, w, h),
-                                        score=float(dets.scores[i]), jpeg=jpeg.tobytes()))
+            message = self._crop(frame, frame_ts, index, dets, i, track_id)
+            if message is not None:
+                messages.append(message)
+                track.published += 1
+                track.last_published = frame_ts
         faces = [m for m in messages if isinstance(m, FaceMessage)]
         messages += self._track_ends(update.ended)
         if messages and self._publish(messages):
@@ -296,6 +296,20 @@ class CameraWorker:
         INGEST_LATENCY.observe(time.perf_counter() - t0)
         self._set_state("live")
         return faces
+
+    def _crop(self, frame: np.ndarray, frame_ts: float, index: int, dets, i: int, track_id: str) -> FaceMessage | None:
+        """The aligned crop of detection ``i`` as a face message (None when it cannot be aligned or encoded)."""
+        try:
+            crop = align_face(frame, dets.landmarks[i])
+        except (ValueError, cv2.error) as exc:
+            log.debug("face skipped: %s", exc, **ctx(camera=self.cam.camera_id))
+            return None
+        ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.s.jpeg_quality])
+        if not ok:
+            return None
+        x, y, w, h = (int(round(v)) for v in dets.boxes[i])
+        return FaceMessage(camera_id=self.cam.camera_id, ts=frame_ts, frame=index, track_id=track_id,
+                           box=(x, y, w, h), score=float(dets.scores[i]), jpeg=jpeg.tobytes())
 
     def _scene_cut(self, frame: np.ndarray) -> bool | None:
         """True at a cut, None for a single frame unlike the ones before (a flash: not a cut, since the
