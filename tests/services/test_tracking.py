@@ -173,3 +173,22 @@ def test_generated_scene_through_the_real_detector(name, shared_data, models_dir
     for end in counted:
         identity = run.track_identities[end.track_id].most_common(1)[0][0]
         assert abs(end.dwell - truth[identity]) <= frames_off / settings.max_fps + 1e-6, (end, truth[identity])
+
+
+def test_a_flash_is_skipped_but_a_cut_closes_the_tracks():
+    """One frame unlike its neighbours (a flash) is not a scene cut; a change that lasts is (decided on its
+    second frame). Before, a flash closed every track and split each visitor in view in two."""
+    import threading
+
+    import cv2
+
+    from footfall.config import IngestSettings
+    from footfall.demo import shop_background
+    from footfall.ingest.service import CameraSource, CameraWorker
+
+    worker = CameraWorker(CameraSource("door", "/x.mp4"), IngestSettings(), detector=None, publisher=None,
+                          stop=threading.Event())
+    shop, other = shop_background((320, 180), seed=1), shop_background((320, 180), seed=2)
+    flash = cv2.convertScaleAbs(shop, alpha=1.8, beta=20)
+    assert [worker._scene_cut(f) for f in (shop, shop, flash, shop, other, other, other)] == \
+        [False, False, None, False, None, True, False]
