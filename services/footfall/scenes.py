@@ -8,9 +8,8 @@ on demand (``SceneRenderer.frame``), never written to disk; each comes with the 
 box of every visitor a detector can see (at least ``VISIBLE`` of the face in view).
 
 ``SCENES`` is the benchmark's set (``benchmarks/tracking.py``) and the tests' source. Each
-scene's counting line (normalized ``x1, y1, x2, y2``, "in" on the right of the direction
-p1 -> p2 ... see ``footfall.counting``) is the vertical line through the middle of the frame;
-a visitor's truth says whether they entered (left to right), exited or passed by.
+scene's counting line (``footfall.counting``) runs upwards through the middle of the frame, so
+walking left to right enters; a walker's ``kind`` says whether they entered, exited or passed by.
 
 Example:
     >>> import numpy as np

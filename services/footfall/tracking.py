@@ -11,8 +11,11 @@ child) between frames, so nearness alone mixes people up. ``Tracker`` follows SO
   and size) plus a cheap appearance cue: the hue/saturation histogram of the face box (held in
   memory with the track, never stored); a pair outside the gate (too far, another size, or
   another look) is never matched, so no crop is ever attached to a track the gate rejects;
-- confirmation: a track is tentative until matched ``n_init`` times; a tentative track that
-  misses a frame is dropped, and the ingest publishes crops of confirmed tracks only;
+- confirmation: a track is tentative until matched ``n_init`` times; a tentative track not seen
+  again within ``tentative_max_age_s`` is dropped, and the ingest publishes crops of confirmed
+  tracks only (the first crop waits in memory for the confirmation);
+- recovery (OC-SORT's observation-centric idea): a confirmed track the motion gate lost is looked
+  for near where it was last seen (a visitor who stopped, set off or turned back);
 - a confirmed track not matched for ``max_age_s`` is closed and reported once in
   ``TrackUpdate.ended``; one whose predicted box has left the frame (the visitor walked out)
   is closed at once, so its visitor is counted without waiting out ``max_age_s``.
