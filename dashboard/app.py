@@ -23,7 +23,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from footfall.config import DashboardSettings  # noqa: E402
 from footfall.dashboard_launcher import check_login, is_valid_hash  # noqa: E402
-from footfall_dash import charts, data, views  # noqa: E402
+from footfall_dash import charts, data, flow, views  # noqa: E402
 from footfall_dash.privacy import POLICY  # noqa: E402
 
 LOG = logging.getLogger("footfall.dashboard")
@@ -289,6 +289,7 @@ def render_views(shown: dict[str, views.View], settings: DashboardSettings, prin
         note(shown["race"], k)
     st.markdown("### Camera comparison")
     st.dataframe(charts.frame_for_table(shown["cameras"].table), hide_index=True, key="table_cameras")
+    flow.render(st, shown, k, lambda fig, key: chart(fig, printable, key), lambda view: note(view, k))
 
 
 def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str],
@@ -322,6 +323,7 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
     current, previous_range = data.comparison_ranges(rng, now)
     previous = cached_previous(url, previous_range.start, previous_range.end, tuple(selection), tz, tick)
     shown = build_views(settings, counts, rng, current, previous, selection, groups)
+    shown.update(flow.flow_views(engine, rng, selection, tz, shown["footfall"].resolution, max(1, settings.k_anonymity)))
     k = max(1, settings.k_anonymity)
     export = views.export_frame(list(shown.values()), k)
     st.session_state[EXPORT_KEY] = export

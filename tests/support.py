@@ -18,6 +18,7 @@ import os
 import secrets
 import socket
 import threading
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,7 @@ def import_file(path: Path) -> ModuleType:
     """The Python file at ``path`` imported as a module named after its stem."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

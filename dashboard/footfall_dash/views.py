@@ -33,7 +33,8 @@ from .privacy import is_small, shown, suppress, suppressed_label
 # Export column names of the dimensions, in the order they appear in the CSV.
 EXPORT_DIMENSIONS = {"period": "period", "camera_id": "camera", "site": "site", "gender": "gender",
                      "age_band": "age_band", "emotion": "emotion", "valence": "valence", "race": "race",
-                     "weekday": "weekday", "hour": "hour", "metric": "metric"}
+                     "weekday": "weekday", "hour": "hour", "metric": "metric",
+                     "movement": "movement", "zone": "zone", "dwell_band": "dwell_band"}  # the flow views
 
 
 @dataclass

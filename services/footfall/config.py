@@ -18,7 +18,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The source checkout (services/footfall/config.py -> repo root); used for defaults only.
@@ -63,9 +63,18 @@ class IngestSettings(CommonSettings):
     detection_threshold: float = Field(0.75, description="YuNet score threshold.")
     min_face_px: int = Field(24, description="Faces smaller than this (shorter box side, pixels) are ignored.")
     track_max_age_s: float = Field(1.5, description="A track not matched for this long is closed.")
-    track_iou: float = Field(0.3, description="IoU needed to continue a track.")
+    track_confirm_hits: int = Field(2, ge=1, description="Detections that confirm a track; a tentative track "
+                                    "publishes nothing (a detector glitch or a mix-up is never counted).")
+    track_max_speed: float = Field(15.0, gt=0, description="Fastest plausible walker, face widths per second (a "
+                                   "child's face crossing at 630 px/s is ~14): where a new track may be found next.")
     scene_cut_threshold: float = Field(0.35, description="Colour-histogram (Bhattacharyya) distance between processed "
                                        "frames taken as a cut or a moved camera: all tracks close (0: off).")
+    count_lines: str = Field("", description="Counting line per camera, `camera=x1,y1,x2,y2;...` (normalized 0..1): "
+                             "crossing it from its left to its right, seen walking from (x1,y1) to (x2,y2), is an "
+                             "entry, the other way an exit, neither a passer-by (e.g. `door=0.5,1,0.5,0`: left to "
+                             "right enters).")
+    count_zones: str = Field("", description="Polygon zones, `camera/zone=x1,y1,x2,y2,x3,y3,...;...` (normalized "
+                             "0..1): visitors and dwell per zone.")
     track_sample_interval_s: float = Field(0.4, description="At most one crop per track per this many seconds.")
     max_crops_per_track: int = Field(20, description="Crops published per track at most (enough to fold a visitor).")
     stream_maxlen: int = Field(5000, description="Approximate cap of each crop stream (shard): Redis memory stays flat.")
@@ -83,6 +92,23 @@ class IngestSettings(CommonSettings):
                                     "`footfall-local --exit-when-done` uses 60 unless set.")
     loop: bool = Field(False, description="Restart file sources at their end instead of finishing (demo).")
     realtime: bool = Field(True, description="Read file sources at their native frame rate.")
+
+
+    @field_validator("count_lines")
+    @classmethod
+    def _valid_lines(cls, value: str) -> str:
+        from footfall.counting import parse_count_lines
+
+        parse_count_lines(value)
+        return value
+
+    @field_validator("count_zones")
+    @classmethod
+    def _valid_zones(cls, value: str) -> str:
+        from footfall.counting import parse_count_zones
+
+        parse_count_zones(value)
+        return value
 
 
 class GrpcTlsSettings(CommonSettings):

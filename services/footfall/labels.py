@@ -33,13 +33,37 @@ VALENCE = {
 }
 
 
+# Dwell bands stored by the aggregator (first to last seen of a visitor), seconds, as AGE_BANDS.
+DWELL_BANDS = (
+    ("<10s", 0, 10),
+    ("10-30s", 10, 30),
+    ("30s-1m", 30, 60),
+    ("1-5m", 60, 300),
+    ("5-15m", 300, 900),
+    ("15m+", 900, float("inf")),
+)
+
+
+def _band(value: float, bands: tuple) -> str:
+    for label, low, high in bands:
+        if low <= value < high:
+            return label
+    return bands[0][0] if value < bands[0][1] else bands[-1][0]
+
+
 def age_band(age_years: float) -> str:
     """Band label for an age in years.
 
     >>> age_band(24.9), age_band(25.0), age_band(80)
     ('18-24', '25-34', '65+')
     """
-    for label, low, high in AGE_BANDS:
-        if low <= age_years < high:
-            return label
-    return AGE_BANDS[0][0] if age_years < 0 else AGE_BANDS[-1][0]
+    return _band(age_years, AGE_BANDS)
+
+
+def dwell_band(seconds: float) -> str:
+    """Band label for a dwell time in seconds.
+
+    >>> dwell_band(42.0), dwell_band(3600)
+    ('30s-1m', '15m+')
+    """
+    return _band(seconds, DWELL_BANDS)

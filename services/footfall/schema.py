@@ -5,7 +5,9 @@ group. Two kinds of entries:
 
 - ``face``: one aligned face crop (JPEG bytes) with camera id, frame timestamp, track id,
   box and detection score;
-- ``track_end``: the tracker closed a track; its visitor can be finalized.
+- ``track_end``: the tracker closed a track; its visitor can be finalized. It carries the
+  visitor's dwell (first to last seen), how they crossed the camera's counting line (entry,
+  exit, passer-by) and the zones they were in, with the time in each (``footfall.counting``).
 
 Entries that cannot be decoded go to the dead-letter stream with the reason.
 
@@ -36,6 +38,8 @@ MAX_TRACK_ID = 96
 # Frame times a time bucket can hold: from the epoch to 2100-01-01 (an entry outside is not a frame time).
 MAX_TS = 4102444800.0
 MAX_BOX_TEXT = 100  # '[x, y, w, h]' is ~20 characters; longer text is not a box (and json recursion is bounded)
+CROSSINGS = ("entry", "exit", "passer-by")  # how a track crossed its camera's counting line (footfall.counting)
+MAX_ZONE_NAME = 32
 
 
 class MalformedMessage(ValueError):
@@ -203,10 +207,14 @@ class TrackEnd:
     ts: float  # time the track was last seen
     track_id: str
     faces: int  # crops published for this track
+    dwell: float = 0.0  # seconds from first to last seen
+    crossing: str = ""  # entry / exit / passer-by on the camera's counting line; "" without a line
+    zones: tuple[tuple[str, float], ...] = ()  # (zone, seconds in it) of the camera's zones the visitor was in
 
     def encode(self) -> dict[str, str]:
         return {"v": SCHEMA_VERSION, "kind": KIND_TRACK_END, "camera": self.camera_id, "ts": _num(self.ts),
-                "track": self.track_id, "faces": str(self.faces)}
+                "track": self.track_id, "faces": str(self.faces), "dwell": _num(self.dwell),
+                "crossing": self.crossing, "zones": json.dumps(dict(self.zones))}
 
     @staticmethod
     def decode(fields: dict) -> TrackEnd:
@@ -214,7 +222,25 @@ class TrackEnd:
             raise MalformedMessage("not a track_end entry")
         camera, track = _text(fields, "camera"), _text(fields, "track")
         _ids(camera, track)
-        return TrackEnd(camera_id=camera, ts=_timestamp(fields), track_id=track, faces=_number(fields, "faces", int))
+        # dwell, crossing and zones came with issue 19: entries of earlier workers lack them
+        has = lambda name: name in fields or name.encode() in fields  # noqa: E731
+        dwell = _number(fields, "dwell") if has("dwell") else 0.0
+        if not 0.0 <= dwell < 1e7:
+            raise MalformedMessage(f"field 'dwell' out of range: {dwell}")
+        crossing = _text(fields, "crossing") if has("crossing") else ""
+        if crossing not in CROSSINGS + ("",):
+            raise MalformedMessage(f"field 'crossing' is not one of {CROSSINGS}: {crossing[:40]!r}")
+        zones: tuple = ()
+        if has("zones"):
+            try:
+                raw = json.loads(_text(fields, "zones"))
+                zones = tuple((str(k), float(v)) for k, v in raw.items())
+            except (ValueError, TypeError, AttributeError):
+                raise MalformedMessage("field 'zones' is not a JSON object of zone: seconds") from None
+            if any(not 0 < len(k) <= MAX_ZONE_NAME or not 0.0 <= v < 1e7 for k, v in zones):
+                raise MalformedMessage(f"field 'zones' has a name over {MAX_ZONE_NAME} characters or a bad time")
+        return TrackEnd(camera_id=camera, ts=_timestamp(fields), track_id=track, faces=_number(fields, "faces", int),
+                        dwell=dwell, crossing=crossing, zones=zones)
 
 
 def decode_entry(fields: dict) -> FaceMessage | TrackEnd:

@@ -132,8 +132,12 @@ def test_tracks_leaving_the_frame_close_at_once_but_edge_faces_get_the_grace_per
     t.update(np.array([[600, 100, 80, 80]], np.float32), 1.2, size)
     assert t.update(np.zeros((0, 4), np.float32), 1.4, size).ended == []  # one missed detection: keep it
     assert [e.track_id for e in t.update(np.zeros((0, 4), np.float32), 2.8, size).ended] == ["c:r:2"]
-    t.update(np.array([[300, 100, 80, 80]], np.float32), 3.0, size)  # lost mid-frame
-    assert t.update(np.zeros((0, 4), np.float32), 3.2, size).ended == []
+    t.update(np.array([[300, 100, 80, 80]], np.float32), 3.0, size)  # a confirmed track lost mid-frame
+    t.update(np.array([[300, 100, 80, 80]], np.float32), 3.2, size)
+    assert t.update(np.zeros((0, 4), np.float32), 3.4, size).ended == []
+    t.update(np.array([[100, 100, 80, 80]], np.float32), 5.0, size)  # a tentative track, not seen again
+    assert t.update(np.zeros((0, 4), np.float32), 5.2, size).ended == []
+    assert [e.track_id for e in t.update(np.zeros((0, 4), np.float32), 5.6, size).ended] == ["c:r:4"]
 
 
 def test_a_fast_walker_keeps_one_track_from_its_first_sighting():

@@ -25,6 +25,7 @@ from footfall.db.models import NOT_RECORDED
 from footfall.db.records import VisitorRecord, bucket_start
 from footfall.labels import EMOTIONS, GENDERS, RACES, age_band
 from footfall.predictions import Predictions
+from footfall.schema import TrackEnd
 
 
 @dataclass
@@ -38,6 +39,7 @@ class OpenVisitor:
     race_sum: np.ndarray = field(default_factory=lambda: np.zeros(len(RACES)))
     emotion_sum: np.ndarray = field(default_factory=lambda: np.zeros(len(EMOTIONS)))
     ended: bool = False
+    end: TrackEnd | None = None  # the track_end entry (dwell, crossing, zones)
     last_update: float = 0.0  # monotonic time of the last entry (idle detection)
     _seen: set[str] = field(default_factory=set)
 
@@ -54,8 +56,9 @@ class OpenVisitor:
             self.race_sum += preds.race[i]
             self.emotion_sum += preds.emotion[i]
 
-    def add_end(self, entry_id: str) -> None:
+    def add_end(self, entry_id: str, end: TrackEnd | None = None) -> None:
         self.ended = True
+        self.end = end or self.end
         if entry_id not in self._seen:
             self._seen.add(entry_id)
             self.entry_ids.append(entry_id)
@@ -75,4 +78,7 @@ class OpenVisitor:
             age_band=age_band(age), gender=GENDERS[int(self.gender_sum / n >= 0.5)],
             race=RACES[int(np.argmax(self.race_sum))] if enable_race else NOT_RECORDED,
             emotion=EMOTIONS[int(np.argmax(self.emotion_sum))] if enable_emotion else NOT_RECORDED,
+            dwell_s=self.end.dwell if self.end else max(self.timestamps) - min(self.timestamps),
+            crossing=self.end.crossing if self.end else "", zones=self.end.zones if self.end else (),
+            end_bucket_start=bucket_start(max(self.end.ts if self.end else 0.0, max(self.timestamps)), bucket_s),
         )

@@ -377,7 +377,7 @@ class Aggregator:
             if shard not in self.owned:  # lost while this round ran: the next holder folds it
                 continue
             visitor = self._visitor(shard, end.camera_id, end.track_id, last_update=now)
-            visitor.add_end(entry_id)
+            visitor.add_end(entry_id, end)
             self.camera_stream_ts[end.camera_id] = max(self.camera_stream_ts.get(end.camera_id, 0.0), end.ts)
 
     def _visitor(self, shard: int, camera_id: str, track_id: str, last_update: float = 0.0) -> OpenVisitor:

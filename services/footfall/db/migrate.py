@@ -5,7 +5,7 @@ Example:
     >>> url = f"sqlite:///{tempfile.mkdtemp()}/f.db"
     >>> upgrade(url)
     >>> sorted(sa.inspect(sa.create_engine(url)).get_table_names())
-    ['alembic_version', 'camera_health', 'counted_tracks', 'visitor_counts']
+    ['alembic_version', 'camera_health', 'counted_tracks', 'dwell_counts', 'flow_counts', 'visitor_counts']
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ Tables:
 - ``counted_tracks``: opaque ids of the tracks already counted, so a message processed twice
   is never counted twice (idempotent writes). No attributes.
 - ``camera_health``: the ingest workers' last reported state per camera (operator view).
+- ``flow_counts``: per camera, time bucket and zone (``""``: the whole camera view) the visitors
+  counted, and of them those who entered, left or passed by the camera's counting line (an
+  exit is counted in the bucket of the visitor's last sighting, the rest in that of the first).
+  Occupancy over time is the running sum of entries minus exits.
+- ``dwell_counts``: visitors per camera, time bucket, zone and dwell band (``footfall.counting``).
 
 The schema is created and upgraded by Alembic migrations (``footfall-migrate``); these models
 are its one definition (a test compares them with a migrated database, index included), and the
@@ -65,3 +70,25 @@ class CameraHealth(Base):
     faces_per_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     stream_lag: Mapped[int] = mapped_column(Integer, nullable=False, default=0, doc="entries not yet counted")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)
+
+
+class FlowCount(Base):
+    __tablename__ = "flow_counts"
+
+    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
+    zone: Mapped[str] = mapped_column(String(32), primary_key=True, doc='"" for the whole camera view')
+    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    entries: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    exits: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    passers_by: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class DwellCount(Base):
+    __tablename__ = "dwell_counts"
+
+    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
+    zone: Mapped[str] = mapped_column(String(32), primary_key=True, doc='"" for the whole camera view')
+    dwell_band: Mapped[str] = mapped_column(String(8), primary_key=True)
+    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

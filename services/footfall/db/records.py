@@ -28,6 +28,11 @@ class VisitorRecord:
     gender: str
     race: str
     emotion: str
+    # Footfall meaning, from the track_end entry (without one: dwell from the crops, no crossing or zones).
+    dwell_s: float = 0.0
+    crossing: str = ""  # entry / exit / passer-by, or "" when the camera has no counting line
+    zones: tuple[tuple[str, float], ...] = ()  # (zone, seconds in it)
+    end_bucket_start: datetime | None = None  # bucket of the last sighting (where an exit is counted)
 
 
 def bucket_start(ts: float, bucket_s: int) -> datetime:

@@ -1,7 +1,8 @@
 """Writing aggregates: idempotent visitor counting and camera health, SQLite or PostgreSQL.
 
-``count_visitors`` adds each visitor to ``visitor_counts`` in the same transaction that
-records its track id in ``counted_tracks``; a track already recorded is skipped, so a
+``count_visitors`` adds each visitor to ``visitor_counts`` (and its entry / exit / passing-by,
+dwell and zones to ``flow_counts`` and ``dwell_counts``) in the same transaction that records
+its track id in ``counted_tracks``; a track already recorded is skipped, so a
 message processed twice (redelivery after a crash) is never counted twice.
 
 Example:
@@ -24,8 +25,10 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from footfall.db.models import CameraHealth, CountedTrack, VisitorCount
+from footfall.counting import ENTRY, EXIT, PASSER_BY
+from footfall.db.models import CameraHealth, CountedTrack, DwellCount, FlowCount, VisitorCount
 from footfall.db.records import VisitorRecord
+from footfall.labels import dwell_band
 
 
 def make_engine(url: str) -> Engine:
@@ -46,9 +49,9 @@ def _utcnow() -> datetime:
 def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> list[VisitorRecord]:
     """Count the visitors not counted before, in one transaction; returns those newly counted.
 
-    Two statements whatever the number of visitors: one multi-row insert of the track ids that
-    returns those not recorded before, and one multi-row upsert of their cells (summed here first:
-    a statement may update a row only once).
+    Four statements whatever the number of visitors: one multi-row insert of the track ids that
+    returns those not recorded before, then one multi-row upsert each of their visitor, flow and
+    dwell cells (summed here first: a statement may update a row only once).
     """
     visitors = list({v.track_id: v for v in visitors}.values())
     if not visitors:
@@ -61,20 +64,48 @@ def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> list[Vi
                                           "bucket_start": v.bucket_start, "counted_at": now} for v in visitors])
             .on_conflict_do_nothing(index_elements=["track_id"]).returning(CountedTrack.track_id)).scalars())
         new = [v for v in visitors if v.track_id in claimed]  # the others were counted before
-        cells: dict[tuple, list] = {}
+        visits: dict[tuple, dict] = {}
+        flow: dict[tuple, dict] = {}
+        dwell: dict[tuple, dict] = {}
         for v in new:
-            cell = cells.setdefault((v.camera_id, v.bucket_start, v.age_band, v.gender, v.race, v.emotion), [0, 0.0])
-            cell[0] += 1
-            cell[1] += v.age
-        if cells:
-            stmt = insert(VisitorCount).values([
-                {"camera_id": k[0], "bucket_start": k[1], "age_band": k[2], "gender": k[3], "race": k[4],
-                 "emotion": k[5], "visitors": n, "age_sum": age_sum} for k, (n, age_sum) in cells.items()])
-            session.execute(stmt.on_conflict_do_update(
-                index_elements=["camera_id", "bucket_start", "age_band", "gender", "race", "emotion"],
-                set_={"visitors": VisitorCount.visitors + stmt.excluded.visitors,
-                      "age_sum": VisitorCount.age_sum + stmt.excluded.age_sum}))
+            _sum(visits, (v.camera_id, v.bucket_start, v.age_band, v.gender, v.race, v.emotion),
+                 visitors=1, age_sum=v.age)
+            _count_flow(flow, dwell, v)
+        _upsert_sums(session, insert, VisitorCount,
+                     ("camera_id", "bucket_start", "age_band", "gender", "race", "emotion"), visits)
+        _upsert_sums(session, insert, FlowCount, ("camera_id", "bucket_start", "zone"), flow)
+        _upsert_sums(session, insert, DwellCount, ("camera_id", "bucket_start", "zone", "dwell_band"), dwell)
     return new
+
+
+def _sum(cells: dict[tuple, dict], key: tuple, **counts) -> None:
+    """Add ``counts`` to the cell at ``key`` (summed here: one statement may update a row only once)."""
+    cell = cells.setdefault(key, dict.fromkeys(counts, 0))
+    for name, n in counts.items():
+        cell[name] += n
+
+
+def _upsert_sums(session: Session, insert, model, keys: tuple[str, ...], cells: dict[tuple, dict]) -> None:
+    """One multi-row upsert adding each cell's counts to the row of ``model`` at its key."""
+    if not cells:
+        return
+    names = list(next(iter(cells.values())))
+    stmt = insert(model).values([{**dict(zip(keys, key)), **counts} for key, counts in cells.items()])
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={n: getattr(model, n) + getattr(stmt.excluded, n) for n in names}))
+
+
+def _count_flow(flow: dict[tuple, dict], dwell: dict[tuple, dict], v: VisitorRecord) -> None:
+    """The visitor's entry / exit / passing-by, dwell band and zones (flow_counts, dwell_counts)."""
+    zero = {"visitors": 0, "entries": 0, "exits": 0, "passers_by": 0}
+    _sum(flow, (v.camera_id, v.bucket_start, ""),
+         **{**zero, "visitors": 1, "entries": int(v.crossing == ENTRY), "passers_by": int(v.crossing == PASSER_BY)})
+    if v.crossing == EXIT:  # counted when the visitor left: occupancy drops then
+        _sum(flow, (v.camera_id, v.end_bucket_start or v.bucket_start, ""), **{**zero, "exits": 1})
+    _sum(dwell, (v.camera_id, v.bucket_start, "", dwell_band(v.dwell_s)), visitors=1)
+    for zone, seconds in v.zones:
+        _sum(flow, (v.camera_id, v.bucket_start, zone), **{**zero, "visitors": 1})
+        _sum(dwell, (v.camera_id, v.bucket_start, zone, dwell_band(seconds)), visitors=1)
 
 
 def upsert_camera_health(engine: Engine, rows: list[dict]) -> None:

@@ -29,11 +29,12 @@ import numpy as np
 import redis
 
 from footfall.config import IngestSettings
+from footfall.counting import parse_count_lines, parse_count_zones
 from footfall.observability import (CAMERA_RECONNECTS, CAMERA_UP, FACES_PUBLISHED, FRAMES_DROPPED, FRAMES_PROCESSED,
                                     FRAMES_READ, INGEST_LATENCY, RateMeter, ctx, redact_url, redis_reachable,
                                     run_service)
 from footfall.schema import MAX_CAMERA_ID, CameraState, FaceMessage, StreamKeys, TrackEnd
-from footfall.tracking import Track, Tracker
+from footfall.tracking import Track, Tracker, appearance_features
 from footfall.vision import FaceDetector, align_face, ensure_yunet
 
 log = logging.getLogger("footfall.ingest")
@@ -190,15 +191,19 @@ class CameraWorker:
     def __init__(self, cam: CameraSource, settings: IngestSettings, detector: FaceDetector, publisher: Publisher,
                  stop: threading.Event) -> None:
         self.cam, self.s, self.detector, self.publisher, self.stop = cam, settings, detector, publisher, stop
-        self.tracker = Tracker(prefix=f"{cam.camera_id}:{secrets.token_hex(4)}", iou_threshold=settings.track_iou,
-                               max_age_s=settings.track_max_age_s)
+        self.tracker = Tracker(prefix=f"{cam.camera_id}:{secrets.token_hex(4)}", max_age_s=settings.track_max_age_s,
+                               max_speed=settings.track_max_speed, n_init=settings.track_confirm_hits)
+        self.line = parse_count_lines(settings.count_lines).get(cam.camera_id)
+        self.zones = parse_count_zones(settings.count_zones).get(cam.camera_id, [])
+        self.frame_size = (1, 1)  # (w, h) of the last frame: tracks' paths are normalized by it
         self.state = "connecting"
         self.last_frame_ts = 0.0
         self.frames_meter, self.faces_meter = RateMeter(), RateMeter()
         self._last_state_push = 0.0
         self.frames_processed = 0
         self.faces_published = 0
-        self._thumb: np.ndarray | None = None
+        self._thumb: np.ndarray | None = None  # colour histogram of the last frame of the current scene
+        self._changed = False  # the previous frame differed from it (a flash or the first frame after a cut)
 
     # -- state -----------------------------------------------------------------------------
     def _set_state(self, state: str, force: bool = False) -> None:
@@ -340,30 +345,38 @@ class CameraWorker:
         t0 = time.perf_counter()
         cid = self.cam.camera_id
         messages: list = []
-        if self._scene_cut(frame):
+        cut = self._scene_cut(frame)
+        if cut is None:
+            # One frame unlike the last (a flash, a camera's exposure jump): skipped, tracks coast through it.
+            FRAMES_DROPPED.labels(camera=cid, reason="flash").inc()
+            return []
+        if cut:
             # An edited clip's cut or a moved camera: nobody in view can be the same track.
             messages += self._track_ends(self.tracker.close_all())
+        self.frame_size = (frame.shape[1], frame.shape[0])
         dets = self.detector.detect(frame)
-        update = self.tracker.update(dets.boxes, frame_ts, frame_size=(frame.shape[1], frame.shape[0]))
+        update = self.tracker.update(dets.boxes, frame_ts, frame_size=(frame.shape[1], frame.shape[0]),
+                                     appearance=appearance_features(frame, dets.boxes))
         for i, track_id in enumerate(update.track_ids):
             track = self.tracker.get(track_id)
             if track is None or track.published >= self.s.max_crops_per_track:
                 continue
+            if not track.confirmed:
+                # A tentative track publishes nothing (it may be a glitch or a mix-up the next frame undoes);
+                # its first crop waits in memory and goes out with the confirmation.
+                if track.held is None:
+                    track.held = self._crop(frame, frame_ts, index, dets, i, track_id)
+                continue
+            if track.held is not None:
+                messages.append(track.held)
+                track.published, track.last_published, track.held = track.published + 1, track.held.ts, None
             if frame_ts - track.last_published < self.s.track_sample_interval_s:
                 continue
-            try:
-                crop = align_face(frame, dets.landmarks[i])
-            except (ValueError, cv2.error) as exc:
-                log.debug("face skipped: %s", exc, **ctx(camera=cid))
-                continue
-            ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.s.jpeg_quality])
-            if not ok:
-                continue
-            track.published += 1
-            track.last_published = frame_ts
-            x, y, w, h = (int(round(v)) for v in dets.boxes[i])
-            messages.append(FaceMessage(camera_id=cid, ts=frame_ts, frame=index, track_id=track_id, box=(x, y, w, h),
-                                        score=float(dets.scores[i]), jpeg=jpeg.tobytes()))
+            message = self._crop(frame, frame_ts, index, dets, i, track_id)
+            if message is not None:
+                messages.append(message)
+                track.published += 1
+                track.last_published = frame_ts
         faces = [m for m in messages if isinstance(m, FaceMessage)]
         messages += self._track_ends(update.ended)
         if messages and self._publish(messages):
@@ -378,7 +391,23 @@ class CameraWorker:
         self._set_state("live")
         return faces
 
-    def _scene_cut(self, frame: np.ndarray) -> bool:
+    def _crop(self, frame: np.ndarray, frame_ts: float, index: int, dets, i: int, track_id: str) -> FaceMessage | None:
+        """The aligned crop of detection ``i`` as a face message (None when it cannot be aligned or encoded)."""
+        try:
+            crop = align_face(frame, dets.landmarks[i])
+        except (ValueError, cv2.error) as exc:
+            log.debug("face skipped: %s", exc, **ctx(camera=self.cam.camera_id))
+            return None
+        ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.s.jpeg_quality])
+        if not ok:
+            return None
+        x, y, w, h = (int(round(v)) for v in dets.boxes[i])
+        return FaceMessage(camera_id=self.cam.camera_id, ts=frame_ts, frame=index, track_id=track_id,
+                           box=(x, y, w, h), score=float(dets.scores[i]), jpeg=jpeg.tobytes())
+
+    def _scene_cut(self, frame: np.ndarray) -> bool | None:
+        """True at a cut, None for a single frame unlike the ones before (a flash: not a cut, since the
+        next frame looks like the earlier ones again; decided one frame late), False otherwise."""
         if not self.s.scene_cut_threshold:
             return False
         # Hue/saturation histogram of a thumbnail: moving people barely change it, a cut does
@@ -386,12 +415,27 @@ class CameraWorker:
         hsv = cv2.cvtColor(cv2.resize(frame, (64, 36), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2HSV)
         hist = cv2.calcHist([hsv], [0, 1], None, [16, 8], [0, 180, 0, 256])
         cv2.normalize(hist, hist, 1, 0, cv2.NORM_L1)
-        previous, self._thumb = self._thumb, hist
-        return previous is not None and cv2.compareHist(previous, hist, cv2.HISTCMP_BHATTACHARYYA) > \
-            self.s.scene_cut_threshold
+        if self._thumb is None or cv2.compareHist(self._thumb, hist, cv2.HISTCMP_BHATTACHARYYA) <= \
+                self.s.scene_cut_threshold:
+            self._thumb, self._changed = hist, False
+            return False
+        if not self._changed:
+            self._changed = True  # the reference stays: the next frame tells a flash from a cut
+            return None
+        self._thumb, self._changed = hist, False  # changed twice in a row: the new scene holds
+        return True
 
     def _track_ends(self, tracks: list[Track]) -> list[TrackEnd]:
-        return [TrackEnd(self.cam.camera_id, t.last_seen, t.track_id, t.published) for t in tracks if t.published]
+        return [self._track_end(t) for t in tracks if t.published]
+
+    def _track_end(self, track: Track) -> TrackEnd:
+        """The closed track with its footfall meaning: dwell, line crossing, zones (footfall.counting)."""
+        w, h = self.frame_size
+        path = [(t, x / w, y / h) for t, x, y in track.centres]
+        zones = tuple((z.name, round(d, 3)) for z in self.zones if (d := z.dwell(path)) is not None)
+        return TrackEnd(self.cam.camera_id, track.last_seen, track.track_id, track.published,
+                        dwell=round(track.dwell_s, 3), crossing=self.line.crossing(path) if self.line else "",
+                        zones=zones)
 
     def _end_tracks(self, tracks: list[Track]) -> None:
         ends = self._track_ends(tracks)
@@ -408,6 +452,11 @@ class IngestWorker:
         self.cameras = [replace(cam, timeout_s=settings.camera_timeout_s) for cam in parse_cameras(settings.cameras)]
         if not self.cameras:
             raise ValueError("no cameras configured: set FOOTFALL_CAMERAS, e.g. door=rtsp://host/stream")
+        known = {c.camera_id for c in self.cameras}
+        unknown = sorted((set(parse_count_lines(settings.count_lines)) | set(parse_count_zones(settings.count_zones)))
+                         - known)
+        if unknown:
+            raise ValueError(f"counting lines or zones for cameras not in FOOTFALL_CAMERAS: {unknown}")
         model = ensure_yunet(settings.models_dir)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
                                           health_check_interval=10, retry_on_timeout=True)

@@ -1,0 +1,175 @@
+"""Footfall flow views: entries vs exits, occupancy over the day, dwell distribution, per zone.
+
+Read from ``flow_counts`` and ``dwell_counts`` (written by the aggregator from the ingest's
+counting lines and zones, see ``footfall.counting``). Every figure follows the k-anonymity policy
+of ``privacy``: a count of 1 to k-1 visitors reads ``<k``, with complementary suppression within
+each series; occupancy (people inside: entries minus exits since the start of the day, per hour) is
+hidden while 1 to k-1 people are inside. The views join the CSV export like every other view.
+Cameras without a counting line record no entries or exits; without zones, no zone rows: the
+section only shows what the database holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import plotly.graph_objects as go
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from footfall.db.models import DwellCount, FlowCount
+from footfall.labels import DWELL_BANDS
+
+from . import data
+from .privacy import is_small, shown, suppress
+from .views import View
+
+_FLOW = FlowCount.__table__
+_DWELL = DwellCount.__table__
+MOVEMENTS = {"entries": "entries", "exits": "exits", "passers_by": "passers-by"}
+MOVEMENT_COLORS = {"entries": "#2e7d32", "exits": "#c62828", "passers-by": "#9e9e9e"}
+WHOLE_VIEW = ""  # the zone of a camera's whole view (its counting line)
+
+
+def _load(engine: Engine, table: sa.Table, columns: list[str], rng: data.TimeRange, cameras: list[str] | None,
+          tz: str) -> pd.DataFrame:
+    dims = [table.c.camera_id, table.c.bucket_start, table.c.zone] + \
+        ([table.c.dwell_band] if "dwell_band" in table.c else [])
+    statement = (sa.select(*dims, *[sa.func.sum(table.c[c]) for c in columns])
+                 .where(table.c.bucket_start >= data.to_utc(rng.start, tz), table.c.bucket_start < data.to_utc(rng.end, tz))
+                 .group_by(*dims))
+    if cameras is not None:
+        statement = statement.where(table.c.camera_id.in_(list(cameras)))
+    frame = pd.DataFrame([tuple(r) for r in data._query(engine, statement)], columns=[d.name for d in dims] + columns)
+    for column in columns:
+        frame[column] = frame[column].astype("int64")
+    frame.insert(1, "time", data._to_local(frame.pop("bucket_start"), tz).astype("datetime64[us]"))
+    return frame
+
+
+def load_flow(engine: Engine, rng: data.TimeRange, cameras: list[str] | None = None, tz: str = "UTC") -> pd.DataFrame:
+    """Columns: camera_id, time (local bucket start), zone, visitors, entries, exits, passers_by."""
+    return _load(engine, _FLOW, ["visitors", "entries", "exits", "passers_by"], rng, cameras, tz)
+
+
+def load_dwell(engine: Engine, rng: data.TimeRange, cameras: list[str] | None = None, tz: str = "UTC") -> pd.DataFrame:
+    """Columns: camera_id, time (local bucket start), zone, dwell_band, visitors."""
+    return _load(engine, _DWELL, ["visitors"], rng, cameras, tz)
+
+
+def movement_view(flow: pd.DataFrame, rng: data.TimeRange, resolution: str, k: int) -> View:
+    """Entries, exits and passers-by per period (whole camera views, selected cameras summed)."""
+    whole = flow[flow["zone"] == WHOLE_VIEW].assign(period=lambda f: data.period_start(f["time"], resolution))
+    sums = whole.groupby("period")[list(MOVEMENTS)].sum().reindex(data.periods(rng, resolution), fill_value=0)
+    sums.index.name = "period"
+    long = sums.rename(columns=MOVEMENTS).reset_index().melt(id_vars="period", var_name="movement",
+                                                             value_name="visitors")
+    return View("entries_exits", "Entries and exits", suppress(long, k, within="movement"), ("period", "movement"),
+                resolution)
+
+
+def occupancy_view(flow: pd.DataFrame, rng: data.TimeRange, k: int) -> View:
+    """People inside at the end of each hour: entries minus exits since the start of that day (never below 0)."""
+    whole = flow[flow["zone"] == WHOLE_VIEW].assign(period=lambda f: data.period_start(f["time"], "hour"))
+    net = (whole["entries"] - whole["exits"]).groupby(whole["period"]).sum()
+    net = net.reindex(data.periods(rng, "hour"), fill_value=0)
+    inside = net.groupby(net.index.normalize()).cumsum().clip(lower=0)
+    table = pd.DataFrame({"period": inside.index, "visitors": inside.to_numpy(dtype=float)})
+    hidden = is_small(table["visitors"].to_numpy(), k)
+    table["visitors"] = table["visitors"].where(~hidden)
+    table["suppressed"] = hidden
+    return View("occupancy", "Occupancy over the day", table, ("period",), "hour")
+
+
+def dwell_view(dwell: pd.DataFrame, k: int, zone: str = WHOLE_VIEW) -> View:
+    """Visitors per dwell band (first to last seen), in the bands' order."""
+    part = dwell[dwell["zone"] == zone].groupby("dwell_band")["visitors"].sum()
+    bands = [label for label, _, _ in DWELL_BANDS]
+    table = pd.DataFrame({"dwell_band": bands, "visitors": part.reindex(bands, fill_value=0).to_numpy()})
+    return View("dwell", "Dwell time", suppress(table, k), ("dwell_band",))
+
+
+def zone_view(flow: pd.DataFrame, dwell: pd.DataFrame, k: int) -> View:
+    """Visitors per zone and dwell band (zones of the selected cameras)."""
+    zones = sorted(set(flow.loc[flow["zone"] != WHOLE_VIEW, "zone"]))
+    bands = [label for label, _, _ in DWELL_BANDS]
+    part = dwell[dwell["zone"].isin(zones)].groupby(["zone", "dwell_band"])["visitors"].sum()
+    index = pd.MultiIndex.from_product([zones, bands], names=["zone", "dwell_band"])
+    table = part.reindex(index, fill_value=0).reset_index()
+    return View("zones", "Zones: visitors by time spent", suppress(table, k, within="zone"), ("zone", "dwell_band"))
+
+
+def flow_views(engine: Engine, rng: data.TimeRange, cameras: list[str] | None, tz: str, resolution: str,
+               k: int) -> dict[str, View]:
+    """The flow views that have data in ``rng`` (none when the cameras record no flow)."""
+    flow, dwell = load_flow(engine, rng, cameras, tz), load_dwell(engine, rng, cameras, tz)
+    out: dict[str, View] = {}
+    if (flow[list(MOVEMENTS)].to_numpy().sum() if len(flow) else 0) > 0:
+        out["entries_exits"] = movement_view(flow, rng, resolution, k)
+        out["occupancy"] = occupancy_view(flow, rng, k)
+    if len(dwell):
+        out["dwell"] = dwell_view(dwell, k)
+    if (flow["zone"] != WHOLE_VIEW).any():
+        out["zones"] = zone_view(flow, dwell, k)
+    return out
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _style(fig: go.Figure, height: int) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def movement_figure(view: View, k: int) -> go.Figure:
+    fig = go.Figure()
+    for name, part in view.table.groupby("movement", sort=False):
+        text = [shown(v, s, k) for v, s in zip(part["visitors"], part["suppressed"], strict=True)]
+        fig.add_trace(go.Bar(x=part["period"], y=part["visitors"], name=name, customdata=text,
+                             marker_color=MOVEMENT_COLORS[name], hovertemplate=f"{name}: %{{customdata}}<extra></extra>"))
+    fig.update_layout(barmode="group", hovermode="x unified", yaxis=dict(title="visitors", rangemode="tozero"))
+    return _style(fig, 320)
+
+
+def occupancy_figure(view: View, k: int) -> go.Figure:
+    table = view.table
+    text = [shown(v, s, k) for v, s in zip(table["visitors"], table["suppressed"], strict=True)]
+    fig = go.Figure(go.Scatter(x=table["period"], y=table["visitors"], mode="lines", line_shape="hv",
+                               customdata=text, hovertemplate="%{x|%a %d %b %H:00}: %{customdata} inside<extra></extra>",
+                               line=dict(color="#1565c0")))
+    fig.update_layout(yaxis=dict(title="people inside", rangemode="tozero"))
+    return _style(fig, 300)
+
+
+def band_figure(view: View, k: int, column: str = "dwell_band") -> go.Figure:
+    fig = go.Figure()
+    groups = view.table.groupby("zone", sort=False) if "zone" in view.table else [("", view.table)]
+    for name, part in groups:
+        text = [shown(v, s, k) for v, s in zip(part["visitors"], part["suppressed"], strict=True)]
+        fig.add_trace(go.Bar(x=part[column], y=part["visitors"].fillna(0), name=name or "visitors", text=text,
+                             textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{text}<extra></extra>"))
+    fig.update_layout(barmode="group", yaxis=dict(title="visitors", rangemode="tozero"), xaxis=dict(title=None))
+    return _style(fig, 300)
+
+
+def render(st, shown_views: dict[str, View], k: int, chart: Callable[[go.Figure, str], None],
+           note: Callable[[View], None]) -> None:
+    """The section of the flow views present in ``shown_views`` (Streamlit module ``st``)."""
+    if "entries_exits" in shown_views:
+        view = shown_views["entries_exits"]
+        st.markdown(f"### Entries and exits · per {view.resolution}")
+        chart(movement_figure(view, k), "chart_entries_exits")
+        note(view)
+        st.markdown("### Occupancy over the day (entries minus exits since midnight)")
+        chart(occupancy_figure(shown_views["occupancy"], k), "chart_occupancy")
+        note(shown_views["occupancy"])
+    if "dwell" in shown_views:
+        st.markdown("### Dwell time (first to last seen)")
+        chart(band_figure(shown_views["dwell"], k), "chart_dwell")
+        note(shown_views["dwell"])
+    if "zones" in shown_views:
+        st.markdown("### Zones: visitors by time spent in the zone")
+        chart(band_figure(shown_views["zones"], k), "chart_zones")
+        note(shown_views["zones"])
