@@ -45,7 +45,7 @@ from footfall.config import InferenceSettings, IngestSettings, ModelSettings
 from footfall.db.store import make_engine, total_visitors
 from footfall.embedded_redis import free_ports
 from footfall.inference.backends import load_backend
-from footfall.local import sample_faces
+from footfall.demo import sample_faces
 from footfall.schema import FaceMessage, StreamKeys, TrackEnd
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ from footfall.embedded_redis import EmbeddedRedis, free_ports
 from footfall.inference.backends import load_backend
 from footfall.inference.client import InferenceClient
 from footfall.ingest.service import IngestWorker
-from footfall.local import sample_faces
+from footfall.demo import sample_faces
 
 
 def make_clip(directory: Path, seconds: float) -> Path:

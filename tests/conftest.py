@@ -119,7 +119,7 @@ def inference_server(face_model):
 def synthetic_clip(shared_data, tmp_path_factory):
     """A 1280x720 clip of 12 labelled UTKFace test faces walking across a shop scene, and its truth."""
     from footfall.demo import compose_clip
-    from footfall.local import sample_faces
+    from footfall.demo import sample_faces
 
     path = tmp_path_factory.mktemp("media") / "entrance.mp4"
     faces = sample_faces(shared_data, 12, seed=1)

@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +89,13 @@ def compose_clip(path: str | Path, faces_rgb: list[np.ndarray], fps: int = 25, s
         writer.write(frame)
     writer.release()
     return truth
+
+
+def sample_faces(data_dir: Path, count: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` UTKFace test-split faces (RGB), read straight from the archive."""
+    with open(data_dir / "utkface_128.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+    pick = np.random.default_rng(seed).choice(len(rows), size=min(count, len(rows)), replace=False)
+    with tarfile.open(data_dir / "utkface_128.tar") as tf:
+        blobs = [tf.extractfile(rows[i]["file"]).read() for i in pick]
+    return [cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for b in blobs]

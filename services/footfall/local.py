@@ -14,22 +14,18 @@ Ctrl-C stops everything gracefully.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import redis
 from footfall.config import PROJECT_ROOT, AggregatorSettings, ModelSettings
 from footfall.db.migrate import upgrade
 from footfall.db.store import make_engine, total_visitors
-from footfall.demo import compose_clip
+from footfall.demo import compose_clip, sample_faces
 from footfall.embedded_redis import EmbeddedRedis, free_ports
 from footfall.ingest.service import parse_cameras
 from footfall.observability import redact_url
@@ -38,16 +34,6 @@ from footfall.schema import StreamKeys
 STATE_DIR = PROJECT_ROOT / ".footfall"
 LOG_DIR = STATE_DIR / "logs"
 EXIT_WHEN_DONE_GIVE_UP_S = 60.0
-
-
-def sample_faces(data_dir: Path, count: int, seed: int = 0) -> list[np.ndarray]:
-    """``count`` UTKFace test-split faces (RGB), read straight from the archive."""
-    with open(data_dir / "utkface_128.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
-    pick = np.random.default_rng(seed).choice(len(rows), size=min(count, len(rows)), replace=False)
-    with tarfile.open(data_dir / "utkface_128.tar") as tf:
-        blobs = [tf.extractfile(rows[i]["file"]).read() for i in pick]
-    return [cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for b in blobs]
 
 
 def demo_sources(media_dir: Path) -> list[str]:

@@ -33,7 +33,7 @@ SIZE = (1280, 720)
 FPS = 25
 VISIBLE = 0.75  # share of a face that must be in view (not outside the frame, not behind the pillar)
 MIDDLE_LINE = (0.5, 1.0, 0.5, 0.0)  # counting line of every scene, drawn upwards: in = left to right
-FACE_PHOTOS, FACE_SEED = 14, 3  # the visitors' photos: UTKFace test faces (``footfall.local.sample_faces``)
+FACE_PHOTOS, FACE_SEED = 14, 3  # the visitors' photos: UTKFace test faces (``footfall.demo.sample_faces``)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ SCENES: dict[str, Scene] = {s.name: s for s in (_in_file(), _side_by_side(), _fa
 def scene_faces(data_dir) -> list[np.ndarray]:
     """The face photos the scenes are made of (``walker.face`` indexes them); children use photos YuNet
     finds at their small size."""
-    from footfall.local import sample_faces
+    from footfall.demo import sample_faces
 
     return sample_faces(data_dir, FACE_PHOTOS, seed=FACE_SEED)
 

@@ -56,7 +56,7 @@ def table(db_url):
 @pytest.fixture(scope="module")
 def face_jpeg(shared_data) -> bytes:
     """One real test-split face as a 112x112 JPEG crop."""
-    from footfall.local import sample_faces
+    from footfall.demo import sample_faces
 
     return cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(sample_faces(shared_data, 1)[0], (112, 112)),
                                              cv2.COLOR_RGB2BGR))[1].tobytes()

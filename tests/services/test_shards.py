@@ -27,7 +27,7 @@ SHARDS = 4
 @pytest.fixture(scope="module")
 def crops(shared_data) -> list[bytes]:
     """Real test-split faces as 112x112 JPEG crops."""
-    from footfall.local import sample_faces
+    from footfall.demo import sample_faces
 
     return [cv2.imencode(".jpg", cv2.cvtColor(cv2.resize(f, (112, 112)), cv2.COLOR_RGB2BGR))[1].tobytes()
             for f in sample_faces(shared_data, 12, seed=5)]

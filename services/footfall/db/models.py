@@ -25,7 +25,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, Float, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from footfall.schema import MAX_CAMERA_ID, MAX_TRACK_ID
+from footfall.schema import MAX_CAMERA_ID, MAX_TRACK_ID, MAX_ZONE_NAME
 
 NOT_RECORDED = ""  # value of a dimension switched off by the privacy settings
 
@@ -74,10 +74,11 @@ class CameraHealth(Base):
 
 class FlowCount(Base):
     __tablename__ = "flow_counts"
+    __table_args__ = (Index("ix_flow_counts_bucket", "bucket_start"),)
 
-    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
-    zone: Mapped[str] = mapped_column(String(32), primary_key=True, doc='"" for the whole camera view')
+    zone: Mapped[str] = mapped_column(String(MAX_ZONE_NAME), primary_key=True, doc='"" for the whole camera view')
     visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     entries: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     exits: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -86,9 +87,10 @@ class FlowCount(Base):
 
 class DwellCount(Base):
     __tablename__ = "dwell_counts"
+    __table_args__ = (Index("ix_dwell_counts_bucket", "bucket_start"),)
 
-    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
-    zone: Mapped[str] = mapped_column(String(32), primary_key=True, doc='"" for the whole camera view')
+    zone: Mapped[str] = mapped_column(String(MAX_ZONE_NAME), primary_key=True, doc='"" for the whole camera view')
     dwell_band: Mapped[str] = mapped_column(String(8), primary_key=True)
     visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
