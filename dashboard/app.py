@@ -7,6 +7,7 @@ FOOTFALL_* variables of ``footfall.config.DashboardSettings``. The database is o
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import time as clock
 from datetime import datetime, time, timedelta, timezone
@@ -22,7 +23,9 @@ import streamlit as st  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from footfall.config import DashboardSettings  # noqa: E402
-from footfall.dashboard_launcher import check_login, is_valid_hash  # noqa: E402
+from footfall.observability import ctx  # noqa: E402
+from footfall.dashboard_launcher import (LoginThrottle, check_login, is_valid_hash,  # noqa: E402
+                                         read_session_token, session_secret, session_token)
 from footfall_dash import charts, data, views  # noqa: E402
 from footfall_dash.privacy import POLICY  # noqa: E402
 
@@ -30,8 +33,13 @@ LOG = logging.getLogger("footfall.dashboard")
 NOW_KEY = "footfall_now"  # optional session value (local naive datetime) that pins "now": tests, reports
 EXPORT_KEY = "footfall_export"  # the frame behind the CSV download (exactly what is shown)
 STACK_LABELS = {"camera_id": "Camera", "gender": "Gender"}
+MAX_HIDDEN_SHARE = 0.2  # above this share of hidden visitors a time resolution is too fine to be useful
+SESSION_COOKIE = "footfall_session"  # signed login token (see footfall.dashboard_launcher.session_token)
+COOKIE_KEY = "footfall_set_cookie"  # session value: a cookie to write in the browser on the next run
 
-st.set_page_config(page_title="Footfall analytics", page_icon=":material/groups:", layout="wide")
+# No page_icon: a material icon is fetched from Google's font server on every page load (a request to
+# an outside host); Streamlit's own favicon is served by this server.
+st.set_page_config(page_title="Footfall analytics", layout="wide")
 
 CSS = """
 <style>
@@ -77,8 +85,28 @@ def load_settings() -> DashboardSettings:
     return settings
 
 
+@st.cache_resource(show_spinner=False)
+def login_throttle() -> LoginThrottle:
+    return LoginThrottle()  # one per server process: parallel browser sessions share it
+
+
+@st.cache_resource(show_spinner=False)
+def signing_secret(configured: str) -> str:
+    return session_secret(configured)  # FOOTFALL_SESSION_SECRET, else one random secret per process
+
+
+def write_cookie(value: str, max_age_s: int) -> None:
+    """Set (or with max_age 0 delete) the session cookie in the browser: JavaScript, as Streamlit has no API."""
+    st.html(f"""<script>document.cookie = "{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age_s}; SameSite=Strict"
+            + (location.protocol === "https:" ? "; Secure" : "");</script>""", unsafe_allow_javascript=True)
+
+
 def require_login(settings: DashboardSettings) -> str | None:
-    """Show the sign-in form and stop the script until the user has signed in (when configured)."""
+    """Show the sign-in form and stop the script until the user has signed in (when configured).
+
+    A signed-in browser holds a signed, expiring token in a cookie, so a reload or a new tab needs
+    no new sign-in. Failed attempts are throttled per user name and for the whole server.
+    """
     user, password_hash = settings.auth_username, settings.auth_password_hash
     if not user and not password_hash:
         return None
@@ -86,7 +114,17 @@ def require_login(settings: DashboardSettings) -> str | None:
         st.error("The login is misconfigured: set FOOTFALL_AUTH_USERNAME and a FOOTFALL_AUTH_PASSWORD_HASH made "
                  "by `footfall-dashboard-hash`. Nothing is shown until then.")
         st.stop()
+    secret = signing_secret(settings.session_secret)
+    pending = st.session_state.pop(COOKIE_KEY, None)
+    if pending is not None:
+        write_cookie(*pending)
     if st.session_state.get("auth_user") == user:
+        return user
+    # the cookie is read once per browser session: after "Sign out" the old cookie of this tab's
+    # connection (Streamlit sees the cookies of the websocket handshake) must not sign it in again
+    if (not st.session_state.get("signed_out")
+            and read_session_token(st.context.cookies.get(SESSION_COOKIE), secret) == user):
+        st.session_state["auth_user"] = user
         return user
     _, middle, _ = st.columns([1, 1.1, 1])
     with middle:
@@ -97,16 +135,28 @@ def require_login(settings: DashboardSettings) -> str | None:
             password = st.text_input("Password", type="password", key="login_password")
             submitted = st.form_submit_button("Sign in", type="primary")
         if submitted:
-            if check_login(name, password, user, password_hash):
+            throttle = login_throttle()
+            wait_s = throttle.wait_s(name)
+            if wait_s > 0:  # refused without checking the password: guessing gains nothing
+                LOG.warning("dashboard login refused while locked", **ctx(user=name[:64], wait_s=round(wait_s)))
+                st.error(f"Too many failed sign-ins. Try again in {wait_s:.0f} s.")
+            elif check_login(name, password, user, password_hash):
+                throttle.succeeded(name)
+                ttl_s = int(settings.session_hours * 3600)
                 st.session_state["auth_user"] = user
+                st.session_state.pop("signed_out", None)
+                st.session_state[COOKIE_KEY] = (session_token(user, secret, ttl_s), ttl_s)
                 st.rerun()
-            clock.sleep(0.5)  # slows guessing a little
-            st.error("Wrong user name or password.")
+            else:
+                throttle.failed(name)
+                st.error("Wrong user name or password.")
     st.stop()
 
 
 def sign_out() -> None:
     st.session_state.pop("auth_user", None)
+    st.session_state["signed_out"] = True
+    st.session_state[COOKIE_KEY] = ("", 0)  # the browser forgets its token too
 
 
 # --------------------------------------------------------------------------- cached reads
@@ -131,7 +181,16 @@ def cached_previous(url: str, start: datetime, end: datetime, cameras: tuple[str
     return data.visitors_by_camera(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz)
 
 
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def cached_first_counts(url: str, cameras: tuple[str, ...], tz: str, tick: int) -> dict[str, datetime]:
+    return data.first_counts(engine_for(url), list(cameras), tz=tz)
+
+
 # --------------------------------------------------------------------------- filters
+
+
+def compare_mode() -> str:
+    return st.session_state.get("f_compare") or next(iter(data.COMPARISONS))
 
 
 def now_local(settings: DashboardSettings) -> datetime:
@@ -166,6 +225,9 @@ def sidebar(settings: DashboardSettings, cameras: list[str], sites: dict[str, tu
                  format_func=str.capitalize)
         st.radio("Stack footfall by", list(STACK_LABELS), key="f_stack", horizontal=True,
                  format_func=STACK_LABELS.get)
+        st.selectbox("Compare with", list(data.COMPARISONS), key="f_compare", format_func=str.capitalize,
+                     help="The earlier span the change is computed against. Where it reaches back before a "
+                          "camera's first data, the change reads \"not comparable\".")
         st.divider()
         st.toggle(f"Live (refresh every {settings.refresh_s} s)", key="f_live")
         st.toggle("Printable view", key="f_print", help="A clean static layout for printing (Ctrl+P).")
@@ -200,7 +262,8 @@ def selected_cameras(cameras: list[str], groups: dict[str, str]) -> list[str]:
 # --------------------------------------------------------------------------- analytics
 
 
-def build_views(settings, counts, rng, current, previous, cameras, groups) -> dict[str, views.View]:
+def build_views(settings, counts, rng, current, previous, cameras, groups,
+                comparable: dict[str, bool]) -> dict[str, views.View]:
     k = max(1, settings.k_anonymity)
     wanted = st.session_state.get("f_resolution", "hour")
     resolution = data.coarsest_needed(rng, wanted)
@@ -208,11 +271,21 @@ def build_views(settings, counts, rng, current, previous, cameras, groups) -> di
         st.warning(f"Too many points per {wanted} for this period: showing per {resolution}. "
                    "Choose a shorter period for a finer resolution.")
     stack_by = st.session_state.get("f_stack", "camera_id")
-    h = data.headline(counts, current, int(previous.sum()))
+    footfall = views.footfall_view(counts, rng, resolution, stack_by, cameras, k)
+    finest = resolution
+    # a resolution that hides many visitors (cells below k) shows little: take the next coarser one
+    while views.hidden_share(footfall) > MAX_HIDDEN_SHARE and resolution != data.RESOLUTIONS[-1]:
+        resolution = data.RESOLUTIONS[data.RESOLUTIONS.index(resolution) + 1]
+        footfall = views.footfall_view(counts, rng, resolution, stack_by, cameras, k)
+    if resolution != finest:
+        st.info(f"Per {finest}, more than {MAX_HIDDEN_SHARE:.0%} of the visitors would sit in cells below "
+                f"k = {k} and be hidden: showing per {resolution}, where "
+                f"{views.hidden_share(footfall):.0%} are hidden (the grey band).")
+    h = data.headline(counts, current, int(previous.sum()), comparable=all(comparable.values()))
     shown = {
-        "headline": views.headline_view(h, k),
-        "footfall": views.footfall_view(counts, rng, resolution, stack_by, cameras, k),
-        "heatmap": views.heatmap_view(counts, k),
+        "headline": views.headline_view(h, k, compare_mode()),
+        "footfall": footfall,
+        "heatmap": views.heatmap_view(counts, rng, k),
         "pyramid": views.pyramid_view(counts, k),
     }
     if settings.enable_emotion:
@@ -220,20 +293,25 @@ def build_views(settings, counts, rng, current, previous, cameras, groups) -> di
         shown["valence"] = views.mix_view(counts, rng, resolution, "valence", k)
     if settings.enable_race:
         shown["race"] = views.race_view(counts, k)
-    summary = data.camera_summary(counts, cameras, previous, current)
+    summary = data.camera_summary(counts, cameras, previous, current, comparable)
     shown["cameras"] = views.camera_view(summary, groups, k)
     return shown
 
 
 def headline_cards(view: views.View, previous_range: data.TimeRange, printable: bool) -> None:
     values = dict(zip(view.table["metric"], view.table["value"], strict=True))
-    change = values["Change vs previous period"]
+    compare = compare_mode()
+    change = values[f"Change vs {compare}"]
     cards = [*st.columns(3), *st.columns(3)] if printable else st.columns(6)  # print pages are narrow
     cards[0].metric("Visitors", values["Visitors"], delta=change if change.endswith("%") else None,
-                    border=True, help="Unique visitors in the period (selected cameras); the arrow compares "
-                                      "with the previous period.")
-    cards[1].metric("Previous period", values["Previous period"], border=True,
-                    help=f"Same span before: {previous_range.label()}. Change: {change}.")
+                    border=True, help=f"Unique visitors in the period (selected cameras); the arrow compares "
+                                      f"with the {compare}. Change: {change}.")
+    cards[1].metric(compare.capitalize(), values["Previous period"], border=True,
+                    help=f"{previous_range.label()}. Change: {change}"
+                         + (" (a selected camera has no data for part of it)." if change == views.NOT_COMPARABLE
+                            else "."))
+    if change == views.NOT_COMPARABLE:
+        cards[0].caption("Change: not comparable (no data for part of the earlier span)")
     cards[2].metric("Busiest hour", values["Busiest hour"], border=True,
                     help="Start of the hour of day with the most visitors.")
     cards[3].metric("Median / hour", values["Median visitors per active hour"], border=True,
@@ -255,18 +333,19 @@ def note(view: views.View, k: int) -> None:
 
 
 def render_views(shown: dict[str, views.View], settings: DashboardSettings, printable: bool,
-                 previous_range: data.TimeRange) -> None:
+                 previous_range: data.TimeRange, all_cameras: list[str]) -> None:
     k = max(1, settings.k_anonymity)
     headline_cards(shown["headline"], previous_range, printable)
     foot = shown["footfall"]
     stack_label = STACK_LABELS[foot.dims[1]].lower()
     st.markdown(f"### Footfall over time · by {stack_label} · per {foot.resolution}")
-    chart(charts.stacked_time_figure(foot, k, charts.GENDER_COLORS if foot.dims[1] == "gender" else None),
+    palette = charts.GENDER_COLORS if foot.dims[1] == "gender" else charts.camera_colors(all_cameras)
+    chart(charts.stacked_time_figure(foot, k, palette),
           printable, "chart_footfall")
     note(foot, k)
     left, right = st.columns([3, 2], gap="large")
     with left:
-        st.markdown("### Weekday × hour of day")
+        st.markdown("### Weekday × hour of day · mean visitors per day")
         chart(charts.heatmap_figure(shown["heatmap"], k), printable, "chart_heatmap")
         note(shown["heatmap"], k)
     with right:
@@ -289,6 +368,21 @@ def render_views(shown: dict[str, views.View], settings: DashboardSettings, prin
         note(shown["race"], k)
     st.markdown("### Camera comparison")
     st.dataframe(charts.frame_for_table(shown["cameras"].table), hide_index=True, key="table_cameras")
+
+
+def export_header(settings: DashboardSettings, rng: data.TimeRange, selection: list[str], cameras: list[str],
+                  groups: dict[str, str]) -> dict[str, str]:
+    """The CSV's header lines: what was selected, in which time zone, under which privacy threshold."""
+    state = st.session_state
+    return {
+        "Footfall export": f"generated {now_local(settings):%Y-%m-%d %H:%M} ({settings.timezone})",
+        "period": f"{rng.label()} (start included, end excluded; preset {state.get('f_preset', 'Last 7 days')})",
+        "time zone": settings.timezone,
+        "sites": ", ".join(state.get("f_sites") or []) or "all",
+        "cameras": ", ".join(selection) + ("" if len(selection) < len(cameras) else " (all)"),
+        "resolution": state.get("f_resolution", "hour"),
+        "k-anonymity": f"k = {settings.k_anonymity}: values below k are empty with hidden = True",
+    }
 
 
 def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str],
@@ -319,9 +413,11 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
     silent = [c for c in selection if c not in set(counts["camera_id"])]
     if silent:
         st.info(f"No data in this period for camera{'s' if len(silent) > 1 else ''}: {', '.join(silent)}.")
-    current, previous_range = data.comparison_ranges(rng, now)
+    current, previous_range = data.comparison_ranges(rng, now, compare_mode())
     previous = cached_previous(url, previous_range.start, previous_range.end, tuple(selection), tz, tick)
-    shown = build_views(settings, counts, rng, current, previous, selection, groups)
+    first = cached_first_counts(url, tuple(selection), tz, tick)
+    comparable = {cam: start <= previous_range.start for cam, start in first.items()}
+    shown = build_views(settings, counts, rng, current, previous, selection, groups, comparable)
     k = max(1, settings.k_anonymity)
     export = views.export_frame(list(shown.values()), k)
     st.session_state[EXPORT_KEY] = export
@@ -329,10 +425,16 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
         left, right = st.columns([5, 1], vertical_alignment="bottom")
         left.caption(f"{rng.label()} · {len(selection)} of {len(cameras)} cameras · times in {tz}"
                      + (f" · live, updated {now:%H:%M:%S}" if st.session_state.get("f_live") else ""))
-        right.download_button("Download CSV", views.export_csv(export),
+        header = export_header(settings, rng, selection, cameras, groups)
+        # Deferred: the CSV is made only when a signed-in session clicks (nothing is stored before), and
+        # its random export id makes the one-off /media/<hash>.csv URL unguessable (see the README).
+        def csv_bytes() -> bytes:
+            return views.export_csv(export, {**header, "export id": secrets.token_hex(16)})
+
+        right.download_button("Download CSV", csv_bytes,
                               file_name=f"footfall_{rng.start:%Y%m%d}_{rng.end:%Y%m%d}.csv", mime="text/csv",
-                              on_click="ignore", icon=":material/download:", key="download_csv")
-    render_views(shown, settings, printable, previous_range)
+                              on_click="ignore", key="download_csv")
+    render_views(shown, settings, printable, previous_range, cameras)
 
 
 # --------------------------------------------------------------------------- operator view

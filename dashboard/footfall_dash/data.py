@@ -36,6 +36,9 @@ from footfall.db.models import CameraHealth, VisitorCount
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES, VALENCE
 
 RESOLUTIONS = ("minute", "hour", "day", "week")
+# What "change" compares with; the shift of the comparison span (None: as long as the range, just before)
+COMPARISONS = {"previous period": None, "same weekdays last week": timedelta(days=7),
+               "same period last year": timedelta(days=364)}  # 52 weeks: the same weekdays
 PRESETS = ("Today", "Last 7 days", "Last 30 days", "Custom")
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 NOT_RECORDED_LABEL = "not recorded"  # shown for "" (attribute off when the visit was counted)
@@ -107,21 +110,27 @@ def preset_range(preset: str, now: datetime, custom: tuple[datetime, datetime] |
     raise ValueError(f"unknown preset {preset!r}")
 
 
-def comparison_ranges(rng: TimeRange, now: datetime) -> tuple[TimeRange, TimeRange]:
-    """(current, previous): like-for-like spans for "change vs the previous period".
+def comparison_ranges(rng: TimeRange, now: datetime, compare: str = "previous period") -> tuple[TimeRange, TimeRange]:
+    """(current, earlier): like-for-like spans for "change vs ...".
 
-    The previous period is the same length immediately before. When the range is still running
-    (it contains ``now``), both spans stop at the same point: today until now vs yesterday
-    until the same time.
+    ``compare`` names the earlier span (``COMPARISONS``): the previous period (the same length
+    immediately before), the same weekdays a week earlier, or 52 weeks earlier (same weekdays last
+    year). When the range is still running (it contains ``now``), both spans stop at the same
+    point: today until now vs the other day until the same time.
 
     >>> cur, prev = comparison_ranges(TimeRange(datetime(2024, 5, 8), datetime(2024, 5, 9)),
     ...                               datetime(2024, 5, 8, 12))
     >>> cur.end, prev.start, prev.end
     (datetime.datetime(2024, 5, 8, 12, 0), datetime.datetime(2024, 5, 7, 0, 0), datetime.datetime(2024, 5, 7, 12, 0))
+    >>> comparison_ranges(TimeRange(datetime(2024, 5, 8), datetime(2024, 5, 9)), datetime(2024, 6, 1),
+    ...                   "same period last year")[1].label()
+    '2023-05-10'
     """
+    if compare not in COMPARISONS:
+        raise ValueError(f"unknown comparison {compare!r}")
     cut = now if rng.start < now < rng.end else rng.end
     current = TimeRange(rng.start, cut)
-    return current, current.shifted(-rng.length)
+    return current, current.shifted(-(COMPARISONS[compare] or rng.length))
 
 
 def to_utc(local: datetime, tz: str) -> datetime:
@@ -250,6 +259,18 @@ def data_span(engine: Engine, tz: str = "UTC") -> tuple[datetime, datetime] | No
         return None
     local = _to_local(pd.Series(list(rows[0])), tz)
     return local.iloc[0].to_pydatetime(), local.iloc[1].to_pydatetime()
+
+
+def first_counts(engine: Engine, cameras: list[str] | None = None, tz: str = "UTC") -> dict[str, datetime]:
+    """{camera: local start of its first counted bucket}: before it a camera has no data, not zero visitors."""
+    statement = sa.select(_COUNTS.c.camera_id, sa.func.min(_COUNTS.c.bucket_start)).group_by(_COUNTS.c.camera_id)
+    if cameras is not None:
+        statement = statement.where(_COUNTS.c.camera_id.in_(list(cameras)))
+    rows = _query(engine, statement)
+    if not rows:
+        return {}
+    local = _to_local(pd.Series([r[1] for r in rows]), tz)
+    return {r[0]: t.to_pydatetime() for r, t in zip(rows, local, strict=True)}
 
 
 def list_cameras(engine: Engine) -> list[str]:
@@ -386,12 +407,27 @@ def over_time(counts: pd.DataFrame, rng: TimeRange, resolution: str, by: str,
     return table
 
 
-def hour_weekday(counts: pd.DataFrame) -> pd.DataFrame:
-    """Visitors per weekday (0 = Monday) and hour of day, all 7 x 24 cells."""
+def weekday_days(rng: TimeRange) -> list[int]:
+    """How many days of each weekday (Monday first) the range touches.
+
+    >>> weekday_days(TimeRange(datetime(2024, 4, 9), datetime(2024, 5, 9)))  # 30 days from a Tuesday
+    [4, 5, 5, 4, 4, 4, 4]
+    """
+    days = pd.date_range(rng.start.date(), (rng.end - timedelta(microseconds=1)).date(), freq="D")
+    return [int((days.day_of_week == d).sum()) for d in range(7)]
+
+
+def hour_weekday(counts: pd.DataFrame, rng: TimeRange) -> pd.DataFrame:
+    """Visitors per weekday (0 = Monday) and hour of day, all 7 x 24 cells: the sum ``visitors``, the
+    ``days`` of that weekday in ``rng`` and ``mean``, visitors per day (a range with five Wednesdays
+    and four Thursdays must not make Wednesdays look busier)."""
     grid = pd.MultiIndex.from_product([range(7), range(24)], names=["weekday", "hour"])
     summed = counts.groupby([counts["time"].dt.day_of_week.rename("weekday"),
                              counts["time"].dt.hour.rename("hour")])["visitors"].sum()
-    return summed.reindex(grid, fill_value=0).astype("int64").reset_index()
+    table = summed.reindex(grid, fill_value=0).astype("int64").reset_index()
+    table["days"] = table["weekday"].map(dict(enumerate(weekday_days(rng)))).astype("int64")
+    table["mean"] = table["visitors"] / table["days"].where(table["days"] > 0)
+    return table
 
 
 def totals_by(counts: pd.DataFrame, columns: list[str], selected: list[str] | None = None) -> pd.DataFrame:
@@ -410,19 +446,25 @@ class Headline:
     visitors: int
     current_visitors: int  # visitors in the comparable span (see comparison_ranges)
     previous_visitors: int
-    change_pct: float | None  # None when the previous period has no visitors
+    change_pct: float | None  # None when the previous period has no visitors or is not comparable
+    comparable: bool  # False when a selected camera has no data yet at the start of the earlier span
     busiest_hour: int | None  # hour of day (0..23) with the most visitors
     median_per_hour: float | None  # median over the hours with at least one visitor
     by_gender: dict[str, int]
     mean_age: float | None
 
 
-def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int) -> Headline:
-    """Headline figures of ``counts``; ``current`` is the comparable span of the range."""
+def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int, comparable: bool = True) -> Headline:
+    """Headline figures of ``counts``; ``current`` is the comparable span of the range.
+
+    ``comparable`` False (the earlier span reaches back before a camera's first data) gives no
+    change: a period half without data is not "fewer visitors".
+    """
     visitors = int(counts["visitors"].sum())
     in_current = counts["time"] < pd.Timestamp(current.end)
     current_visitors = int(counts.loc[in_current, "visitors"].sum())
-    change = None if previous_total == 0 else 100.0 * (current_visitors - previous_total) / previous_total
+    change = (None if previous_total == 0 or not comparable
+              else 100.0 * (current_visitors - previous_total) / previous_total)
     by_hour_of_day = counts.groupby(counts["time"].dt.hour)["visitors"].sum()
     busiest = int(by_hour_of_day.idxmax()) if visitors else None  # ties: the earliest hour
     hourly = counts.groupby(counts["time"].dt.floor("h"))["visitors"].sum()
@@ -430,17 +472,18 @@ def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int) -> H
     by_gender = {g: int(counts.loc[counts["gender"] == g, "visitors"].sum()) for g in GENDERS}
     return Headline(
         visitors=visitors, current_visitors=current_visitors, previous_visitors=int(previous_total),
-        change_pct=change, busiest_hour=busiest,
+        change_pct=change, comparable=comparable, busiest_hour=busiest,
         median_per_hour=float(np.median(hourly.to_numpy())) if len(hourly) else None,
         by_gender=by_gender,
         mean_age=float(counts["age_sum"].sum() / visitors) if visitors else None)
 
 
-def camera_summary(counts: pd.DataFrame, cameras: list[str], previous: pd.Series, current: TimeRange) -> pd.DataFrame:
+def camera_summary(counts: pd.DataFrame, cameras: list[str], previous: pd.Series, current: TimeRange,
+                   comparable: dict[str, bool] | None = None) -> pd.DataFrame:
     """Per-camera figures before suppression.
 
-    Columns: camera_id, visitors, current (visitors in the comparable span), previous, female,
-    male, age_sum, busiest_hour (hour of day or None).
+    Columns: camera_id, visitors, current (visitors in the comparable span), previous, comparable
+    (the camera had data through the whole earlier span), female, male, age_sum, busiest_hour.
     """
     grouped = counts.groupby("camera_id")
     table = pd.DataFrame(index=pd.Index(cameras, name="camera_id"))
@@ -448,6 +491,7 @@ def camera_summary(counts: pd.DataFrame, cameras: list[str], previous: pd.Series
     in_current = counts[counts["time"] < pd.Timestamp(current.end)]
     table["current"] = in_current.groupby("camera_id")["visitors"].sum().reindex(cameras, fill_value=0).astype("int64")
     table["previous"] = previous.reindex(cameras, fill_value=0).astype("int64")
+    table["comparable"] = [bool((comparable or {}).get(c, True)) for c in cameras]
     for g in GENDERS:
         table[g] = (counts[counts["gender"] == g].groupby("camera_id")["visitors"].sum()
                     .reindex(cameras, fill_value=0).astype("int64"))
