@@ -181,6 +181,23 @@ def cached_previous(url: str, start: datetime, end: datetime, cameras: tuple[str
     return data.visitors_by_camera(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz)
 
 
+@st.cache_data(ttl=600, max_entries=8, show_spinner=False)
+def cached_span(url: str, tz: str, tick: int) -> tuple[datetime, datetime] | None:
+    return data.data_span(engine_for(url), tz)
+
+
+def freshness(settings: DashboardSettings, url: str) -> None:
+    """Every tab says how recent its data is: the last minute counted, and when the page read it."""
+    tick = int(clock.time() // max(1, settings.refresh_s))
+    try:
+        span = cached_span(url, settings.timezone, tick)
+    except data.DatabaseError:
+        return
+    last = f"{span[1]:%Y-%m-%d %H:%M}" if span else "no counts yet"
+    st.caption(f"Data up to {last} ({settings.timezone}; last counted minute) · read "
+               f"{data.local_now(settings.timezone):%Y-%m-%d %H:%M:%S}")
+
+
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
 def cached_first_counts(url: str, cameras: tuple[str, ...], tz: str, tick: int) -> dict[str, datetime]:
     return data.first_counts(engine_for(url), list(cameras), tz=tz)
@@ -197,19 +214,72 @@ def now_local(settings: DashboardSettings) -> datetime:
     return st.session_state.get(NOW_KEY) or data.local_now(settings.timezone)
 
 
+def initial(key: str, default, name: str = "value") -> dict:
+    """The widget's default, unless its value is in the session already (the URL set it): both at once
+    make Streamlit warn."""
+    return {} if key in st.session_state else {name: default}
+
+
+# Filters <-> URL query parameters, so a view can be bookmarked and shared (the login is not in it).
+URL_CHOICES = {"period": ("f_preset", data.PRESETS), "compare": ("f_compare", tuple(data.COMPARISONS)),
+               "resolution": ("f_resolution", data.RESOLUTIONS), "stack": ("f_stack", tuple(STACK_LABELS))}
+URL_LISTS = {"site": "f_sites", "camera": "f_cameras"}
+URL_TIMES = {"from": ("f_from_date", "f_from_time"), "until": ("f_to_date", "f_to_time")}
+
+
+def filters_from_url(cameras: list[str], groups: dict[str, str]) -> None:
+    """Once per browser session: filters named in the URL become the widgets' values (bad values are ignored)."""
+    state, params = st.session_state, st.query_params
+    if state.get("url_read"):
+        return
+    state["url_read"] = True
+    for name, (key, allowed) in URL_CHOICES.items():
+        if params.get(name) in allowed:
+            state[key] = params.get(name)
+    known = {"site": set(groups.values()) - {""}, "camera": set(cameras)}
+    for name, key in URL_LISTS.items():
+        values = [v for v in params.get_all(name) if v in known[name]]
+        if values:
+            state[key] = values
+    for name, (date_key, time_key) in URL_TIMES.items():
+        try:
+            when = datetime.fromisoformat(params.get(name, ""))
+        except ValueError:
+            continue
+        state[date_key], state[time_key] = when.date(), when.time().replace(second=0, microsecond=0)
+    if params.get("print") == "1":
+        state["f_print"] = True
+
+
+def filters_to_url() -> None:
+    state = st.session_state
+    params: dict[str, str | list[str]] = {name: state[key] for name, (key, _) in URL_CHOICES.items() if state.get(key)}
+    params.update({name: list(state[key]) for name, key in URL_LISTS.items() if state.get(key)})
+    if state.get("f_preset") == "Custom":
+        for name, (date_key, time_key) in URL_TIMES.items():
+            if state.get(date_key) and state.get(time_key) is not None:
+                params[name] = datetime.combine(state[date_key], state[time_key]).strftime("%Y-%m-%dT%H:%M")
+    if state.get("f_print"):
+        params["print"] = "1"
+    st.query_params.from_dict(params)
+
+
 def sidebar(settings: DashboardSettings, cameras: list[str], sites: dict[str, tuple[str, ...]],
             groups: dict[str, str], user: str | None) -> None:
     """Filter widgets; their values live in st.session_state (keys f_*), so refreshes keep them."""
     today = now_local(settings).date()
     with st.sidebar:
         st.markdown("### Filters")
-        preset = st.selectbox("Period", data.PRESETS, index=1, key="f_preset")
+        preset = st.selectbox("Period", data.PRESETS, **initial("f_preset", 1, "index"), key="f_preset")
         if preset == "Custom":
-            left, right = st.columns(2)
-            left.date_input("From", value=today - timedelta(days=6), key="f_from_date")
-            right.time_input("From time", value=time(0, 0), key="f_from_time", label_visibility="hidden")
-            left.date_input("Until", value=today + timedelta(days=1), key="f_to_date")
-            right.time_input("Until time", value=time(0, 0), key="f_to_time", label_visibility="hidden")
+            # a form: typed dates apply with "Apply" (a click), not only when the field loses focus
+            with st.form("custom_range", border=False):
+                left, right = st.columns([3, 2])  # a date needs the wider field
+                left.date_input("From", **initial("f_from_date", today - timedelta(days=6)), key="f_from_date")
+                right.time_input("From time", **initial("f_from_time", time(0, 0)), key="f_from_time")
+                left.date_input("Until", **initial("f_to_date", today + timedelta(days=1)), key="f_to_date")
+                right.time_input("Until time", **initial("f_to_time", time(0, 0)), key="f_to_time")
+                st.form_submit_button("Apply", key="f_apply", width="stretch")
             st.caption("Until is not included.")
         camera_options = cameras
         if sites:
@@ -221,7 +291,8 @@ def sidebar(settings: DashboardSettings, cameras: list[str], sites: dict[str, tu
         st.session_state["f_cameras"] = [c for c in st.session_state.get("f_cameras", []) if c in camera_options]
         st.multiselect("Cameras", camera_options, key="f_cameras", placeholder="All cameras",
                        format_func=lambda c: f"{c}  ·  {groups[c]}" if groups.get(c) else c)
-        st.radio("Resolution", data.RESOLUTIONS, index=1, key="f_resolution", horizontal=True,
+        st.radio("Resolution", data.RESOLUTIONS, **initial("f_resolution", 1, "index"), key="f_resolution",
+                 horizontal=True,
                  format_func=str.capitalize)
         st.radio("Stack footfall by", list(STACK_LABELS), key="f_stack", horizontal=True,
                  format_func=STACK_LABELS.get)
@@ -249,14 +320,14 @@ def selected_range(settings: DashboardSettings) -> data.TimeRange:
     return data.preset_range(state.get("f_preset", "Last 7 days"), now_local(settings), custom)
 
 
-def selected_cameras(cameras: list[str], groups: dict[str, str]) -> list[str]:
+def selected_cameras(cameras: list[str], groups: dict[str, str], skip: frozenset[str] = frozenset()) -> list[str]:
+    """The cameras the figures add up: the ones picked by name, else those of the chosen sites (all when
+    none) less the ``skip`` cameras marked not counting in FOOTFALL_SITES (no visitor counted twice)."""
     chosen = st.session_state.get("f_cameras") or []
     if chosen:
         return [c for c in cameras if c in chosen]
     chosen_groups = st.session_state.get("f_sites") or []
-    if chosen_groups:
-        return [c for c in cameras if groups[c] in chosen_groups]
-    return list(cameras)
+    return [c for c in cameras if (not chosen_groups or groups[c] in chosen_groups) and c not in skip]
 
 
 # --------------------------------------------------------------------------- analytics
@@ -295,6 +366,8 @@ def build_views(settings, counts, rng, current, previous, cameras, groups,
         shown["race"] = views.race_view(counts, k)
     summary = data.camera_summary(counts, cameras, previous, current, comparable)
     shown["cameras"] = views.camera_view(summary, groups, k)
+    if len({data.site_of(groups.get(c) or "Other") for c in cameras}) > 1 and any(groups.values()):
+        shown["sites"] = views.site_view(counts, cameras, groups, previous, current, comparable, k)
     return shown
 
 
@@ -322,8 +395,29 @@ def headline_cards(view: views.View, previous_range: data.TimeRange, printable: 
     cards[5].metric("Mean age", values["Mean age"], border=True, help="Average estimated age, years.")
 
 
+PRINT_WIDTH_PX = 680  # fits the printable width of A4 portrait (794 px less margins); landscape has room to spare
+
+
 def chart(fig, printable: bool, key: str) -> None:
-    st.plotly_chart(fig, config=charts.static_config(printable), key=key)
+    if printable:  # a fixed width: a chart laid out for a wide screen would be cut off at the page edge
+        fig.update_layout(width=PRINT_WIDTH_PX)
+        st.plotly_chart(fig, config=charts.static_config(printable), key=key, width="content")
+    else:
+        st.plotly_chart(fig, config=charts.static_config(printable), key=key)
+
+
+def side_by_side(printable: bool, spec, **kwargs) -> list:
+    """Columns on screen; one below the other in the printable view (a page is too narrow for two charts)."""
+    if printable:
+        return [st.container() for _ in (spec if isinstance(spec, list) else range(spec))]
+    return st.columns(spec, **kwargs)
+
+
+def table(frame: pd.DataFrame, printable: bool, key: str) -> None:
+    if printable:  # an HTML table wraps to the page; the interactive grid would be cut at the page edge
+        st.table(charts.frame_for_table(frame).set_index(frame.columns[0]))
+    else:
+        st.dataframe(charts.frame_for_table(frame), hide_index=True, key=key)
 
 
 def note(view: views.View, k: int) -> None:
@@ -333,17 +427,20 @@ def note(view: views.View, k: int) -> None:
 
 
 def render_views(shown: dict[str, views.View], settings: DashboardSettings, printable: bool,
-                 previous_range: data.TimeRange, all_cameras: list[str]) -> None:
+                 previous_range: data.TimeRange, all_cameras: list[str], foot_range: data.TimeRange) -> None:
     k = max(1, settings.k_anonymity)
     headline_cards(shown["headline"], previous_range, printable)
     foot = shown["footfall"]
     stack_label = STACK_LABELS[foot.dims[1]].lower()
     st.markdown(f"### Footfall over time · by {stack_label} · per {foot.resolution}")
     palette = charts.GENDER_COLORS if foot.dims[1] == "gender" else charts.camera_colors(all_cameras)
-    chart(charts.stacked_time_figure(foot, k, palette),
-          printable, "chart_footfall")
+    chart(charts.stacked_time_figure(foot, k, palette), printable, "chart_footfall")
     note(foot, k)
-    left, right = st.columns([3, 2], gap="large")
+    partial = data.partial_periods(foot.table["period"], foot.resolution, foot_range)
+    if partial:
+        st.caption(f"Partial {foot.resolution}s (only part of them lies in the period, so their bars are lower): "
+                   + ", ".join(partial) + ".")
+    left, right = side_by_side(printable, [3, 2], gap="large")
     with left:
         st.markdown("### Weekday × hour of day · mean visitors per day")
         chart(charts.heatmap_figure(shown["heatmap"], k), printable, "chart_heatmap")
@@ -353,7 +450,7 @@ def render_views(shown: dict[str, views.View], settings: DashboardSettings, prin
         chart(charts.pyramid_figure(shown["pyramid"], k), printable, "chart_pyramid")
         note(shown["pyramid"], k)
     if "emotion" in shown:
-        left, right = st.columns(2, gap="large")
+        left, right = side_by_side(printable, 2, gap="large")
         with left:
             st.markdown("### Emotion mix over time")
             chart(charts.stacked_time_figure(shown["emotion"], k, charts.EMOTION_COLORS), printable, "chart_emotion")
@@ -366,8 +463,11 @@ def render_views(shown: dict[str, views.View], settings: DashboardSettings, prin
         st.markdown("### Race")
         chart(charts.category_bar_figure(shown["race"], k, "race"), printable, "chart_race")
         note(shown["race"], k)
+    if "sites" in shown:
+        st.markdown("### Site comparison")
+        table(shown["sites"].table, printable, "table_sites")
     st.markdown("### Camera comparison")
-    st.dataframe(charts.frame_for_table(shown["cameras"].table), hide_index=True, key="table_cameras")
+    table(shown["cameras"].table, printable, "table_cameras")
 
 
 def export_header(settings: DashboardSettings, rng: data.TimeRange, selection: list[str], cameras: list[str],
@@ -386,14 +486,18 @@ def export_header(settings: DashboardSettings, rng: data.TimeRange, selection: l
 
 
 def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str],
-                     printable: bool) -> None:
+                     printable: bool, skip: frozenset[str] = frozenset()) -> None:
     tz = settings.timezone
     try:
         rng = selected_range(settings)
     except ValueError as exc:
         st.warning(f"{exc}.")
         return
-    selection = selected_cameras(cameras, groups)
+    selection = selected_cameras(cameras, groups, skip)
+    left_out = sorted(skip & set(selected_cameras(cameras, groups)))
+    if left_out:
+        st.caption(f"Not added to the totals (marked not counting in FOOTFALL_SITES: they see visitors an "
+                   f"entrance has counted already): {', '.join(left_out)}. Pick a camera by name to see it alone.")
     now = now_local(settings)
     tick = int(clock.time() // max(1, settings.refresh_s))
     engine = engine_for(url)
@@ -434,7 +538,7 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
         right.download_button("Download CSV", csv_bytes,
                               file_name=f"footfall_{rng.start:%Y%m%d}_{rng.end:%Y%m%d}.csv", mime="text/csv",
                               on_click="ignore", key="download_csv")
-    render_views(shown, settings, printable, previous_range, cameras)
+    render_views(shown, settings, printable, previous_range, cameras, rng)
 
 
 # --------------------------------------------------------------------------- operator view
@@ -464,20 +568,22 @@ def render_operator(settings: DashboardSettings, url: str, groups: dict[str, str
     flagged = int((~health["ok"]).sum())
     cards = st.columns(4)
     cards[0].metric("Cameras", len(health), border=True)
-    cards[1].metric("Live", int(health["ok"].sum()), border=True)
+    cards[1].metric("Healthy", int(health["ok"].sum()), border=True,
+                    help=f"State live and a frame in the last {data.HEALTH_STALE_S:.0f} s (the Status column).")
     cards[2].metric("Need attention", flagged, border=True)
     cards[3].metric("Faces / s (all)", f"{health['faces_per_s'].sum():.1f}", border=True)
     table = pd.DataFrame({
         "Camera": health["camera_id"],
         "Site / zone": health["camera_id"].map(groups).fillna(""),
         "State": health["state"],
+        # next to the camera: the column that matters is never the one cut off on a narrow screen
+        "Status": ["OK" if ok else f"ALERT: {problem}" for ok, problem in zip(health["ok"], health["problem"],
+                                                                                strict=True)],
         "Last frame": health["last_frame_at"].dt.strftime("%Y-%m-%d %H:%M:%S").fillna("never"),
         "Age (s)": health["last_frame_age_s"].round(0),
         "Frames/s": health["frames_per_s"].round(1),
         "Faces/s": health["faces_per_s"].round(2),
         "Stream lag": health["stream_lag"],
-        "Status": ["OK" if ok else f"ALERT: {problem}" for ok, problem in zip(health["ok"], health["problem"],
-                                                                                strict=True)],
     })
     if not any(groups.values()):
         table = table.drop(columns="Site / zone")
@@ -485,7 +591,8 @@ def render_operator(settings: DashboardSettings, url: str, groups: dict[str, str
         st.error(f"{flagged} camera{'s need' if flagged > 1 else ' needs'} attention: "
                  + ", ".join(health.loc[~health["ok"], "camera_id"]) + ".")
     st.dataframe(health_style(table), hide_index=True, key="table_health",
-                 column_config={"Stream lag": st.column_config.NumberColumn(help=STREAM_LAG_HELP)})
+                 column_config={"Stream lag": st.column_config.NumberColumn(help=STREAM_LAG_HELP),
+                                "Status": st.column_config.TextColumn(width="large")})
     st.caption(f"Flagged red: state not `live`, or no frame for more than {data.HEALTH_STALE_S:.0f} s. "
                f"Stream lag: {STREAM_LAG_HELP}")
 
@@ -493,7 +600,8 @@ def render_operator(settings: DashboardSettings, url: str, groups: dict[str, str
 # --------------------------------------------------------------------------- page
 
 
-def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str]) -> None:
+def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str],
+              skip: frozenset[str] = frozenset()) -> None:
     """Everything below the filters; rerun alone on the live-mode interval."""
     try:
         if st.session_state.get("f_print"):
@@ -503,19 +611,23 @@ def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups:
             except ValueError:
                 pass
             st.title("Footfall report")
-            st.caption(f"{rng_text} · cameras: {', '.join(selected_cameras(cameras, groups))} · times in "
+            st.caption(f"{rng_text} · cameras: {', '.join(selected_cameras(cameras, groups, skip))} · times in "
                        f"{settings.timezone} · generated {now_local(settings):%Y-%m-%d %H:%M} · k = "
                        f"{settings.k_anonymity} (values below k shown as <{settings.k_anonymity})")
-            render_analytics(settings, url, cameras, groups, printable=True)
+            freshness(settings, url)
+            render_analytics(settings, url, cameras, groups, printable=True, skip=skip)
             return
         st.title("Footfall")
         st.caption("Visitor analytics from aggregated camera counts. No images or individual records are stored.")
         analytics, operator, about = st.tabs(["Analytics", "Cameras (operator)", "Help & privacy"])
         with analytics:
-            render_analytics(settings, url, cameras, groups, printable=False)
+            freshness(settings, url)
+            render_analytics(settings, url, cameras, groups, printable=False, skip=skip)
         with operator:
+            freshness(settings, url)
             render_operator(settings, url, groups)
         with about:
+            freshness(settings, url)
             st.markdown(HELP.format(tz=settings.timezone, policy=POLICY.format(k=settings.k_anonymity)))
     except data.DatabaseError as exc:
         st.error(str(exc))
@@ -531,9 +643,10 @@ def main() -> None:
     url = settings.database_url
     try:
         sites = data.parse_sites(settings.sites)
+        skip = frozenset(data.not_counting(settings.sites))
     except ValueError as exc:
         st.error(f"{exc}.")
-        sites = {}
+        sites, skip = {}, frozenset()
     try:
         cameras = data.list_cameras(engine_for(url))
     except data.DatabaseError as exc:
@@ -542,10 +655,12 @@ def main() -> None:
         return
     cameras = sorted(set(cameras) | {c for cams in sites.values() for c in cams})
     groups = data.camera_groups(cameras, sites)
+    filters_from_url(cameras, groups)
     sidebar(settings, cameras, sites, groups, user)
+    filters_to_url()
     live = bool(st.session_state.get("f_live")) and not st.session_state.get("f_print")
     body = st.fragment(page_body, run_every=max(1, settings.refresh_s) if live else None)
-    body(settings, url, cameras, groups)
+    body(settings, url, cameras, groups, skip)
 
 
 main()

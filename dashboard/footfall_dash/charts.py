@@ -170,11 +170,12 @@ def category_bar_figure(view: View, k: int, column: str, height: int = 300) -> g
 
 
 def static_config(printable: bool) -> dict:
-    """Plotly config: no toolbar; fully static (no hover, no zoom) in the printable view."""
-    config = {"displaylogo": False, "displayModeBar": False}
+    """Plotly config: one toolbar button, "download as PNG" (drawn in the browser, no server or outside
+    host involved); fully static (no hover, no zoom, no toolbar) in the printable view."""
     if printable:
-        config["staticPlot"] = True
-    return config
+        return {"displaylogo": False, "displayModeBar": False, "staticPlot": True}
+    return {"displaylogo": False, "displayModeBar": True, "modeBarButtons": [["toImage"]],
+            "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 
 def hidden_note(view: View, k: int) -> str:

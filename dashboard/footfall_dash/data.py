@@ -155,21 +155,59 @@ def _to_local(utc: pd.Series, tz: str) -> pd.Series:
 # --------------------------------------------------------------------------- cameras and sites
 
 
-def parse_sites(spec: str) -> dict[str, tuple[str, ...]]:
-    """``FOOTFALL_SITES`` (``site/zone=cam1,cam2;site2=cam3``) -> {group: cameras}.
+NOT_COUNTING_MARK = "~"  # in FOOTFALL_SITES: a camera that sees visitors already counted at an entrance
 
-    >>> parse_sites("Berlin/Entrance=cam1, cam2; Hamburg=cam3")
-    {'Berlin/Entrance': ('cam1', 'cam2'), 'Hamburg': ('cam3',)}
-    """
-    groups: dict[str, tuple[str, ...]] = {}
+
+def _site_entries(spec: str):
+    """(group, camera, counting) for every camera of ``FOOTFALL_SITES``."""
     for part in spec.split(";"):
         if not part.strip():
             continue
         name, sep, cams = part.partition("=")
         if not sep or not name.strip():
             raise ValueError(f"FOOTFALL_SITES entry {part.strip()!r} is not `site/zone=cam1,cam2`")
-        groups[name.strip()] = tuple(c.strip() for c in cams.split(",") if c.strip())
+        for cam in (c.strip() for c in cams.split(",")):
+            counting = not cam.startswith(NOT_COUNTING_MARK)
+            cam = cam.removeprefix(NOT_COUNTING_MARK).strip()
+            if cam:
+                yield name.strip(), cam, counting
+
+
+def parse_sites(spec: str) -> dict[str, tuple[str, ...]]:
+    """``FOOTFALL_SITES`` (``site/zone=cam1,cam2;site2=cam3``) -> {group: cameras}.
+
+    A camera written ``~cam`` belongs to its group but is not counted in totals (see ``not_counting``).
+
+    >>> parse_sites("Berlin/Entrance=cam1, cam2; Berlin/Floor 1=~cam4; Hamburg=cam3")
+    {'Berlin/Entrance': ('cam1', 'cam2'), 'Berlin/Floor 1': ('cam4',), 'Hamburg': ('cam3',)}
+    """
+    groups: dict[str, tuple[str, ...]] = {}
+    for part in spec.split(";"):  # every group, even one listing no camera
+        name = part.partition("=")[0].strip()
+        if part.strip() and name:
+            groups.setdefault(name, ())
+    for group, cam, _ in _site_entries(spec):
+        groups[group] += (cam,)
     return groups
+
+
+def not_counting(spec: str) -> set[str]:
+    """Cameras marked ``~`` in ``FOOTFALL_SITES``: they see visitors an entrance camera of the same site
+    has counted already (an escalator, a floor), so site and headline totals leave them out.
+
+    >>> not_counting("Berlin/Entrance=cam1;Berlin/Floor 1=~cam4")
+    {'cam4'}
+    """
+    return {cam for _, cam, counting in _site_entries(spec) if not counting}
+
+
+def site_of(group: str) -> str:
+    """The site of a ``site/zone`` group.
+
+    >>> site_of("Berlin/Floor 1"), site_of("Hamburg")
+    ('Berlin', 'Hamburg')
+    """
+    return group.split("/", 1)[0].strip()
 
 
 def camera_groups(cameras: list[str], sites: dict[str, tuple[str, ...]]) -> dict[str, str]:
@@ -362,6 +400,26 @@ def periods(rng: TimeRange, resolution: str) -> pd.DatetimeIndex:
     freq = "7D" if resolution == "week" else _FREQ[resolution]
     index = pd.date_range(first, pd.Timestamp(rng.end) - pd.Timedelta(microseconds=1), freq=freq)
     return index.astype("datetime64[us]")
+
+
+def partial_periods(period_starts: pd.Series, resolution: str, rng: TimeRange) -> list[str]:
+    """Days and weeks (as "2024-04-29 (4 of 7 days)") that the range covers only in part.
+
+    >>> partial_periods(pd.Series(pd.to_datetime(["2024-04-29", "2024-05-06"])), "week",
+    ...                 TimeRange(datetime(2024, 5, 2), datetime(2024, 5, 9)))
+    ['week of 2024-04-29 (4 of 7 days)', 'week of 2024-05-06 (3 of 7 days)']
+    """
+    if resolution not in ("day", "week"):
+        return []
+    span = timedelta(days=7 if resolution == "week" else 1)
+    out = []
+    for start in sorted(set(pd.to_datetime(period_starts))):
+        start = start.to_pydatetime()
+        covered = min(start + span, rng.end) - max(start, rng.start)
+        if covered < span:
+            out.append(f"week of {start:%Y-%m-%d} ({covered.days} of 7 days)" if resolution == "week"
+                       else f"{start:%Y-%m-%d} ({covered.total_seconds() / 3600:.0f} of 24 h)")
+    return out
 
 
 def coarsest_needed(rng: TimeRange, resolution: str, max_periods: int = MAX_PERIODS) -> str:

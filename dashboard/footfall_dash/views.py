@@ -209,6 +209,21 @@ def camera_view(summary: pd.DataFrame, groups: dict[str, str], k: int) -> View:
     return View("cameras", "Camera comparison", table, ("camera_id", "metric"))
 
 
+def site_view(counts: pd.DataFrame, cameras: list[str], groups: dict[str, str], previous: pd.Series,
+              current: data.TimeRange, comparable: dict[str, bool], k: int) -> View:
+    """Site against site: the camera table's figures summed over each site's (counting) cameras."""
+    site = {cam: data.site_of(groups.get(cam) or "Other") for cam in cameras}
+    sites = sorted(set(site.values()))
+    by_site = counts.assign(camera_id=counts["camera_id"].map(site))
+    previous_by_site = previous.groupby(previous.index.map(lambda c: site.get(c, "Other"))).sum()
+    site_comparable = {s: all(comparable.get(c, True) for c in cameras if site[c] == s) for s in sites}
+    summary = data.camera_summary(by_site, sites, previous_by_site, current, site_comparable)
+    view = camera_view(summary, {}, k)
+    view.table = view.table.rename(columns={"Camera": "Site"})
+    view.key, view.title = "sites", "Site comparison"
+    return view
+
+
 def _hour_text(hour) -> str:
     return "–" if hour is None or pd.isna(hour) else f"{int(hour):02d}:00"
 
@@ -223,10 +238,10 @@ def _period_text(periods: pd.Series, resolution: str) -> pd.Series:
 
 def _export_part(view: View, k: int) -> pd.DataFrame:
     table = view.table
-    if view.key == "cameras":  # wide display table -> long rows (camera, site, metric, value)
-        id_columns = [c for c in ("Camera", "Site / zone") if c in table]
+    if view.key in ("cameras", "sites"):  # wide display table -> long rows (camera, site, metric, value)
+        id_columns = [c for c in ("Camera", "Site", "Site / zone") if c in table]
         long = table.melt(id_vars=id_columns, var_name="metric", value_name="value")
-        part = long.rename(columns={"Camera": "camera", "Site / zone": "site"})
+        part = long.rename(columns={"Camera": "camera", "Site": "site", "Site / zone": "site"})
     elif "value" in table:
         part = table.rename(columns=EXPORT_DIMENSIONS)[[EXPORT_DIMENSIONS[d] for d in view.dims] + ["value"]]
     else:
