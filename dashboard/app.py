@@ -50,7 +50,9 @@ h3 {font-size: 1.12rem !important; margin-bottom: 0 !important;}
   section[data-testid="stSidebar"], header[data-testid="stHeader"], div[data-testid="stToolbar"],
   div[data-testid="stStatusWidget"] {display: none !important;}
   .block-container {padding: 0 !important; max-width: 100% !important;}
-  div[data-testid="stVerticalBlock"] {break-inside: avoid;}
+  /* keep each chart, table and card row whole; not the page's outer block (it would start on page 2) */
+  div[data-testid="stElementContainer"], div[data-testid="stHorizontalBlock"] {break-inside: avoid;}
+  div[data-testid="stElementContainer"]:has(h3) {break-after: avoid;}  /* a heading stays with its chart */
 }
 </style>
 """
