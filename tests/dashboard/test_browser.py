@@ -144,6 +144,8 @@ def test_dashboard_in_chromium(dashboard_server, tmp_path):
             seen = _record_requests(page, port)
             page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
             _wait_for_charts(page)
+            page.wait_for_timeout(500)
+            assert seen and not _outside(seen, port), _outside(seen, port)  # e.g. an icon font from Google
 
             metrics = {
                 m.locator('[data-testid="stMetricLabel"]').inner_text().strip():
