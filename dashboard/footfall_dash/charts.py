@@ -55,13 +55,24 @@ def camera_colors(all_cameras: list[str]) -> dict[str, str]:
     return {cam: CAMERA_COLORS[i % len(CAMERA_COLORS)] for i, cam in enumerate(sorted(all_cameras))}
 
 
+def _compact(values) -> np.ndarray:
+    """Counts as the smallest unsigned integers that hold them (sent base64-encoded); hidden cells are 0
+    here, their visitors are in the hidden band."""
+    counts = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+    return counts.astype(np.uint16 if counts.max(initial=0) < 2**16 else np.uint32)
+
+
+_PERIOD_MS = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000, "week": 7 * 86_400_000}
+
+
 def stacked_time_figure(view: View, k: int, palette: dict[str, str],
                         y_title: str = "visitors", height: int = 360) -> go.Figure:
     """Stacked bars (areas for long series) of ``visitors`` per period and series.
 
     Suppressed cells go into a grey "hidden (<k)" band on top (drawn where it holds at least k
     visitors), so the stack reaches the true total; the hover shows each series' share of that
-    total and the total itself.
+    total and the total itself. Long series (areas) are sent compactly: a start and a step instead
+    of one date per point, 16-bit counts, no per-point hover text (the hover shows the value).
     """
     table = view.table
     series_column = view.dims[1]
@@ -71,32 +82,39 @@ def stacked_time_figure(view: View, k: int, palette: dict[str, str],
     fig = go.Figure()
 
     def add(name: str, x, y, text, color: str) -> None:
-        common = dict(x=x, y=y, name=name, customdata=text, hovertemplate=f"{name}: %{{customdata}}<extra></extra>")
-        if many:
-            fig.add_trace(go.Scatter(**common, mode="lines", stackgroup="one", line=dict(width=0.5, color=color)))
+        if many:  # every series covers the same full grid of periods (data.over_time)
+            fig.add_trace(go.Scatter(x0=pd.Timestamp(x.iloc[0] if hasattr(x, "iloc") else x[0]),
+                                     dx=_PERIOD_MS[view.resolution], y=_compact(y), name=name,
+                                     hovertemplate=f"{name}: %{{y:,.0f}}<extra></extra>", mode="lines",
+                                     stackgroup="one", line=dict(width=0.5, color=color)))
         else:
-            fig.add_trace(go.Bar(**common, marker_color=color))
+            fig.add_trace(go.Bar(x=x, y=y, name=name, customdata=text, marker_color=color,
+                                 hovertemplate=f"{name}: %{{customdata}}<extra></extra>"))
 
     for name, part in table.groupby(series_column, sort=False):
-        totals = band["total"].reindex(part["period"]).to_numpy() if band is not None else [None] * len(part)
-        text = [shown(v, s, k) + ("" if s or pd.isna(t) or not t else f" ({100.0 * v / t:.0f} %)")
-                for v, s, t in zip(part["visitors"], part["suppressed"], totals, strict=True)]
+        text = None
+        if not many:
+            totals = band["total"].reindex(part["period"]).to_numpy() if band is not None else [None] * len(part)
+            text = [shown(v, s, k) + ("" if s or pd.isna(t) or not t else f" ({100.0 * v / t:.0f} %)")
+                    for v, s, t in zip(part["visitors"], part["suppressed"], totals, strict=True)]
         add(str(name), part["period"], part["visitors"], text, palette[str(name)])
     if band is not None and band["hidden"].gt(0).any():
         label = f"{HIDDEN_BAND} ({suppressed_label(k)})"
         heights = band["hidden"].where(band["band_shown"], 0)
-        text = [f"{int(h):,}" + ("" if pd.isna(t) or not t else f" ({100.0 * h / t:.0f} %)") if ok else
-                (suppressed_label(k) if h else "0")
-                for h, ok, t in zip(band["hidden"], band["band_shown"], band["total"], strict=True)]
+        text = None if many else [
+            (f"{int(h):,}" + ("" if pd.isna(t) or not t else f" ({100.0 * h / t:.0f} %)")) if ok else
+            (suppressed_label(k) if h else "0")
+            for h, ok, t in zip(band["hidden"], band["band_shown"], band["total"], strict=True)]
         add(label, band.index, heights, text, HIDDEN_COLOR)
-    if band is not None:  # the period's total in the unified hover (an invisible trace)
+    if band is not None and not many:  # the period's total in the unified hover (an invisible trace)
         total_text = [f"{int(s):,} + {suppressed_label(k)}" if pd.isna(t) else f"{int(t):,}"
                       for t, s in zip(band["total"], band["shown"], strict=True)]
         fig.add_trace(go.Scatter(x=band.index, y=[0] * len(band), mode="markers", marker=dict(opacity=0),
                                  name="total", showlegend=False, customdata=total_text,
                                  hovertemplate="<b>total: %{customdata}</b><extra></extra>"))
     fig.update_layout(barmode="stack", bargap=0.12, hovermode="x unified",
-                      xaxis=dict(hoverformat=hover_time, title=None), yaxis=dict(title=y_title, rangemode="tozero"))
+                      xaxis=dict(hoverformat=hover_time, title=None, type="date"),
+                      yaxis=dict(title=y_title, rangemode="tozero"))
     return _style(fig, height)
 
 

@@ -44,7 +44,7 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 NOT_RECORDED_LABEL = "not recorded"  # shown for "" (attribute off when the visit was counted)
 VALENCES = ("positive", "neutral", "negative")
 HEALTH_STALE_S = 60.0  # a camera whose last frame is older than this is flagged
-MAX_PERIODS = 10_080  # a week of minutes: finer series are drawn at the next coarser resolution
+MAX_PERIODS = 4_320  # three days of minutes: finer series are drawn at the next coarser resolution (payload)
 _FREQ = {"minute": "min", "hour": "h", "day": "D"}
 
 

@@ -288,3 +288,43 @@ def test_a_signed_session_survives_a_reload(known_db, app_test, dash_env):
     assert launcher.read_session_token(token, "k" * 64) == "analyst"
     assert launcher.read_session_token(token, "x" * 64) is None  # another server's secret
     assert int(token.split(".")[1]) > datetime.now().timestamp() + 11 * 3600  # FOOTFALL_SESSION_HOURS 12
+
+
+# --------------------------------------------------------------------------- 8. payload
+
+
+def test_chart_payload_stays_small_at_minute_resolution():
+    """3 days per minute (the most periods drawn, data.MAX_PERIODS), 4 cameras: all time charts < 500 KB."""
+    import plotly.io as pio
+
+    from footfall_dash import charts, data, demo, views
+
+    rng = data.TimeRange(datetime(2024, 5, 6), datetime(2024, 5, 9))
+    assert data.coarsest_needed(rng, "minute") == "minute"
+    counts = demo.demo_frame(rng.start, rng.end, seed=2).rename(columns={"bucket_start": "time"})
+    counts["time"] = pd.to_datetime(counts["time"])
+    counts["emotion"] = counts["emotion"].replace("", data.NOT_RECORDED_LABEL)
+    cameras = sorted(counts["camera_id"].unique())
+    footfall = views.footfall_view(counts, rng, "minute", "camera_id", cameras, k=2)
+    emotion = views.mix_view(counts, rng, "minute", "emotion", k=2)
+    valence = views.mix_view(counts, rng, "minute", "valence", k=2)
+    sizes = []
+    for view, palette in ((footfall, charts.camera_colors(cameras)), (emotion, charts.EMOTION_COLORS),
+                          (valence, charts.VALENCE_COLORS)):
+        figure = charts.stacked_time_figure(view, 2, palette)
+        assert len(figure.data[0].y) == 3 * 24 * 60
+        sizes.append(len(pio.to_json(figure, validate=False)))  # what st.plotly_chart sends
+    assert sum(sizes) < 500_000, sizes
+
+
+def test_page_payload_under_500_kb(tmp_path, app_test):
+    from footfall_dash import demo
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    demo.fill_demo(url, days=7, seed=2, end=datetime(2024, 5, 9))
+    at = app_test(url, now=datetime(2024, 5, 8, 23, 0))
+    for resolution in ("minute", "hour"):
+        at.radio(key="f_resolution").set_value(resolution).run()
+        assert_no_crash(at)
+        payload = sum(len(el.proto.spec) for el in at.get("plotly_chart"))
+        assert payload < 500_000, (resolution, payload)
