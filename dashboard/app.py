@@ -45,6 +45,9 @@ CSS = """
 <style>
 .block-container {padding-top: 2.2rem; padding-bottom: 2rem;}
 div[data-testid="stMetricValue"] {font-size: 1.55rem;}
+/* a long card label ("Same weekdays last week") wraps instead of ending in "..." */
+div[data-testid="stMetricLabel"] * {white-space: normal !important; overflow: visible !important;
+                                    text-overflow: clip !important;}
 h3 {font-size: 1.12rem !important; margin-bottom: 0 !important;}
 @media print {
   section[data-testid="stSidebar"], header[data-testid="stHeader"], div[data-testid="stToolbar"],
@@ -354,11 +357,16 @@ def build_views(settings, counts, rng, current, previous, cameras, groups,
         st.info(f"Per {finest}, more than {MAX_HIDDEN_SHARE:.0%} of the visitors would sit in cells below "
                 f"k = {k} and be hidden: showing per {resolution}, where "
                 f"{views.hidden_share(footfall):.0%} are hidden (the grey band).")
-    h = data.headline(counts, current, int(previous.sum()), comparable=all(comparable.values()))
+    try:
+        opening = data.open_hours(settings.opening_hours)
+    except ValueError as exc:
+        st.warning(f"{exc}: ignored, every hour counts as open.")
+        opening = None
+    h = data.headline(counts, current, int(previous.sum()), comparable=all(comparable.values()), opening=opening)
     shown = {
         "headline": views.headline_view(h, k, compare_mode()),
         "footfall": footfall,
-        "heatmap": views.heatmap_view(counts, rng, k),
+        "heatmap": views.heatmap_view(counts, rng, k, opening),
         "pyramid": views.pyramid_view(counts, k),
     }
     if settings.enable_emotion:
@@ -390,7 +398,8 @@ def headline_cards(view: views.View, previous_range: data.TimeRange, printable: 
     cards[2].metric("Busiest hour", values["Busiest hour"], border=True,
                     help="Start of the hour of day with the most visitors.")
     cards[3].metric("Median / hour", values["Median visitors per active hour"], border=True,
-                    help="Median of the hourly counts over hours with at least one visitor.")
+                    help="Median of the hourly counts over the open hours (FOOTFALL_OPENING_HOURS) with at "
+                         "least one visitor.")
     female, male = values["Female share"], values["Male share"]
     gender_text = female if female.startswith("hidden") else f"{female.removesuffix(' %')} / {male}"
     cards[4].metric("Female / male", gender_text, border=True, help="Share of visitors by gender, percent.")

@@ -124,7 +124,8 @@ def heatmap_figure(view: View, k: int, height: int = 320) -> go.Figure:
     z = table[view.measure].to_numpy(dtype=float).reshape(7, 24)
     hidden = table["suppressed"].to_numpy().reshape(7, 24)
     label = np.where(hidden, suppressed_label(k), "")
-    hover = np.array([suppressed_label(k) if s else f"{m:,.1f} per day ({int(v):,} on {d} days)"
+    hover = np.array([suppressed_label(k) if s else ("closed (not in the averages)" if pd.isna(m) else
+                                                     f"{m:,.1f} per day ({int(v):,} on {d} days)")
                       for m, v, s, d in zip(table[view.measure], table["visitors"], table["suppressed"],
                                             table["days"], strict=True)], dtype=object).reshape(7, 24)
     fig = go.Figure(go.Heatmap(

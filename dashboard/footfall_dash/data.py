@@ -465,6 +465,24 @@ def over_time(counts: pd.DataFrame, rng: TimeRange, resolution: str, by: str,
     return table
 
 
+def open_hours(spec: str) -> frozenset[int] | None:
+    """Hours of day (0..23) that overlap ``FOOTFALL_OPENING_HOURS`` (``HH:MM-HH:MM``); None: always open.
+
+    >>> sorted(open_hours("08:30-11:00")), open_hours("")
+    ([8, 9, 10], None)
+    """
+    if not spec.strip():
+        return None
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", spec)
+    if not match:
+        raise ValueError(f"FOOTFALL_OPENING_HOURS {spec!r} is not `HH:MM-HH:MM` (e.g. 09:00-20:00)")
+    start_h, start_m, end_h, end_m = (int(g) for g in match.groups())
+    start, end = start_h * 60 + start_m, end_h * 60 + end_m
+    if not (0 <= start < end <= 24 * 60 and start_m < 60 and end_m < 60):
+        raise ValueError(f"FOOTFALL_OPENING_HOURS {spec!r} must open before it closes, within one day")
+    return frozenset(h for h in range(24) if h * 60 < end and (h + 1) * 60 > start)
+
+
 def weekday_days(rng: TimeRange) -> list[int]:
     """How many days of each weekday (Monday first) the range touches.
 
@@ -475,7 +493,7 @@ def weekday_days(rng: TimeRange) -> list[int]:
     return [int((days.day_of_week == d).sum()) for d in range(7)]
 
 
-def hour_weekday(counts: pd.DataFrame, rng: TimeRange) -> pd.DataFrame:
+def hour_weekday(counts: pd.DataFrame, rng: TimeRange, opening: frozenset[int] | None = None) -> pd.DataFrame:
     """Visitors per weekday (0 = Monday) and hour of day, all 7 x 24 cells: the sum ``visitors``, the
     ``days`` of that weekday in ``rng`` and ``mean``, visitors per day (a range with five Wednesdays
     and four Thursdays must not make Wednesdays look busier)."""
@@ -485,6 +503,8 @@ def hour_weekday(counts: pd.DataFrame, rng: TimeRange) -> pd.DataFrame:
     table = summed.reindex(grid, fill_value=0).astype("int64").reset_index()
     table["days"] = table["weekday"].map(dict(enumerate(weekday_days(rng)))).astype("int64")
     table["mean"] = table["visitors"] / table["days"].where(table["days"] > 0)
+    table["open"] = True if opening is None else table["hour"].isin(opening)
+    table["mean"] = table["mean"].where(table["open"])  # closed hours have no average
     return table
 
 
@@ -507,12 +527,13 @@ class Headline:
     change_pct: float | None  # None when the previous period has no visitors or is not comparable
     comparable: bool  # False when a selected camera has no data yet at the start of the earlier span
     busiest_hour: int | None  # hour of day (0..23) with the most visitors
-    median_per_hour: float | None  # median over the hours with at least one visitor
+    median_per_hour: float | None  # median over the open hours with at least one visitor
     by_gender: dict[str, int]
     mean_age: float | None
 
 
-def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int, comparable: bool = True) -> Headline:
+def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int, comparable: bool = True,
+             opening: frozenset[int] | None = None) -> Headline:
     """Headline figures of ``counts``; ``current`` is the comparable span of the range.
 
     ``comparable`` False (the earlier span reaches back before a camera's first data) gives no
@@ -526,7 +547,7 @@ def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int, comp
     by_hour_of_day = counts.groupby(counts["time"].dt.hour)["visitors"].sum()
     busiest = int(by_hour_of_day.idxmax()) if visitors else None  # ties: the earliest hour
     hourly = counts.groupby(counts["time"].dt.floor("h"))["visitors"].sum()
-    hourly = hourly[hourly > 0]
+    hourly = hourly[(hourly > 0) & (True if opening is None else hourly.index.hour.isin(opening))]
     by_gender = {g: int(counts.loc[counts["gender"] == g, "visitors"].sum()) for g in GENDERS}
     return Headline(
         visitors=visitors, current_visitors=current_visitors, previous_visitors=int(previous_total),

@@ -100,10 +100,10 @@ def footfall_view(counts: pd.DataFrame, rng: data.TimeRange, resolution: str, st
                 band=hidden_band(table, shown_table, k))
 
 
-def heatmap_view(counts: pd.DataFrame, rng: data.TimeRange, k: int) -> View:
+def heatmap_view(counts: pd.DataFrame, rng: data.TimeRange, k: int, opening: frozenset[int] | None = None) -> View:
     """Mean visitors per day for each weekday x hour of day (the sum over that weekday's days in the
     range, divided by their number); a cell is hidden when its sum is below k."""
-    table = suppress(data.hour_weekday(counts, rng), k)
+    table = suppress(data.hour_weekday(counts, rng, opening), k)
     table["mean"] = table["mean"].where(~table["suppressed"])
     return View("hour_weekday", "Mean visitors per day, weekday x hour of day", table, ("weekday", "hour"),
                 measure="mean")
@@ -253,7 +253,7 @@ def _export_part(view: View, k: int) -> pd.DataFrame:
         if "hour" in part:
             part["hour"] = part["hour"].map(lambda h: f"{h:02d}:00")
         decimals = 0 if view.measure == "visitors" else 1
-        part["value"] = [suppressed_label(k) if hidden else f"{v:.{decimals}f}"
+        part["value"] = [suppressed_label(k) if hidden else ("closed" if pd.isna(v) else f"{v:.{decimals}f}")
                          for v, hidden in zip(table[view.measure], table["suppressed"], strict=True)]
     if view.band is not None and view.band["hidden"].gt(0).any():  # the band is in the CSV as on the chart
         band = view.band[view.band["hidden"] > 0]

@@ -328,3 +328,17 @@ def test_page_payload_under_500_kb(tmp_path, app_test):
         assert_no_crash(at)
         payload = sum(len(el.proto.spec) for el in at.get("plotly_chart"))
         assert payload < 500_000, (resolution, payload)
+
+
+def test_opening_hours_leave_closed_hours_out_of_the_averages(known_db, app_test):
+    at = app_test(known_db, opening_hours="10:00-18:00")
+    at.selectbox(key="f_preset").set_value("Today").run()
+    assert_no_crash(at)
+    # today per hour: 09:00 50 (closed), 10:00 25, 11:00 15, 14:00 15 -> median of the open hours 15
+    assert metrics(at)["Median / hour"].value == "15.0"
+    heat = export(at).query("view == 'hour_weekday'").set_index(["weekday", "hour"])["value"]
+    assert heat[("Wed", "09:00")] == "closed" and heat[("Wed", "10:00")] == "25.0"
+    assert metrics(at)["Visitors"].value == "105"  # visitors outside the hours still count
+    at = app_test(known_db, opening_hours="nine to five")
+    assert_no_crash(at)
+    assert any("FOOTFALL_OPENING_HOURS" in w.value for w in at.warning)

@@ -160,6 +160,13 @@ def test_dashboard_in_chromium(dashboard_server, tmp_path):
             assert "Race" not in body  # switched off by default
             assert page.locator(".js-plotly-plot .bars, .js-plotly-plot .hm, .js-plotly-plot image").count() > 0
             assert page.get_by_text("Download CSV").is_visible()
+            # no card label is cut off with an ellipsis (e.g. "Previous per...")
+            page.set_viewport_size({"width": 1100, "height": 1000})
+            page.wait_for_timeout(500)
+            cut = page.evaluate("""[...document.querySelectorAll('[data-testid="stMetricLabel"] *')]
+                .filter(e => e.offsetParent && e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
+            assert not cut, cut
+            page.set_viewport_size({"width": 1440, "height": 1000})
 
             # the whole analytics page in one picture: grow the viewport to the content height
             height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
