@@ -10,6 +10,7 @@ import logging
 import secrets
 import sys
 import time as clock
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -46,8 +47,8 @@ CSS = """
 .block-container {padding-top: 2.2rem; padding-bottom: 2rem;}
 div[data-testid="stMetricValue"] {font-size: 1.55rem;}
 /* a long card label ("Same weekdays last week") wraps instead of ending in "..." */
-div[data-testid="stMetricLabel"] * {white-space: normal !important; overflow: visible !important;
-                                    text-overflow: clip !important;}
+[data-testid="stMetricLabel"] * {white-space: normal !important; overflow: visible !important;
+                                 text-overflow: clip !important; word-break: normal !important;}
 h3 {font-size: 1.12rem !important; margin-bottom: 0 !important;}
 @media print {
   section[data-testid="stSidebar"], header[data-testid="stHeader"], div[data-testid="stToolbar"],
@@ -338,54 +339,83 @@ def selected_cameras(cameras: list[str], groups: dict[str, str], skip: frozenset
 # --------------------------------------------------------------------------- analytics
 
 
-def build_views(settings, counts, rng, current, previous, cameras, groups,
-                comparable: dict[str, bool]) -> dict[str, views.View]:
-    k = max(1, settings.k_anonymity)
-    wanted = st.session_state.get("f_resolution", "hour")
-    resolution = data.coarsest_needed(rng, wanted)
-    if resolution != wanted:
-        st.warning(f"Too many points per {wanted} for this period: showing per {resolution}. "
-                   "Choose a shorter period for a finer resolution.")
-    stack_by = st.session_state.get("f_stack", "camera_id")
-    footfall = views.footfall_view(counts, rng, resolution, stack_by, cameras, k)
+@dataclass(frozen=True)
+class Filters:
+    """Everything the figures depend on besides the database (hashable: the per-filter cache key)."""
+
+    url: str
+    start: datetime
+    end: datetime
+    current_end: datetime
+    previous_start: datetime
+    previous_end: datetime
+    cameras: tuple[str, ...]
+    groups: tuple[tuple[str, str], ...]
+    tz: str
+    k: int
+    resolution: str
+    stack_by: str
+    compare: str
+    opening_hours: str
+    race: bool
+    emotion: bool
+    tick: int  # changes every refresh interval, so live mode reads fresh rows
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]]]:
+    """The views of one filter state, cached per filter; plus (kind, text) notes for the page."""
+    notes: list[tuple[str, str]] = []
+    rng = data.TimeRange(f.start, f.end)
+    current = data.TimeRange(f.start, f.current_end)
+    cameras, groups, k = list(f.cameras), dict(f.groups), f.k
+    counts = cached_counts(f.url, f.start, f.end, f.cameras, f.tz, f.race, f.emotion, f.tick)
+    previous = cached_previous(f.url, f.previous_start, f.previous_end, f.cameras, f.tz, f.tick)
+    first = cached_first_counts(f.url, f.cameras, f.tz, f.tick)
+    comparable = {cam: start <= f.previous_start for cam, start in first.items()}
+    resolution = data.coarsest_needed(rng, f.resolution)
+    if resolution != f.resolution:
+        notes.append(("warning", f"Too many points per {f.resolution} for this period: showing per {resolution}. "
+                                 "Choose a shorter period for a finer resolution."))
+    footfall = views.footfall_view(counts, rng, resolution, f.stack_by, cameras, k)
     finest = resolution
     # a resolution that hides many visitors (cells below k) shows little: take the next coarser one
     while views.hidden_share(footfall) > MAX_HIDDEN_SHARE and resolution != data.RESOLUTIONS[-1]:
         resolution = data.RESOLUTIONS[data.RESOLUTIONS.index(resolution) + 1]
-        footfall = views.footfall_view(counts, rng, resolution, stack_by, cameras, k)
+        footfall = views.footfall_view(counts, rng, resolution, f.stack_by, cameras, k)
     if resolution != finest:
-        st.info(f"Per {finest}, more than {MAX_HIDDEN_SHARE:.0%} of the visitors would sit in cells below "
-                f"k = {k} and be hidden: showing per {resolution}, where "
-                f"{views.hidden_share(footfall):.0%} are hidden (the grey band).")
+        notes.append(("info", f"Per {finest}, more than {MAX_HIDDEN_SHARE:.0%} of the visitors would sit in cells "
+                              f"below k = {k} and be hidden: showing per {resolution}, where "
+                              f"{views.hidden_share(footfall):.0%} are hidden (the grey band)."))
     try:
-        opening = data.open_hours(settings.opening_hours)
+        opening = data.open_hours(f.opening_hours)
     except ValueError as exc:
-        st.warning(f"{exc}: ignored, every hour counts as open.")
+        notes.append(("warning", f"{exc}: ignored, every hour counts as open."))
         opening = None
     h = data.headline(counts, current, int(previous.sum()), comparable=all(comparable.values()), opening=opening)
     shown = {
-        "headline": views.headline_view(h, k, compare_mode()),
+        "headline": views.headline_view(h, k, f.compare),
         "footfall": footfall,
         "heatmap": views.heatmap_view(counts, rng, k, opening),
         "pyramid": views.pyramid_view(counts, k),
     }
-    if settings.enable_emotion:
+    if f.emotion:
         shown["emotion"] = views.mix_view(counts, rng, resolution, "emotion", k)
         shown["valence"] = views.mix_view(counts, rng, resolution, "valence", k)
-    if settings.enable_race:
+    if f.race:
         shown["race"] = views.race_view(counts, k)
     summary = data.camera_summary(counts, cameras, previous, current, comparable)
     shown["cameras"] = views.camera_view(summary, groups, k)
     if len({data.site_of(groups.get(c) or "Other") for c in cameras}) > 1 and any(groups.values()):
         shown["sites"] = views.site_view(counts, cameras, groups, previous, current, comparable, k)
-    return shown
+    return shown, notes
 
 
-def headline_cards(view: views.View, previous_range: data.TimeRange, printable: bool) -> None:
+def headline_cards(view: views.View, previous_range: data.TimeRange) -> None:
     values = dict(zip(view.table["metric"], view.table["value"], strict=True))
     compare = compare_mode()
     change = values[f"Change vs {compare}"]
-    cards = [*st.columns(3), *st.columns(3)] if printable else st.columns(6)  # print pages are narrow
+    cards = [*st.columns(3), *st.columns(3)]  # two rows: six cards in one row cut their labels short
     cards[0].metric("Visitors", values["Visitors"], delta=change if change.endswith("%") else None,
                     border=True, help=f"Unique visitors in the period (selected cameras); the arrow compares "
                                       f"with the {compare}. Change: {change}.")
@@ -440,7 +470,7 @@ def note(view: views.View, k: int) -> None:
 def render_views(shown: dict[str, views.View], settings: DashboardSettings, printable: bool,
                  previous_range: data.TimeRange, all_cameras: list[str], foot_range: data.TimeRange) -> None:
     k = max(1, settings.k_anonymity)
-    headline_cards(shown["headline"], previous_range, printable)
+    headline_cards(shown["headline"], previous_range)
     foot = shown["footfall"]
     stack_label = STACK_LABELS[foot.dims[1]].lower()
     st.markdown(f"### Footfall over time · by {stack_label} · per {foot.resolution}")
@@ -529,15 +559,19 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
     if silent:
         st.info(f"No data in this period for camera{'s' if len(silent) > 1 else ''}: {', '.join(silent)}.")
     current, previous_range = data.comparison_ranges(rng, now, compare_mode())
-    previous = cached_previous(url, previous_range.start, previous_range.end, tuple(selection), tz, tick)
-    first = cached_first_counts(url, tuple(selection), tz, tick)
-    comparable = {cam: start <= previous_range.start for cam, start in first.items()}
-    shown = build_views(settings, counts, rng, current, previous, selection, groups, comparable)
     k = max(1, settings.k_anonymity)
+    state = st.session_state
+    filters = Filters(url, rng.start, rng.end, current.end, previous_range.start, previous_range.end,
+                      tuple(selection), tuple(sorted(groups.items())), tz, k, state.get("f_resolution", "hour"),
+                      state.get("f_stack", "camera_id"), compare_mode(), settings.opening_hours,
+                      settings.enable_race, settings.enable_emotion, tick)
+    shown, notes = build_views(filters)
+    for kind, text in notes:
+        (st.warning if kind == "warning" else st.info)(text)
     export = views.export_frame(list(shown.values()), k)
     st.session_state[EXPORT_KEY] = export
     if not printable:
-        left, right = st.columns([5, 1], vertical_alignment="bottom")
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
         left.caption(f"{rng.label()} · {len(selection)} of {len(cameras)} cameras · times in {tz}"
                      + (f" · live, updated {now:%H:%M:%S}" if st.session_state.get("f_live") else ""))
         header = export_header(settings, rng, selection, cameras, groups)
@@ -648,7 +682,7 @@ def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups:
 
 
 def main() -> None:
-    st.markdown(CSS, unsafe_allow_html=True)
+    st.html(CSS)  # style only: st.html keeps a <style> block (st.markdown may drop it)
     settings = load_settings()
     user = require_login(settings)
     url = settings.database_url

@@ -10,6 +10,7 @@ Skips when Chromium or Playwright is missing; with CI=true that is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -127,6 +128,23 @@ def _outside(seen: list[str], port: int) -> list[str]:
     return [url for url in seen if not url.startswith(local)]
 
 
+@contextlib.contextmanager
+def _dashboard_page(port: int, query: str = ""):
+    """(page, requests seen) of headless Chromium on the dashboard, charts drawn; the browser closes after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            seen = _record_requests(page, port)
+            page.goto(f"http://127.0.0.1:{port}/{query}", wait_until="domcontentloaded")
+            _wait_for_charts(page)
+            yield page, seen
+        finally:
+            browser.close()
+
+
 def _wait_for_charts(page) -> None:
     page.wait_for_selector('[data-testid="stMetric"]', timeout=40_000)
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=40_000)
@@ -134,62 +152,53 @@ def _wait_for_charts(page) -> None:
 
 
 def test_dashboard_in_chromium(dashboard_server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     port, db, process = dashboard_server
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            seen = _record_requests(page, port)
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-            _wait_for_charts(page)
-            page.wait_for_timeout(500)
-            assert seen and not _outside(seen, port), _outside(seen, port)  # e.g. an icon font from Google
+    with _dashboard_page(port) as (page, seen):
+        page.wait_for_timeout(500)
+        assert seen and not _outside(seen, port), _outside(seen, port)  # e.g. an icon font from Google
 
-            metrics = {
-                m.locator('[data-testid="stMetricLabel"]').inner_text().strip():
-                m.locator('[data-testid="stMetricValue"]').inner_text().strip()
-                for m in page.locator('[data-testid="stMetric"]').all() if m.is_visible()}
-            assert metrics["Visitors"] == f"{_visitors_last_7_days(db):,}"
-            for label in ("Previous period", "Busiest hour", "Median / hour", "Female / male", "Mean age"):
-                assert metrics.get(label), f"headline figure {label!r} missing"
-            body = page.locator("section.main, [data-testid='stMain']").first.inner_text()
-            for title in CHART_TITLES:
-                assert title in body, f"{title!r} missing"
-            assert "Race" not in body  # switched off by default
-            assert page.locator(".js-plotly-plot .bars, .js-plotly-plot .hm, .js-plotly-plot image").count() > 0
-            assert page.get_by_text("Download CSV").is_visible()
-            # no card label is cut off with an ellipsis (e.g. "Previous per...")
-            page.set_viewport_size({"width": 1100, "height": 1000})
-            page.wait_for_timeout(500)
-            cut = page.evaluate("""[...document.querySelectorAll('[data-testid="stMetricLabel"] *')]
-                .filter(e => e.offsetParent && e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
-            assert not cut, cut
-            page.set_viewport_size({"width": 1440, "height": 1000})
+        metrics = {
+            m.locator('[data-testid="stMetricLabel"]').inner_text().strip():
+            m.locator('[data-testid="stMetricValue"]').inner_text().strip()
+            for m in page.locator('[data-testid="stMetric"]').all() if m.is_visible()}
+        assert metrics["Visitors"] == f"{_visitors_last_7_days(db):,}"
+        for label in ("Previous period", "Busiest hour", "Median / hour", "Female / male", "Mean age"):
+            assert metrics.get(label), f"headline figure {label!r} missing"
+        body = page.locator("section.main, [data-testid='stMain']").first.inner_text()
+        for title in CHART_TITLES:
+            assert title in body, f"{title!r} missing"
+        assert "Race" not in body  # switched off by default
+        assert page.locator(".js-plotly-plot .bars, .js-plotly-plot .hm, .js-plotly-plot image").count() > 0
+        assert page.get_by_text("Download CSV").is_visible()
+        # no card label is cut off with an ellipsis (e.g. "Previous per...")
+        page.set_viewport_size({"width": 1100, "height": 1000})
+        page.wait_for_timeout(500)
+        cut = page.evaluate("""[...document.querySelectorAll('[data-testid="stMetricLabel"] *')]
+            .filter(e => getComputedStyle(e).textOverflow === "ellipsis" && e.clientWidth > 0
+                         && e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
+        assert not cut, cut
+        page.set_viewport_size({"width": 1440, "height": 1000})
 
-            # the whole analytics page in one picture: grow the viewport to the content height
-            height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-            page.set_viewport_size({"width": 1440, "height": min(max(int(height) + 40, 1000), 4000)})
-            page.wait_for_timeout(800)
-            shot = tmp_path / "dashboard.png"
-            page.screenshot(path=str(shot))
-            shutil.copy(shot, output_dir() / "dashboard.png")
-            if os.environ.get("UPDATE_DASHBOARD_SCREENSHOT") == "1":
-                shutil.copy(shot, PROJECT_ROOT / "docs" / "dashboard.png")
+        # the whole analytics page in one picture: grow the viewport to the content height
+        height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+        page.set_viewport_size({"width": 1440, "height": min(max(int(height) + 40, 1000), 4000)})
+        page.wait_for_timeout(800)
+        shot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shot))
+        shutil.copy(shot, output_dir() / "dashboard.png")
+        if os.environ.get("UPDATE_DASHBOARD_SCREENSHOT") == "1":
+            shutil.copy(shot, PROJECT_ROOT / "docs" / "dashboard.png")
 
-            # operator view: the reconnecting demo camera is flagged
-            page.get_by_role("tab", name="Cameras (operator)").click()
-            alert = page.locator("[data-testid='stAlert']", has_text="attention").first
-            alert.wait_for(timeout=10_000)
-            assert "hamburg-door" in alert.inner_text()
-            page.screenshot(path=str(output_dir() / "dashboard_operator.png"))
-            page.get_by_role("tab", name="Help & privacy").click()
-            page.wait_for_timeout(500)
-            # no font server, CDN or anything else outside: the page only ever talks to this server
-            assert seen and not _outside(seen, port), _outside(seen, port)
-        finally:
-            browser.close()
+        # operator view: the reconnecting demo camera is flagged
+        page.get_by_role("tab", name="Cameras (operator)").click()
+        alert = page.locator("[data-testid='stAlert']", has_text="attention").first
+        alert.wait_for(timeout=10_000)
+        assert "hamburg-door" in alert.inner_text()
+        page.screenshot(path=str(output_dir() / "dashboard_operator.png"))
+        page.get_by_role("tab", name="Help & privacy").click()
+        page.wait_for_timeout(500)
+        # no font server, CDN or anything else outside: the page only ever talks to this server
+        assert seen and not _outside(seen, port), _outside(seen, port)
 
     process.send_signal(signal.SIGTERM)  # the launcher exec'd Streamlit: it must stop cleanly
     assert process.wait(15) == 0
@@ -203,34 +212,24 @@ def test_printable_view_fits_a4(dashboard_server, tmp_path):
 
     The PDFs (portrait and landscape) are kept in test-output/ to look at.
     """
-    from playwright.sync_api import sync_playwright
-
     port, _, _ = dashboard_server
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            seen = _record_requests(page, port)
-            page.goto(f"http://127.0.0.1:{port}/?print=1&period=Last+30+days", wait_until="domcontentloaded")
-            _wait_for_charts(page)
-            assert page.get_by_text("Footfall report").is_visible()
-            page.wait_for_timeout(500)
-            # plotly fixes a chart's width in pixels when it draws it: a screen-wide chart is cut on paper
-            widths = page.evaluate("[...document.querySelectorAll('.js-plotly-plot .main-svg')]"
-                                   ".map(svg => svg.getBoundingClientRect().width)")
-            assert widths and max(widths) <= PRINT_WIDTH_PX, widths
-            # the interactive table grid would lose columns at the page edge: printed tables are HTML
-            assert page.locator('[data-testid="stDataFrame"]').count() == 0
-            assert page.locator('[data-testid="stTable"]').count() >= 1
-            page.emulate_media(media="print")
-            for landscape in (False, True):
-                name = f"dashboard_print_{'landscape' if landscape else 'portrait'}.pdf"
-                page.pdf(path=str(tmp_path / name), format="A4", landscape=landscape, print_background=True)
-                shutil.copy(tmp_path / name, output_dir() / name)
-                assert (tmp_path / name).stat().st_size > 10_000
-            assert not _outside(seen, port), _outside(seen, port)
-        finally:
-            browser.close()
+    with _dashboard_page(port, "?print=1&period=Last+30+days") as (page, seen):
+        assert page.get_by_text("Footfall report").is_visible()
+        page.wait_for_timeout(500)
+        # plotly fixes a chart's width in pixels when it draws it: a screen-wide chart is cut on paper
+        widths = page.evaluate("[...document.querySelectorAll('.js-plotly-plot .main-svg')]"
+                               ".map(svg => svg.getBoundingClientRect().width)")
+        assert widths and max(widths) <= PRINT_WIDTH_PX, widths
+        # the interactive table grid would lose columns at the page edge: printed tables are HTML
+        assert page.locator('[data-testid="stDataFrame"]').count() == 0
+        assert page.locator('[data-testid="stTable"]').count() >= 1
+        page.emulate_media(media="print")
+        for landscape in (False, True):
+            name = f"dashboard_print_{'landscape' if landscape else 'portrait'}.pdf"
+            page.pdf(path=str(tmp_path / name), format="A4", landscape=landscape, print_background=True)
+            shutil.copy(tmp_path / name, output_dir() / name)
+            assert (tmp_path / name).stat().st_size > 10_000
+        assert not _outside(seen, port), _outside(seen, port)
 
 
 def test_login_survives_reload_and_the_csv_needs_the_session(tmp_path):
