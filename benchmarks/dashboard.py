@@ -70,7 +70,8 @@ def run_interactions(url: str, days: int) -> list[tuple[str, float, float, int]]
         ("period: last 30 days", lambda: at.selectbox(key="f_preset").set_value("Last 30 days")),
         ("resolution: day", lambda: at.radio(key="f_resolution").set_value("day")),
         ("stack by gender", lambda: at.radio(key="f_stack").set_value("gender")),
-        ("compare: same weekdays last week", lambda: at.selectbox(key="f_compare").set_value("same weekdays last week")),
+        ("compare: same weekdays last week",
+         lambda: at.selectbox(key="f_compare").set_value("same weekdays last week")),
         ("period: today, per minute", lambda: (at.selectbox(key="f_preset").set_value("Today"),
                                                at.radio(key="f_resolution").set_value("minute"))),
     ]
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(tmp) / "bench.db"
         began = time.perf_counter()
         rows, visitors = build_database(path, args.days, args.cameras, args.bucket_s, args.peak)
+        built_s = time.perf_counter() - began
         print(f"database: {args.days} days x {args.cameras} cameras, {args.bucket_s} s buckets: {rows:,} rows, "
-              f"{visitors:,} visitors, {path.stat().st_size / 1e6:.0f} MB (built in {time.perf_counter() - began:.0f} s)")
+              f"{visitors:,} visitors, {path.stat().st_size / 1e6:.0f} MB (built in {built_s:.0f} s)")
         print(f"{'interaction':<40} {'new (s)':>8} {'again (s)':>9} {'charts (KB)':>11}")
         for label, new, again, size in run_interactions(f"sqlite:///{path}", args.days):
             print(f"{label:<40} {new:8.2f} {again:9.2f} {size / 1000:11.0f}")

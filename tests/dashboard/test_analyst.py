@@ -19,7 +19,7 @@ from footfall import dashboard_launcher as launcher
 from footfall.dashboard_launcher import hash_password
 
 from . import truth
-from .conftest import KNOWN_ROWS, NOW, TODAY
+from .conftest import KNOWN_ROWS, TODAY
 from .test_dashboard_app import array, assert_no_crash, camera_table, export, figures, metrics, texts
 
 
