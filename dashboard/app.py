@@ -63,11 +63,15 @@ h3 {font-size: 1.12rem !important; margin-bottom: 0 !important;}
 
 HELP = """\
 **Visitors** are unique people counted by the cameras (each tracked face once), summed over the
-selected cameras and period. **Previous period** is the same length immediately before; while the
-period is still running both stop at the same time of day (today until now vs yesterday until the
-same time). **Busiest hour** is the hour of day with the most visitors in the period. **Median per
-active hour** is the median of the hourly counts over hours with at least one visitor. **Mean
-age** is the average estimated age. Times are shown in {tz}.
+selected cameras and period (cameras marked not counting in the site settings are left out unless
+picked by name). **Compare with**: the previous period (the same length immediately before), the
+same weekdays a week earlier, or 52 weeks earlier; while the period is still running both stop at
+the same time of day. The change reads **not comparable** when a selected camera has no data yet
+at the start of the earlier span. **Busiest hour** is the hour of day with the most visitors in the
+period. **Median per active hour** is the median of the hourly counts over the open hours with at
+least one visitor. The **weekday × hour** map shows the mean visitors per day: the sum over the
+period divided by how many of that weekday it holds. **Mean age** is the average estimated age.
+Times are shown in {tz}.
 
 {policy}
 """
