@@ -7,8 +7,10 @@ FOOTFALL_* variables of ``footfall.config.DashboardSettings``. The database is o
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import time as clock
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,7 +24,9 @@ import streamlit as st  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from footfall.config import DashboardSettings  # noqa: E402
-from footfall.dashboard_launcher import check_login, is_valid_hash  # noqa: E402
+from footfall.observability import ctx  # noqa: E402
+from footfall.dashboard_launcher import (LoginThrottle, check_login, is_valid_hash,  # noqa: E402
+                                         read_session_token, session_secret, session_token)
 from footfall_dash import charts, data, flow, views  # noqa: E402
 from footfall_dash.privacy import POLICY  # noqa: E402
 
@@ -30,30 +34,44 @@ LOG = logging.getLogger("footfall.dashboard")
 NOW_KEY = "footfall_now"  # optional session value (local naive datetime) that pins "now": tests, reports
 EXPORT_KEY = "footfall_export"  # the frame behind the CSV download (exactly what is shown)
 STACK_LABELS = {"camera_id": "Camera", "gender": "Gender"}
+MAX_HIDDEN_SHARE = 0.2  # above this share of hidden visitors a time resolution is too fine to be useful
+SESSION_COOKIE = "footfall_session"  # signed login token (see footfall.dashboard_launcher.session_token)
+COOKIE_KEY = "footfall_set_cookie"  # session value: a cookie to write in the browser on the next run
 
-st.set_page_config(page_title="Footfall analytics", page_icon=":material/groups:", layout="wide")
+# No page_icon: a material icon is fetched from Google's font server on every page load (a request to
+# an outside host); Streamlit's own favicon is served by this server.
+st.set_page_config(page_title="Footfall analytics", layout="wide")
 
 CSS = """
 <style>
 .block-container {padding-top: 2.2rem; padding-bottom: 2rem;}
 div[data-testid="stMetricValue"] {font-size: 1.55rem;}
+/* a long card label ("Same weekdays last week") wraps instead of ending in "..." */
+[data-testid="stMetricLabel"] * {white-space: normal !important; overflow: visible !important;
+                                 text-overflow: clip !important; word-break: normal !important;}
 h3 {font-size: 1.12rem !important; margin-bottom: 0 !important;}
 @media print {
   section[data-testid="stSidebar"], header[data-testid="stHeader"], div[data-testid="stToolbar"],
   div[data-testid="stStatusWidget"] {display: none !important;}
   .block-container {padding: 0 !important; max-width: 100% !important;}
-  div[data-testid="stVerticalBlock"] {break-inside: avoid;}
+  /* keep each chart, table and card row whole; not the page's outer block (it would start on page 2) */
+  div[data-testid="stElementContainer"], div[data-testid="stHorizontalBlock"] {break-inside: avoid;}
+  div[data-testid="stElementContainer"]:has(h3) {break-after: avoid;}  /* a heading stays with its chart */
 }
 </style>
 """
 
 HELP = """\
 **Visitors** are unique people counted by the cameras (each tracked face once), summed over the
-selected cameras and period. **Previous period** is the same length immediately before; while the
-period is still running both stop at the same time of day (today until now vs yesterday until the
-same time). **Busiest hour** is the hour of day with the most visitors in the period. **Median per
-active hour** is the median of the hourly counts over hours with at least one visitor. **Mean
-age** is the average estimated age. Times are shown in {tz}.
+selected cameras and period (cameras marked not counting in the site settings are left out unless
+picked by name). **Compare with**: the previous period (the same length immediately before), the
+same weekdays a week earlier, or 52 weeks earlier; while the period is still running both stop at
+the same time of day. The change reads **not comparable** when a selected camera has no data yet
+at the start of the earlier span. **Busiest hour** is the hour of day with the most visitors in the
+period. **Median per active hour** is the median of the hourly counts over the open hours with at
+least one visitor. The **weekday × hour** map shows the mean visitors per day: the sum over the
+period divided by how many of that weekday it holds. **Mean age** is the average estimated age.
+Times are shown in {tz}.
 
 {policy}
 """
@@ -77,8 +95,28 @@ def load_settings() -> DashboardSettings:
     return settings
 
 
+@st.cache_resource(show_spinner=False)
+def login_throttle() -> LoginThrottle:
+    return LoginThrottle()  # one per server process: parallel browser sessions share it
+
+
+@st.cache_resource(show_spinner=False)
+def signing_secret(configured: str) -> str:
+    return session_secret(configured)  # FOOTFALL_SESSION_SECRET, else one random secret per process
+
+
+def write_cookie(value: str, max_age_s: int) -> None:
+    """Set (or with max_age 0 delete) the session cookie in the browser: JavaScript, as Streamlit has no API."""
+    st.html(f"""<script>document.cookie = "{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age_s}; SameSite=Strict"
+            + (location.protocol === "https:" ? "; Secure" : "");</script>""", unsafe_allow_javascript=True)
+
+
 def require_login(settings: DashboardSettings) -> str | None:
-    """Show the sign-in form and stop the script until the user has signed in (when configured)."""
+    """Show the sign-in form and stop the script until the user has signed in (when configured).
+
+    A signed-in browser holds a signed, expiring token in a cookie, so a reload or a new tab needs
+    no new sign-in. Failed attempts are throttled per user name and for the whole server.
+    """
     user, password_hash = settings.auth_username, settings.auth_password_hash
     if not user and not password_hash:
         return None
@@ -86,7 +124,17 @@ def require_login(settings: DashboardSettings) -> str | None:
         st.error("The login is misconfigured: set FOOTFALL_AUTH_USERNAME and a FOOTFALL_AUTH_PASSWORD_HASH made "
                  "by `footfall-dashboard-hash`. Nothing is shown until then.")
         st.stop()
+    secret = signing_secret(settings.session_secret)
+    pending = st.session_state.pop(COOKIE_KEY, None)
+    if pending is not None:
+        write_cookie(*pending)
     if st.session_state.get("auth_user") == user:
+        return user
+    # the cookie is read once per browser session: after "Sign out" the old cookie of this tab's
+    # connection (Streamlit sees the cookies of the websocket handshake) must not sign it in again
+    if (not st.session_state.get("signed_out")
+            and read_session_token(st.context.cookies.get(SESSION_COOKIE), secret) == user):
+        st.session_state["auth_user"] = user
         return user
     _, middle, _ = st.columns([1, 1.1, 1])
     with middle:
@@ -97,16 +145,28 @@ def require_login(settings: DashboardSettings) -> str | None:
             password = st.text_input("Password", type="password", key="login_password")
             submitted = st.form_submit_button("Sign in", type="primary")
         if submitted:
-            if check_login(name, password, user, password_hash):
+            throttle = login_throttle()
+            wait_s = throttle.wait_s(name)
+            if wait_s > 0:  # refused without checking the password: guessing gains nothing
+                LOG.warning("dashboard login refused while locked", **ctx(user=name[:64], wait_s=round(wait_s)))
+                st.error(f"Too many failed sign-ins. Try again in {wait_s:.0f} s.")
+            elif check_login(name, password, user, password_hash):
+                throttle.succeeded(name)
+                ttl_s = int(settings.session_hours * 3600)
                 st.session_state["auth_user"] = user
+                st.session_state.pop("signed_out", None)
+                st.session_state[COOKIE_KEY] = (session_token(user, secret, ttl_s), ttl_s)
                 st.rerun()
-            clock.sleep(0.5)  # slows guessing a little
-            st.error("Wrong user name or password.")
+            else:
+                throttle.failed(name)
+                st.error("Wrong user name or password.")
     st.stop()
 
 
 def sign_out() -> None:
     st.session_state.pop("auth_user", None)
+    st.session_state["signed_out"] = True
+    st.session_state[COOKIE_KEY] = ("", 0)  # the browser forgets its token too
 
 
 # --------------------------------------------------------------------------- cached reads
@@ -131,11 +191,87 @@ def cached_previous(url: str, start: datetime, end: datetime, cameras: tuple[str
     return data.visitors_by_camera(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz)
 
 
+@st.cache_data(ttl=600, max_entries=8, show_spinner=False)
+def cached_span(url: str, tz: str, tick: int) -> tuple[datetime, datetime] | None:
+    return data.data_span(engine_for(url), tz)
+
+
+def freshness(settings: DashboardSettings, url: str) -> None:
+    """Every tab says how recent its data is: the last minute counted, and when the page read it."""
+    tick = int(clock.time() // max(1, settings.refresh_s))
+    try:
+        span = cached_span(url, settings.timezone, tick)
+    except data.DatabaseError:
+        return
+    last = f"{span[1]:%Y-%m-%d %H:%M}" if span else "no counts yet"
+    st.caption(f"Data up to {last} ({settings.timezone}; last counted minute) · read "
+               f"{data.local_now(settings.timezone):%Y-%m-%d %H:%M:%S}")
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def cached_first_counts(url: str, cameras: tuple[str, ...], tz: str, tick: int) -> dict[str, datetime]:
+    return data.first_counts(engine_for(url), list(cameras), tz=tz)
+
+
 # --------------------------------------------------------------------------- filters
+
+
+def compare_mode() -> str:
+    return st.session_state.get("f_compare") or next(iter(data.COMPARISONS))
 
 
 def now_local(settings: DashboardSettings) -> datetime:
     return st.session_state.get(NOW_KEY) or data.local_now(settings.timezone)
+
+
+def initial(key: str, default, name: str = "value") -> dict:
+    """The widget's default, unless its value is in the session already (the URL set it): both at once
+    make Streamlit warn."""
+    return {} if key in st.session_state else {name: default}
+
+
+# Filters <-> URL query parameters, so a view can be bookmarked and shared (the login is not in it).
+URL_CHOICES = {"period": ("f_preset", data.PRESETS), "compare": ("f_compare", tuple(data.COMPARISONS)),
+               "resolution": ("f_resolution", data.RESOLUTIONS), "stack": ("f_stack", tuple(STACK_LABELS))}
+URL_LISTS = {"site": "f_sites", "camera": "f_cameras"}
+URL_TIMES = {"from": ("f_from_date", "f_from_time"), "until": ("f_to_date", "f_to_time")}
+
+
+def filters_from_url(cameras: list[str], groups: dict[str, str]) -> None:
+    """Once per browser session: filters named in the URL become the widgets' values (bad values are ignored)."""
+    state, params = st.session_state, st.query_params
+    if state.get("url_read"):
+        return
+    state["url_read"] = True
+    for name, (key, allowed) in URL_CHOICES.items():
+        if params.get(name) in allowed:
+            state[key] = params.get(name)
+    known = {"site": set(groups.values()) - {""}, "camera": set(cameras)}
+    for name, key in URL_LISTS.items():
+        values = [v for v in params.get_all(name) if v in known[name]]
+        if values:
+            state[key] = values
+    for name, (date_key, time_key) in URL_TIMES.items():
+        try:
+            when = datetime.fromisoformat(params.get(name, ""))
+        except ValueError:
+            continue
+        state[date_key], state[time_key] = when.date(), when.time().replace(second=0, microsecond=0)
+    if params.get("print") == "1":
+        state["f_print"] = True
+
+
+def filters_to_url() -> None:
+    state = st.session_state
+    params: dict[str, str | list[str]] = {name: state[key] for name, (key, _) in URL_CHOICES.items() if state.get(key)}
+    params.update({name: list(state[key]) for name, key in URL_LISTS.items() if state.get(key)})
+    if state.get("f_preset") == "Custom":
+        for name, (date_key, time_key) in URL_TIMES.items():
+            if state.get(date_key) and state.get(time_key) is not None:
+                params[name] = datetime.combine(state[date_key], state[time_key]).strftime("%Y-%m-%dT%H:%M")
+    if state.get("f_print"):
+        params["print"] = "1"
+    st.query_params.from_dict(params)
 
 
 def sidebar(settings: DashboardSettings, cameras: list[str], sites: dict[str, tuple[str, ...]],
@@ -144,13 +280,16 @@ def sidebar(settings: DashboardSettings, cameras: list[str], sites: dict[str, tu
     today = now_local(settings).date()
     with st.sidebar:
         st.markdown("### Filters")
-        preset = st.selectbox("Period", data.PRESETS, index=1, key="f_preset")
+        preset = st.selectbox("Period", data.PRESETS, **initial("f_preset", 1, "index"), key="f_preset")
         if preset == "Custom":
-            left, right = st.columns(2)
-            left.date_input("From", value=today - timedelta(days=6), key="f_from_date")
-            right.time_input("From time", value=time(0, 0), key="f_from_time", label_visibility="hidden")
-            left.date_input("Until", value=today + timedelta(days=1), key="f_to_date")
-            right.time_input("Until time", value=time(0, 0), key="f_to_time", label_visibility="hidden")
+            # a form: typed dates apply with "Apply" (a click), not only when the field loses focus
+            with st.form("custom_range", border=False):
+                left, right = st.columns([3, 2])  # a date needs the wider field
+                left.date_input("From", **initial("f_from_date", today - timedelta(days=6)), key="f_from_date")
+                right.time_input("From time", **initial("f_from_time", time(0, 0)), key="f_from_time")
+                left.date_input("Until", **initial("f_to_date", today + timedelta(days=1)), key="f_to_date")
+                right.time_input("Until time", **initial("f_to_time", time(0, 0)), key="f_to_time")
+                st.form_submit_button("Apply", key="f_apply", width="stretch")
             st.caption("Until is not included.")
         camera_options = cameras
         if sites:
@@ -162,10 +301,14 @@ def sidebar(settings: DashboardSettings, cameras: list[str], sites: dict[str, tu
         st.session_state["f_cameras"] = [c for c in st.session_state.get("f_cameras", []) if c in camera_options]
         st.multiselect("Cameras", camera_options, key="f_cameras", placeholder="All cameras",
                        format_func=lambda c: f"{c}  ·  {groups[c]}" if groups.get(c) else c)
-        st.radio("Resolution", data.RESOLUTIONS, index=1, key="f_resolution", horizontal=True,
+        st.radio("Resolution", data.RESOLUTIONS, **initial("f_resolution", 1, "index"), key="f_resolution",
+                 horizontal=True,
                  format_func=str.capitalize)
         st.radio("Stack footfall by", list(STACK_LABELS), key="f_stack", horizontal=True,
                  format_func=STACK_LABELS.get)
+        st.selectbox("Compare with", list(data.COMPARISONS), key="f_compare", format_func=str.capitalize,
+                     help="The earlier span the change is computed against. Where it reaches back before a "
+                          "camera's first data, the change reads \"not comparable\".")
         st.divider()
         st.toggle(f"Live (refresh every {settings.refresh_s} s)", key="f_live")
         st.toggle("Printable view", key="f_print", help="A clean static layout for printing (Ctrl+P).")
@@ -187,65 +330,139 @@ def selected_range(settings: DashboardSettings) -> data.TimeRange:
     return data.preset_range(state.get("f_preset", "Last 7 days"), now_local(settings), custom)
 
 
-def selected_cameras(cameras: list[str], groups: dict[str, str]) -> list[str]:
+def selected_cameras(cameras: list[str], groups: dict[str, str], skip: frozenset[str] = frozenset()) -> list[str]:
+    """The cameras the figures add up: the ones picked by name, else those of the chosen sites (all when
+    none) less the ``skip`` cameras marked not counting in FOOTFALL_SITES (no visitor counted twice)."""
     chosen = st.session_state.get("f_cameras") or []
     if chosen:
         return [c for c in cameras if c in chosen]
     chosen_groups = st.session_state.get("f_sites") or []
-    if chosen_groups:
-        return [c for c in cameras if groups[c] in chosen_groups]
-    return list(cameras)
+    return [c for c in cameras if (not chosen_groups or groups[c] in chosen_groups) and c not in skip]
 
 
 # --------------------------------------------------------------------------- analytics
 
 
-def build_views(settings, counts, rng, current, previous, cameras, groups) -> dict[str, views.View]:
-    k = max(1, settings.k_anonymity)
-    wanted = st.session_state.get("f_resolution", "hour")
-    resolution = data.coarsest_needed(rng, wanted)
-    if resolution != wanted:
-        st.warning(f"Too many points per {wanted} for this period: showing per {resolution}. "
-                   "Choose a shorter period for a finer resolution.")
-    stack_by = st.session_state.get("f_stack", "camera_id")
-    h = data.headline(counts, current, int(previous.sum()))
+@dataclass(frozen=True)
+class Filters:
+    """Everything the figures depend on besides the database (hashable: the per-filter cache key)."""
+
+    url: str
+    start: datetime
+    end: datetime
+    current_end: datetime
+    previous_start: datetime
+    previous_end: datetime
+    cameras: tuple[str, ...]
+    groups: tuple[tuple[str, str], ...]
+    tz: str
+    k: int
+    resolution: str
+    stack_by: str
+    compare: str
+    opening_hours: str
+    race: bool
+    emotion: bool
+    tick: int  # changes every refresh interval, so live mode reads fresh rows
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]]]:
+    """The views of one filter state, cached per filter; plus (kind, text) notes for the page."""
+    notes: list[tuple[str, str]] = []
+    rng = data.TimeRange(f.start, f.end)
+    current = data.TimeRange(f.start, f.current_end)
+    cameras, groups, k = list(f.cameras), dict(f.groups), f.k
+    counts = cached_counts(f.url, f.start, f.end, f.cameras, f.tz, f.race, f.emotion, f.tick)
+    previous = cached_previous(f.url, f.previous_start, f.previous_end, f.cameras, f.tz, f.tick)
+    first = cached_first_counts(f.url, f.cameras, f.tz, f.tick)
+    comparable = {cam: start <= f.previous_start for cam, start in first.items()}
+    resolution = data.coarsest_needed(rng, f.resolution)
+    if resolution != f.resolution:
+        notes.append(("warning", f"Too many points per {f.resolution} for this period: showing per {resolution}. "
+                                 "Choose a shorter period for a finer resolution."))
+    footfall = views.footfall_view(counts, rng, resolution, f.stack_by, cameras, k)
+    finest = resolution
+    # a resolution that hides many visitors (cells below k) shows little: take the next coarser one
+    while views.hidden_share(footfall) > MAX_HIDDEN_SHARE and resolution != data.RESOLUTIONS[-1]:
+        resolution = data.RESOLUTIONS[data.RESOLUTIONS.index(resolution) + 1]
+        footfall = views.footfall_view(counts, rng, resolution, f.stack_by, cameras, k)
+    if resolution != finest:
+        notes.append(("info", f"Per {finest}, more than {MAX_HIDDEN_SHARE:.0%} of the visitors would sit in cells "
+                              f"below k = {k} and be hidden: showing per {resolution}, where "
+                              f"{views.hidden_share(footfall):.0%} are hidden (the grey band)."))
+    try:
+        opening = data.open_hours(f.opening_hours)
+    except ValueError as exc:
+        notes.append(("warning", f"{exc}: ignored, every hour counts as open."))
+        opening = None
+    h = data.headline(counts, current, int(previous.sum()), comparable=all(comparable.values()), opening=opening)
     shown = {
-        "headline": views.headline_view(h, k),
-        "footfall": views.footfall_view(counts, rng, resolution, stack_by, cameras, k),
-        "heatmap": views.heatmap_view(counts, k),
+        "headline": views.headline_view(h, k, f.compare),
+        "footfall": footfall,
+        "heatmap": views.heatmap_view(counts, rng, k, opening),
         "pyramid": views.pyramid_view(counts, k),
     }
-    if settings.enable_emotion:
+    if f.emotion:
         shown["emotion"] = views.mix_view(counts, rng, resolution, "emotion", k)
         shown["valence"] = views.mix_view(counts, rng, resolution, "valence", k)
-    if settings.enable_race:
+    if f.race:
         shown["race"] = views.race_view(counts, k)
-    summary = data.camera_summary(counts, cameras, previous, current)
+    summary = data.camera_summary(counts, cameras, previous, current, comparable)
     shown["cameras"] = views.camera_view(summary, groups, k)
-    return shown
+    if len({data.site_of(groups.get(c) or "Other") for c in cameras}) > 1 and any(groups.values()):
+        shown["sites"] = views.site_view(counts, cameras, groups, previous, current, comparable, k)
+    return shown, notes
 
 
-def headline_cards(view: views.View, previous_range: data.TimeRange, printable: bool) -> None:
+def headline_cards(view: views.View, previous_range: data.TimeRange) -> None:
     values = dict(zip(view.table["metric"], view.table["value"], strict=True))
-    change = values["Change vs previous period"]
-    cards = [*st.columns(3), *st.columns(3)] if printable else st.columns(6)  # print pages are narrow
+    compare = compare_mode()
+    change = values[f"Change vs {compare}"]
+    cards = [*st.columns(3), *st.columns(3)]  # two rows: six cards in one row cut their labels short
     cards[0].metric("Visitors", values["Visitors"], delta=change if change.endswith("%") else None,
-                    border=True, help="Unique visitors in the period (selected cameras); the arrow compares "
-                                      "with the previous period.")
-    cards[1].metric("Previous period", values["Previous period"], border=True,
-                    help=f"Same span before: {previous_range.label()}. Change: {change}.")
+                    border=True, help=f"Unique visitors in the period (selected cameras); the arrow compares "
+                                      f"with the {compare}. Change: {change}.")
+    cards[1].metric(compare.capitalize(), values["Previous period"], border=True,
+                    help=f"{previous_range.label()}. Change: {change}"
+                         + (" (a selected camera has no data for part of it)." if change == views.NOT_COMPARABLE
+                            else "."))
+    if change == views.NOT_COMPARABLE:
+        cards[0].caption("Change: not comparable (no data for part of the earlier span)")
     cards[2].metric("Busiest hour", values["Busiest hour"], border=True,
                     help="Start of the hour of day with the most visitors.")
     cards[3].metric("Median / hour", values["Median visitors per active hour"], border=True,
-                    help="Median of the hourly counts over hours with at least one visitor.")
+                    help="Median of the hourly counts over the open hours (FOOTFALL_OPENING_HOURS) with at "
+                         "least one visitor.")
     female, male = values["Female share"], values["Male share"]
     gender_text = female if female.startswith("hidden") else f"{female.removesuffix(' %')} / {male}"
     cards[4].metric("Female / male", gender_text, border=True, help="Share of visitors by gender, percent.")
     cards[5].metric("Mean age", values["Mean age"], border=True, help="Average estimated age, years.")
 
 
+PRINT_WIDTH_PX = 680  # fits the printable width of A4 portrait (794 px less margins); landscape has room to spare
+
+
 def chart(fig, printable: bool, key: str) -> None:
-    st.plotly_chart(fig, config=charts.static_config(printable), key=key)
+    if printable:  # a fixed width: a chart laid out for a wide screen would be cut off at the page edge
+        fig.update_layout(width=PRINT_WIDTH_PX)
+        st.plotly_chart(fig, config=charts.static_config(printable), key=key, width="content")
+    else:
+        st.plotly_chart(fig, config=charts.static_config(printable), key=key)
+
+
+def side_by_side(printable: bool, spec, **kwargs) -> list:
+    """Columns on screen; one below the other in the printable view (a page is too narrow for two charts)."""
+    if printable:
+        return [st.container() for _ in (spec if isinstance(spec, list) else range(spec))]
+    return st.columns(spec, **kwargs)
+
+
+def table(frame: pd.DataFrame, printable: bool, key: str) -> None:
+    if printable:  # an HTML table wraps to the page; the interactive grid would be cut at the page edge
+        st.table(charts.frame_for_table(frame).set_index(frame.columns[0]))
+    else:
+        st.dataframe(charts.frame_for_table(frame), hide_index=True, key=key)
 
 
 def note(view: views.View, k: int) -> None:
@@ -255,18 +472,22 @@ def note(view: views.View, k: int) -> None:
 
 
 def render_views(shown: dict[str, views.View], settings: DashboardSettings, printable: bool,
-                 previous_range: data.TimeRange) -> None:
+                 previous_range: data.TimeRange, all_cameras: list[str], foot_range: data.TimeRange) -> None:
     k = max(1, settings.k_anonymity)
-    headline_cards(shown["headline"], previous_range, printable)
+    headline_cards(shown["headline"], previous_range)
     foot = shown["footfall"]
     stack_label = STACK_LABELS[foot.dims[1]].lower()
     st.markdown(f"### Footfall over time · by {stack_label} · per {foot.resolution}")
-    chart(charts.stacked_time_figure(foot, k, charts.GENDER_COLORS if foot.dims[1] == "gender" else None),
-          printable, "chart_footfall")
+    palette = charts.GENDER_COLORS if foot.dims[1] == "gender" else charts.camera_colors(all_cameras)
+    chart(charts.stacked_time_figure(foot, k, palette), printable, "chart_footfall")
     note(foot, k)
-    left, right = st.columns([3, 2], gap="large")
+    partial = data.partial_periods(foot.table["period"], foot.resolution, foot_range)
+    if partial:
+        st.caption(f"Partial {foot.resolution}s (only part of them lies in the period, so their bars are lower): "
+                   + ", ".join(partial) + ".")
+    left, right = side_by_side(printable, [3, 2], gap="large")
     with left:
-        st.markdown("### Weekday × hour of day")
+        st.markdown("### Weekday × hour of day · mean visitors per day")
         chart(charts.heatmap_figure(shown["heatmap"], k), printable, "chart_heatmap")
         note(shown["heatmap"], k)
     with right:
@@ -274,7 +495,7 @@ def render_views(shown: dict[str, views.View], settings: DashboardSettings, prin
         chart(charts.pyramid_figure(shown["pyramid"], k), printable, "chart_pyramid")
         note(shown["pyramid"], k)
     if "emotion" in shown:
-        left, right = st.columns(2, gap="large")
+        left, right = side_by_side(printable, 2, gap="large")
         with left:
             st.markdown("### Emotion mix over time")
             chart(charts.stacked_time_figure(shown["emotion"], k, charts.EMOTION_COLORS), printable, "chart_emotion")
@@ -287,20 +508,42 @@ def render_views(shown: dict[str, views.View], settings: DashboardSettings, prin
         st.markdown("### Race")
         chart(charts.category_bar_figure(shown["race"], k, "race"), printable, "chart_race")
         note(shown["race"], k)
+    if "sites" in shown:
+        st.markdown("### Site comparison")
+        table(shown["sites"].table, printable, "table_sites")
     st.markdown("### Camera comparison")
-    st.dataframe(charts.frame_for_table(shown["cameras"].table), hide_index=True, key="table_cameras")
+    table(shown["cameras"].table, printable, "table_cameras")
     flow.render(st, shown, k, lambda fig, key: chart(fig, printable, key), lambda view: note(view, k))
 
 
+def export_header(settings: DashboardSettings, rng: data.TimeRange, selection: list[str], cameras: list[str],
+                  groups: dict[str, str]) -> dict[str, str]:
+    """The CSV's header lines: what was selected, in which time zone, under which privacy threshold."""
+    state = st.session_state
+    return {
+        "Footfall export": f"generated {now_local(settings):%Y-%m-%d %H:%M} ({settings.timezone})",
+        "period": f"{rng.label()} (start included, end excluded; preset {state.get('f_preset', 'Last 7 days')})",
+        "time zone": settings.timezone,
+        "sites": ", ".join(state.get("f_sites") or []) or "all",
+        "cameras": ", ".join(selection) + ("" if len(selection) < len(cameras) else " (all)"),
+        "resolution": state.get("f_resolution", "hour"),
+        "k-anonymity": f"k = {settings.k_anonymity}: values below k are empty with hidden = True",
+    }
+
+
 def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str],
-                     printable: bool) -> None:
+                     printable: bool, skip: frozenset[str] = frozenset()) -> None:
     tz = settings.timezone
     try:
         rng = selected_range(settings)
     except ValueError as exc:
         st.warning(f"{exc}.")
         return
-    selection = selected_cameras(cameras, groups)
+    selection = selected_cameras(cameras, groups, skip)
+    left_out = sorted(skip & set(selected_cameras(cameras, groups)))
+    if left_out:
+        st.caption(f"Not added to the totals (marked not counting in FOOTFALL_SITES: they see visitors an "
+                   f"entrance has counted already): {', '.join(left_out)}. Pick a camera by name to see it alone.")
     now = now_local(settings)
     tick = int(clock.time() // max(1, settings.refresh_s))
     engine = engine_for(url)
@@ -320,21 +563,33 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
     silent = [c for c in selection if c not in set(counts["camera_id"])]
     if silent:
         st.info(f"No data in this period for camera{'s' if len(silent) > 1 else ''}: {', '.join(silent)}.")
-    current, previous_range = data.comparison_ranges(rng, now)
-    previous = cached_previous(url, previous_range.start, previous_range.end, tuple(selection), tz, tick)
-    shown = build_views(settings, counts, rng, current, previous, selection, groups)
-    shown.update(flow.flow_views(engine, rng, selection, tz, shown["footfall"].resolution, max(1, settings.k_anonymity)))
+    current, previous_range = data.comparison_ranges(rng, now, compare_mode())
     k = max(1, settings.k_anonymity)
+    state = st.session_state
+    filters = Filters(url, rng.start, rng.end, current.end, previous_range.start, previous_range.end,
+                      tuple(selection), tuple(sorted(groups.items())), tz, k, state.get("f_resolution", "hour"),
+                      state.get("f_stack", "camera_id"), compare_mode(), settings.opening_hours,
+                      settings.enable_race, settings.enable_emotion, tick)
+    shown, notes = build_views(filters)
+    shown.update(flow.flow_views(engine, rng, selection, tz, shown["footfall"].resolution, k))
+    for kind, text in notes:
+        (st.warning if kind == "warning" else st.info)(text)
     export = views.export_frame(list(shown.values()), k)
     st.session_state[EXPORT_KEY] = export
     if not printable:
-        left, right = st.columns([5, 1], vertical_alignment="bottom")
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
         left.caption(f"{rng.label()} · {len(selection)} of {len(cameras)} cameras · times in {tz}"
                      + (f" · live, updated {now:%H:%M:%S}" if st.session_state.get("f_live") else ""))
-        right.download_button("Download CSV", views.export_csv(export),
+        header = export_header(settings, rng, selection, cameras, groups)
+        # Deferred: the CSV is made only when a signed-in session clicks (nothing is stored before), and
+        # its random export id makes the one-off /media/<hash>.csv URL unguessable (see the README).
+        def csv_bytes() -> bytes:
+            return views.export_csv(export, {**header, "export id": secrets.token_hex(16)})
+
+        right.download_button("Download CSV", csv_bytes,
                               file_name=f"footfall_{rng.start:%Y%m%d}_{rng.end:%Y%m%d}.csv", mime="text/csv",
-                              on_click="ignore", icon=":material/download:", key="download_csv")
-    render_views(shown, settings, printable, previous_range)
+                              on_click="ignore", key="download_csv")
+    render_views(shown, settings, printable, previous_range, cameras, rng)
 
 
 # --------------------------------------------------------------------------- operator view
@@ -364,20 +619,22 @@ def render_operator(settings: DashboardSettings, url: str, groups: dict[str, str
     flagged = int((~health["ok"]).sum())
     cards = st.columns(4)
     cards[0].metric("Cameras", len(health), border=True)
-    cards[1].metric("Live", int(health["ok"].sum()), border=True)
+    cards[1].metric("Healthy", int(health["ok"].sum()), border=True,
+                    help=f"State live and a frame in the last {data.HEALTH_STALE_S:.0f} s (the Status column).")
     cards[2].metric("Need attention", flagged, border=True)
     cards[3].metric("Faces / s (all)", f"{health['faces_per_s'].sum():.1f}", border=True)
     table = pd.DataFrame({
         "Camera": health["camera_id"],
         "Site / zone": health["camera_id"].map(groups).fillna(""),
         "State": health["state"],
+        # next to the camera: the column that matters is never the one cut off on a narrow screen
+        "Status": ["OK" if ok else f"ALERT: {problem}" for ok, problem in zip(health["ok"], health["problem"],
+                                                                                strict=True)],
         "Last frame": health["last_frame_at"].dt.strftime("%Y-%m-%d %H:%M:%S").fillna("never"),
         "Age (s)": health["last_frame_age_s"].round(0),
         "Frames/s": health["frames_per_s"].round(1),
         "Faces/s": health["faces_per_s"].round(2),
         "Stream lag": health["stream_lag"],
-        "Status": ["OK" if ok else f"ALERT: {problem}" for ok, problem in zip(health["ok"], health["problem"],
-                                                                                strict=True)],
     })
     if not any(groups.values()):
         table = table.drop(columns="Site / zone")
@@ -385,7 +642,8 @@ def render_operator(settings: DashboardSettings, url: str, groups: dict[str, str
         st.error(f"{flagged} camera{'s need' if flagged > 1 else ' needs'} attention: "
                  + ", ".join(health.loc[~health["ok"], "camera_id"]) + ".")
     st.dataframe(health_style(table), hide_index=True, key="table_health",
-                 column_config={"Stream lag": st.column_config.NumberColumn(help=STREAM_LAG_HELP)})
+                 column_config={"Stream lag": st.column_config.NumberColumn(help=STREAM_LAG_HELP),
+                                "Status": st.column_config.TextColumn(width="large")})
     st.caption(f"Flagged red: state not `live`, or no frame for more than {data.HEALTH_STALE_S:.0f} s. "
                f"Stream lag: {STREAM_LAG_HELP}")
 
@@ -393,7 +651,8 @@ def render_operator(settings: DashboardSettings, url: str, groups: dict[str, str
 # --------------------------------------------------------------------------- page
 
 
-def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str]) -> None:
+def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str],
+              skip: frozenset[str] = frozenset()) -> None:
     """Everything below the filters; rerun alone on the live-mode interval."""
     try:
         if st.session_state.get("f_print"):
@@ -403,19 +662,23 @@ def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups:
             except ValueError:
                 pass
             st.title("Footfall report")
-            st.caption(f"{rng_text} · cameras: {', '.join(selected_cameras(cameras, groups))} · times in "
+            st.caption(f"{rng_text} · cameras: {', '.join(selected_cameras(cameras, groups, skip))} · times in "
                        f"{settings.timezone} · generated {now_local(settings):%Y-%m-%d %H:%M} · k = "
                        f"{settings.k_anonymity} (values below k shown as <{settings.k_anonymity})")
-            render_analytics(settings, url, cameras, groups, printable=True)
+            freshness(settings, url)
+            render_analytics(settings, url, cameras, groups, printable=True, skip=skip)
             return
         st.title("Footfall")
         st.caption("Visitor analytics from aggregated camera counts. No images or individual records are stored.")
         analytics, operator, about = st.tabs(["Analytics", "Cameras (operator)", "Help & privacy"])
         with analytics:
-            render_analytics(settings, url, cameras, groups, printable=False)
+            freshness(settings, url)
+            render_analytics(settings, url, cameras, groups, printable=False, skip=skip)
         with operator:
+            freshness(settings, url)
             render_operator(settings, url, groups)
         with about:
+            freshness(settings, url)
             st.markdown(HELP.format(tz=settings.timezone, policy=POLICY.format(k=settings.k_anonymity)))
     except data.DatabaseError as exc:
         st.error(str(exc))
@@ -425,15 +688,16 @@ def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups:
 
 
 def main() -> None:
-    st.markdown(CSS, unsafe_allow_html=True)
+    st.html(CSS)  # style only: st.html keeps a <style> block (st.markdown may drop it)
     settings = load_settings()
     user = require_login(settings)
     url = settings.database_url
     try:
         sites = data.parse_sites(settings.sites)
+        skip = frozenset(data.not_counting(settings.sites))
     except ValueError as exc:
         st.error(f"{exc}.")
-        sites = {}
+        sites, skip = {}, frozenset()
     try:
         cameras = data.list_cameras(engine_for(url))
     except data.DatabaseError as exc:
@@ -442,10 +706,12 @@ def main() -> None:
         return
     cameras = sorted(set(cameras) | {c for cams in sites.values() for c in cams})
     groups = data.camera_groups(cameras, sites)
+    filters_from_url(cameras, groups)
     sidebar(settings, cameras, sites, groups, user)
+    filters_to_url()
     live = bool(st.session_state.get("f_live")) and not st.session_state.get("f_print")
     body = st.fragment(page_body, run_every=max(1, settings.refresh_s) if live else None)
-    body(settings, url, cameras, groups)
+    body(settings, url, cameras, groups, skip)
 
 
 main()

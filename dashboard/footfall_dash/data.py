@@ -36,12 +36,15 @@ from footfall.db.models import CameraHealth, VisitorCount
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES, VALENCE
 
 RESOLUTIONS = ("minute", "hour", "day", "week")
+# What "change" compares with; the shift of the comparison span (None: as long as the range, just before)
+COMPARISONS = {"previous period": None, "same weekdays last week": timedelta(days=7),
+               "same period last year": timedelta(days=364)}  # 52 weeks: the same weekdays
 PRESETS = ("Today", "Last 7 days", "Last 30 days", "Custom")
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 NOT_RECORDED_LABEL = "not recorded"  # shown for "" (attribute off when the visit was counted)
 VALENCES = ("positive", "neutral", "negative")
 HEALTH_STALE_S = 60.0  # a camera whose last frame is older than this is flagged
-MAX_PERIODS = 10_080  # a week of minutes: finer series are drawn at the next coarser resolution
+MAX_PERIODS = 4_320  # three days of minutes: finer series are drawn at the next coarser resolution (payload)
 _FREQ = {"minute": "min", "hour": "h", "day": "D"}
 
 
@@ -107,21 +110,27 @@ def preset_range(preset: str, now: datetime, custom: tuple[datetime, datetime] |
     raise ValueError(f"unknown preset {preset!r}")
 
 
-def comparison_ranges(rng: TimeRange, now: datetime) -> tuple[TimeRange, TimeRange]:
-    """(current, previous): like-for-like spans for "change vs the previous period".
+def comparison_ranges(rng: TimeRange, now: datetime, compare: str = "previous period") -> tuple[TimeRange, TimeRange]:
+    """(current, earlier): like-for-like spans for "change vs ...".
 
-    The previous period is the same length immediately before. When the range is still running
-    (it contains ``now``), both spans stop at the same point: today until now vs yesterday
-    until the same time.
+    ``compare`` names the earlier span (``COMPARISONS``): the previous period (the same length
+    immediately before), the same weekdays a week earlier, or 52 weeks earlier (same weekdays last
+    year). When the range is still running (it contains ``now``), both spans stop at the same
+    point: today until now vs the other day until the same time.
 
     >>> cur, prev = comparison_ranges(TimeRange(datetime(2024, 5, 8), datetime(2024, 5, 9)),
     ...                               datetime(2024, 5, 8, 12))
     >>> cur.end, prev.start, prev.end
     (datetime.datetime(2024, 5, 8, 12, 0), datetime.datetime(2024, 5, 7, 0, 0), datetime.datetime(2024, 5, 7, 12, 0))
+    >>> comparison_ranges(TimeRange(datetime(2024, 5, 8), datetime(2024, 5, 9)), datetime(2024, 6, 1),
+    ...                   "same period last year")[1].label()
+    '2023-05-10'
     """
+    if compare not in COMPARISONS:
+        raise ValueError(f"unknown comparison {compare!r}")
     cut = now if rng.start < now < rng.end else rng.end
     current = TimeRange(rng.start, cut)
-    return current, current.shifted(-rng.length)
+    return current, current.shifted(-(COMPARISONS[compare] or rng.length))
 
 
 def to_utc(local: datetime, tz: str) -> datetime:
@@ -146,21 +155,59 @@ def _to_local(utc: pd.Series, tz: str) -> pd.Series:
 # --------------------------------------------------------------------------- cameras and sites
 
 
-def parse_sites(spec: str) -> dict[str, tuple[str, ...]]:
-    """``FOOTFALL_SITES`` (``site/zone=cam1,cam2;site2=cam3``) -> {group: cameras}.
+NOT_COUNTING_MARK = "~"  # in FOOTFALL_SITES: a camera that sees visitors already counted at an entrance
 
-    >>> parse_sites("Berlin/Entrance=cam1, cam2; Hamburg=cam3")
-    {'Berlin/Entrance': ('cam1', 'cam2'), 'Hamburg': ('cam3',)}
-    """
-    groups: dict[str, tuple[str, ...]] = {}
+
+def _site_entries(spec: str):
+    """(group, camera, counting) for every camera of ``FOOTFALL_SITES``."""
     for part in spec.split(";"):
         if not part.strip():
             continue
         name, sep, cams = part.partition("=")
         if not sep or not name.strip():
             raise ValueError(f"FOOTFALL_SITES entry {part.strip()!r} is not `site/zone=cam1,cam2`")
-        groups[name.strip()] = tuple(c.strip() for c in cams.split(",") if c.strip())
+        for cam in (c.strip() for c in cams.split(",")):
+            counting = not cam.startswith(NOT_COUNTING_MARK)
+            cam = cam.removeprefix(NOT_COUNTING_MARK).strip()
+            if cam:
+                yield name.strip(), cam, counting
+
+
+def parse_sites(spec: str) -> dict[str, tuple[str, ...]]:
+    """``FOOTFALL_SITES`` (``site/zone=cam1,cam2;site2=cam3``) -> {group: cameras}.
+
+    A camera written ``~cam`` belongs to its group but is not counted in totals (see ``not_counting``).
+
+    >>> parse_sites("Berlin/Entrance=cam1, cam2; Berlin/Floor 1=~cam4; Hamburg=cam3")
+    {'Berlin/Entrance': ('cam1', 'cam2'), 'Berlin/Floor 1': ('cam4',), 'Hamburg': ('cam3',)}
+    """
+    groups: dict[str, tuple[str, ...]] = {}
+    for part in spec.split(";"):  # every group, even one listing no camera
+        name = part.partition("=")[0].strip()
+        if part.strip() and name:
+            groups.setdefault(name, ())
+    for group, cam, _ in _site_entries(spec):
+        groups[group] += (cam,)
     return groups
+
+
+def not_counting(spec: str) -> set[str]:
+    """Cameras marked ``~`` in ``FOOTFALL_SITES``: they see visitors an entrance camera of the same site
+    has counted already (an escalator, a floor), so site and headline totals leave them out.
+
+    >>> not_counting("Berlin/Entrance=cam1;Berlin/Floor 1=~cam4")
+    {'cam4'}
+    """
+    return {cam for _, cam, counting in _site_entries(spec) if not counting}
+
+
+def site_of(group: str) -> str:
+    """The site of a ``site/zone`` group.
+
+    >>> site_of("Berlin/Floor 1"), site_of("Hamburg")
+    ('Berlin', 'Hamburg')
+    """
+    return group.split("/", 1)[0].strip()
 
 
 def camera_groups(cameras: list[str], sites: dict[str, tuple[str, ...]]) -> dict[str, str]:
@@ -250,6 +297,18 @@ def data_span(engine: Engine, tz: str = "UTC") -> tuple[datetime, datetime] | No
         return None
     local = _to_local(pd.Series(list(rows[0])), tz)
     return local.iloc[0].to_pydatetime(), local.iloc[1].to_pydatetime()
+
+
+def first_counts(engine: Engine, cameras: list[str] | None = None, tz: str = "UTC") -> dict[str, datetime]:
+    """{camera: local start of its first counted bucket}: before it a camera has no data, not zero visitors."""
+    statement = sa.select(_COUNTS.c.camera_id, sa.func.min(_COUNTS.c.bucket_start)).group_by(_COUNTS.c.camera_id)
+    if cameras is not None:
+        statement = statement.where(_COUNTS.c.camera_id.in_(list(cameras)))
+    rows = _query(engine, statement)
+    if not rows:
+        return {}
+    local = _to_local(pd.Series([r[1] for r in rows]), tz)
+    return {r[0]: t.to_pydatetime() for r, t in zip(rows, local, strict=True)}
 
 
 def list_cameras(engine: Engine) -> list[str]:
@@ -343,6 +402,26 @@ def periods(rng: TimeRange, resolution: str) -> pd.DatetimeIndex:
     return index.astype("datetime64[us]")
 
 
+def partial_periods(period_starts: pd.Series, resolution: str, rng: TimeRange) -> list[str]:
+    """Days and weeks (as "2024-04-29 (4 of 7 days)") that the range covers only in part.
+
+    >>> partial_periods(pd.Series(pd.to_datetime(["2024-04-29", "2024-05-06"])), "week",
+    ...                 TimeRange(datetime(2024, 5, 2), datetime(2024, 5, 9)))
+    ['week of 2024-04-29 (4 of 7 days)', 'week of 2024-05-06 (3 of 7 days)']
+    """
+    if resolution not in ("day", "week"):
+        return []
+    span = timedelta(days=7 if resolution == "week" else 1)
+    out = []
+    for start in sorted(set(pd.to_datetime(period_starts))):
+        start = start.to_pydatetime()
+        covered = min(start + span, rng.end) - max(start, rng.start)
+        if covered < span:
+            out.append(f"week of {start:%Y-%m-%d} ({covered.days} of 7 days)" if resolution == "week"
+                       else f"{start:%Y-%m-%d} ({covered.total_seconds() / 3600:.0f} of 24 h)")
+    return out
+
+
 def coarsest_needed(rng: TimeRange, resolution: str, max_periods: int = MAX_PERIODS) -> str:
     """``resolution``, or the next coarser one when the range would have more than ``max_periods``.
 
@@ -386,12 +465,47 @@ def over_time(counts: pd.DataFrame, rng: TimeRange, resolution: str, by: str,
     return table
 
 
-def hour_weekday(counts: pd.DataFrame) -> pd.DataFrame:
-    """Visitors per weekday (0 = Monday) and hour of day, all 7 x 24 cells."""
+def open_hours(spec: str) -> frozenset[int] | None:
+    """Hours of day (0..23) that overlap ``FOOTFALL_OPENING_HOURS`` (``HH:MM-HH:MM``); None: always open.
+
+    >>> sorted(open_hours("08:30-11:00")), open_hours("")
+    ([8, 9, 10], None)
+    """
+    if not spec.strip():
+        return None
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", spec)
+    if not match:
+        raise ValueError(f"FOOTFALL_OPENING_HOURS {spec!r} is not `HH:MM-HH:MM` (e.g. 09:00-20:00)")
+    start_h, start_m, end_h, end_m = (int(g) for g in match.groups())
+    start, end = start_h * 60 + start_m, end_h * 60 + end_m
+    if not (0 <= start < end <= 24 * 60 and start_m < 60 and end_m < 60):
+        raise ValueError(f"FOOTFALL_OPENING_HOURS {spec!r} must open before it closes, within one day")
+    return frozenset(h for h in range(24) if h * 60 < end and (h + 1) * 60 > start)
+
+
+def weekday_days(rng: TimeRange) -> list[int]:
+    """How many days of each weekday (Monday first) the range touches.
+
+    >>> weekday_days(TimeRange(datetime(2024, 4, 9), datetime(2024, 5, 9)))  # 30 days from a Tuesday
+    [4, 5, 5, 4, 4, 4, 4]
+    """
+    days = pd.date_range(rng.start.date(), (rng.end - timedelta(microseconds=1)).date(), freq="D")
+    return [int((days.day_of_week == d).sum()) for d in range(7)]
+
+
+def hour_weekday(counts: pd.DataFrame, rng: TimeRange, opening: frozenset[int] | None = None) -> pd.DataFrame:
+    """Visitors per weekday (0 = Monday) and hour of day, all 7 x 24 cells: the sum ``visitors``, the
+    ``days`` of that weekday in ``rng`` and ``mean``, visitors per day (a range with five Wednesdays
+    and four Thursdays must not make Wednesdays look busier)."""
     grid = pd.MultiIndex.from_product([range(7), range(24)], names=["weekday", "hour"])
     summed = counts.groupby([counts["time"].dt.day_of_week.rename("weekday"),
                              counts["time"].dt.hour.rename("hour")])["visitors"].sum()
-    return summed.reindex(grid, fill_value=0).astype("int64").reset_index()
+    table = summed.reindex(grid, fill_value=0).astype("int64").reset_index()
+    table["days"] = table["weekday"].map(dict(enumerate(weekday_days(rng)))).astype("int64")
+    table["mean"] = table["visitors"] / table["days"].where(table["days"] > 0)
+    table["open"] = True if opening is None else table["hour"].isin(opening)
+    table["mean"] = table["mean"].where(table["open"])  # closed hours have no average
+    return table
 
 
 def totals_by(counts: pd.DataFrame, columns: list[str], selected: list[str] | None = None) -> pd.DataFrame:
@@ -410,37 +524,45 @@ class Headline:
     visitors: int
     current_visitors: int  # visitors in the comparable span (see comparison_ranges)
     previous_visitors: int
-    change_pct: float | None  # None when the previous period has no visitors
+    change_pct: float | None  # None when the previous period has no visitors or is not comparable
+    comparable: bool  # False when a selected camera has no data yet at the start of the earlier span
     busiest_hour: int | None  # hour of day (0..23) with the most visitors
-    median_per_hour: float | None  # median over the hours with at least one visitor
+    median_per_hour: float | None  # median over the open hours with at least one visitor
     by_gender: dict[str, int]
     mean_age: float | None
 
 
-def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int) -> Headline:
-    """Headline figures of ``counts``; ``current`` is the comparable span of the range."""
+def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int, comparable: bool = True,
+             opening: frozenset[int] | None = None) -> Headline:
+    """Headline figures of ``counts``; ``current`` is the comparable span of the range.
+
+    ``comparable`` False (the earlier span reaches back before a camera's first data) gives no
+    change: a period half without data is not "fewer visitors".
+    """
     visitors = int(counts["visitors"].sum())
     in_current = counts["time"] < pd.Timestamp(current.end)
     current_visitors = int(counts.loc[in_current, "visitors"].sum())
-    change = None if previous_total == 0 else 100.0 * (current_visitors - previous_total) / previous_total
+    change = (None if previous_total == 0 or not comparable
+              else 100.0 * (current_visitors - previous_total) / previous_total)
     by_hour_of_day = counts.groupby(counts["time"].dt.hour)["visitors"].sum()
     busiest = int(by_hour_of_day.idxmax()) if visitors else None  # ties: the earliest hour
     hourly = counts.groupby(counts["time"].dt.floor("h"))["visitors"].sum()
-    hourly = hourly[hourly > 0]
+    hourly = hourly[(hourly > 0) & (True if opening is None else hourly.index.hour.isin(opening))]
     by_gender = {g: int(counts.loc[counts["gender"] == g, "visitors"].sum()) for g in GENDERS}
     return Headline(
         visitors=visitors, current_visitors=current_visitors, previous_visitors=int(previous_total),
-        change_pct=change, busiest_hour=busiest,
+        change_pct=change, comparable=comparable, busiest_hour=busiest,
         median_per_hour=float(np.median(hourly.to_numpy())) if len(hourly) else None,
         by_gender=by_gender,
         mean_age=float(counts["age_sum"].sum() / visitors) if visitors else None)
 
 
-def camera_summary(counts: pd.DataFrame, cameras: list[str], previous: pd.Series, current: TimeRange) -> pd.DataFrame:
+def camera_summary(counts: pd.DataFrame, cameras: list[str], previous: pd.Series, current: TimeRange,
+                   comparable: dict[str, bool] | None = None) -> pd.DataFrame:
     """Per-camera figures before suppression.
 
-    Columns: camera_id, visitors, current (visitors in the comparable span), previous, female,
-    male, age_sum, busiest_hour (hour of day or None).
+    Columns: camera_id, visitors, current (visitors in the comparable span), previous, comparable
+    (the camera had data through the whole earlier span), female, male, age_sum, busiest_hour.
     """
     grouped = counts.groupby("camera_id")
     table = pd.DataFrame(index=pd.Index(cameras, name="camera_id"))
@@ -448,6 +570,7 @@ def camera_summary(counts: pd.DataFrame, cameras: list[str], previous: pd.Series
     in_current = counts[counts["time"] < pd.Timestamp(current.end)]
     table["current"] = in_current.groupby("camera_id")["visitors"].sum().reindex(cameras, fill_value=0).astype("int64")
     table["previous"] = previous.reindex(cameras, fill_value=0).astype("int64")
+    table["comparable"] = [bool((comparable or {}).get(c, True)) for c in cameras]
     for g in GENDERS:
         table[g] = (counts[counts["gender"] == g].groupby("camera_id")["visitors"].sum()
                     .reindex(cameras, fill_value=0).astype("int64"))

@@ -27,6 +27,8 @@ zero. Where a hidden value could be worked out by subtracting the shown values f
 same view (for example a camera's total in the comparison table), further small values in the \
 same group are hidden too, until at least two are hidden and together they count at least {k} \
 visitors. Shares, mean ages and changes that would reveal a hidden count are hidden with it. \
+Stacked charts draw the sum of a period's hidden values as a grey "hidden" band only where that sum \
+is at least {k}, so stacks keep their true height and shares are taken of the full total. \
 Suppression is applied per chart: comparing several charts at a fine time resolution can still \
 narrow a small count down, so share exports at the coarsest resolution that answers the question. \
 Attributes switched off in the settings (race unless enabled, emotion when disabled) are never \

@@ -16,11 +16,14 @@ Example:
     >>> v = footfall_view(counts, TimeRange(datetime(2024, 5, 6), datetime(2024, 5, 7)), "day", "camera_id",
     ...                   ["a", "b"], k=5)
     >>> export_frame([v], k=5)[["view", "period", "camera", "value"]].values.tolist()
-    [['footfall_over_time', '2024-05-06', 'a', '40'], ['footfall_over_time', '2024-05-06', 'b', '<5']]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [['footfall_over_time', '2024-05-06', 'a', '40'], ['footfall_over_time', '2024-05-06', 'b', '<5'],
+     ['footfall_over_time', '2024-05-06', 'hidden (<5)', '<5']]
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -46,6 +49,8 @@ class View:
     table: pd.DataFrame
     dims: tuple[str, ...]
     resolution: str = "day"  # how ``period`` is written in the export
+    measure: str = "visitors"  # the column shown and exported (suppression always works on ``visitors``)
+    band: pd.DataFrame | None = None  # stacked charts: per period the hidden visitors and the total (see hidden_band)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -56,17 +61,53 @@ class View:
 # --------------------------------------------------------------------------- count views
 
 
+HIDDEN_BAND = "hidden"  # the stacked charts' band of suppressed cells (label: "hidden (<k)")
+
+
+def hidden_band(raw: pd.DataFrame, suppressed: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per period: ``hidden`` (visitors in suppressed cells), ``band_shown`` (that sum is at least k,
+    so it can be disclosed), ``total`` (all visitors; None when the band is hidden and not zero) and
+    ``shown`` (the sum of the cells drawn). Stacked bars then add up to the true total and shares
+    are taken of it: dropping hidden cells would inflate the shares of the others.
+
+    >>> raw = pd.DataFrame({"period": [1, 1, 1, 2, 2], "x": list("abcab"), "visitors": [50, 3, 4, 0, 2]})
+    >>> from .privacy import suppress
+    >>> hidden_band(raw, suppress(raw, 5, within="period"), 5).values.tolist()
+    [[1, 7, True, 57, 50], [2, 2, False, <NA>, 0]]
+    """
+    hidden_values = raw["visitors"].where(suppressed["suppressed"].to_numpy(), 0)
+    by_period = pd.DataFrame({"period": raw["period"], "hidden": hidden_values,
+                              "shown": raw["visitors"].where(~suppressed["suppressed"].to_numpy(), 0)})
+    band = by_period.groupby("period", sort=True).sum().reset_index()
+    band["band_shown"] = ~is_small(band["hidden"], k)
+    band["total"] = (band["shown"] + band["hidden"]).astype("Int64").where(band["band_shown"] | band["hidden"].eq(0))
+    return band[["period", "hidden", "band_shown", "total", "shown"]]
+
+
+def hidden_share(view: View) -> float:
+    """Share of the visitors of a stacked view that sit in suppressed cells (0 when nothing is hidden)."""
+    if view.band is None:
+        return 0.0
+    everyone = float(view.band["shown"].sum() + view.band["hidden"].sum())
+    return float(view.band["hidden"].sum()) / everyone if everyone else 0.0
+
+
 def footfall_view(counts: pd.DataFrame, rng: data.TimeRange, resolution: str, stack_by: str,
                   cameras: list[str], k: int) -> View:
-    """Visitors per period stacked by camera or gender; each series' total is shown elsewhere."""
+    """Visitors per period stacked by camera or gender, with the band of hidden visitors per period."""
     table = data.over_time(counts, rng, resolution, stack_by, cameras if stack_by == "camera_id" else None)
-    return View("footfall_over_time", "Footfall over time", suppress(table, k, within=stack_by),
-                ("period", stack_by), resolution)
+    shown_table = suppress(table, k, within=stack_by)
+    return View("footfall_over_time", "Footfall over time", shown_table, ("period", stack_by), resolution,
+                band=hidden_band(table, shown_table, k))
 
 
-def heatmap_view(counts: pd.DataFrame, k: int) -> View:
-    """Visitors per weekday x hour of day; the cells add up to the headline total."""
-    return View("hour_weekday", "Weekday x hour of day", suppress(data.hour_weekday(counts), k), ("weekday", "hour"))
+def heatmap_view(counts: pd.DataFrame, rng: data.TimeRange, k: int, opening: frozenset[int] | None = None) -> View:
+    """Mean visitors per day for each weekday x hour of day (the sum over that weekday's days in the
+    range, divided by their number); a cell is hidden when its sum is below k."""
+    table = suppress(data.hour_weekday(counts, rng, opening), k)
+    table["mean"] = table["mean"].where(~table["suppressed"])
+    return View("hour_weekday", "Mean visitors per day, weekday x hour of day", table, ("weekday", "hour"),
+                measure="mean")
 
 
 def pyramid_view(counts: pd.DataFrame, k: int) -> View:
@@ -79,7 +120,9 @@ def mix_view(counts: pd.DataFrame, rng: data.TimeRange, resolution: str, column:
     """Emotion (or valence) mix per period; each period's total is shown in the footfall chart."""
     table = data.over_time(counts, rng, resolution, column)
     title = "Emotion mix over time" if column == "emotion" else "Valence over time"
-    return View(f"{column}_over_time", title, suppress(table, k, within="period"), ("period", column), resolution)
+    shown_table = suppress(table, k, within="period")
+    return View(f"{column}_over_time", title, shown_table, ("period", column), resolution,
+                band=hidden_band(table, shown_table, k))
 
 
 def race_view(counts: pd.DataFrame, k: int) -> View:
@@ -94,18 +137,23 @@ def _hidden(k: int) -> str:
     return f"hidden ({suppressed_label(k)})"
 
 
-def headline_view(h: data.Headline, k: int) -> View:
+NOT_COMPARABLE = "not comparable"
+
+
+def headline_view(h: data.Headline, k: int, compare: str = "previous period") -> View:
     """Display strings of the headline figures, suppressed where they would reveal < k visitors."""
     total_small = is_small(h.visitors, k)
     genders = suppress(pd.DataFrame({"gender": list(GENDERS), "visitors": [h.by_gender[g] for g in GENDERS]}), k)
     rows: list[tuple[str, str]] = [("Visitors", shown(h.visitors, total_small, k))]
-    if h.change_pct is None:
+    if not h.comparable:
+        change = NOT_COMPARABLE
+    elif h.change_pct is None:
         change = "no data before"
     elif total_small or is_small(h.previous_visitors, k) or is_small(h.current_visitors, k):
         change = _hidden(k)
     else:
         change = f"{h.change_pct:+.1f} %"
-    rows.append(("Change vs previous period", change))
+    rows.append((f"Change vs {compare}", change))
     previous_hidden = is_small(h.previous_visitors, k)
     rows.append(("Previous period", shown(h.previous_visitors, previous_hidden, k)))
     rows.append(("Busiest hour", _hidden(k) if total_small else
@@ -135,7 +183,9 @@ def camera_view(summary: pd.DataFrame, groups: dict[str, str], k: int) -> View:
         prev_hidden = bool(previous.at[i, "suppressed"])
         # a two-way split is hidden when either side is small
         gender_hidden = is_small(row["female"], k) or is_small(row["male"], k) or hidden
-        if row["previous"] == 0:
+        if not row["comparable"]:
+            change = NOT_COMPARABLE
+        elif row["previous"] == 0:
             change = "–"
         elif hidden or prev_hidden:
             change = _hidden(k)
@@ -160,6 +210,21 @@ def camera_view(summary: pd.DataFrame, groups: dict[str, str], k: int) -> View:
     return View("cameras", "Camera comparison", table, ("camera_id", "metric"))
 
 
+def site_view(counts: pd.DataFrame, cameras: list[str], groups: dict[str, str], previous: pd.Series,
+              current: data.TimeRange, comparable: dict[str, bool], k: int) -> View:
+    """Site against site: the camera table's figures summed over each site's (counting) cameras."""
+    site = {cam: data.site_of(groups.get(cam) or "Other") for cam in cameras}
+    sites = sorted(set(site.values()))
+    by_site = counts.assign(camera_id=counts["camera_id"].map(site))
+    previous_by_site = previous.groupby(previous.index.map(lambda c: site.get(c, "Other"))).sum()
+    site_comparable = {s: all(comparable.get(c, True) for c in cameras if site[c] == s) for s in sites}
+    summary = data.camera_summary(by_site, sites, previous_by_site, current, site_comparable)
+    view = camera_view(summary, {}, k)
+    view.table = view.table.rename(columns={"Camera": "Site"})
+    view.key, view.title = "sites", "Site comparison"
+    return view
+
+
 def _hour_text(hour) -> str:
     return "–" if hour is None or pd.isna(hour) else f"{int(hour):02d}:00"
 
@@ -174,10 +239,10 @@ def _period_text(periods: pd.Series, resolution: str) -> pd.Series:
 
 def _export_part(view: View, k: int) -> pd.DataFrame:
     table = view.table
-    if view.key == "cameras":  # wide display table -> long rows (camera, site, metric, value)
-        id_columns = [c for c in ("Camera", "Site / zone") if c in table]
+    if view.key in ("cameras", "sites"):  # wide display table -> long rows (camera, site, metric, value)
+        id_columns = [c for c in ("Camera", "Site", "Site / zone") if c in table]
         long = table.melt(id_vars=id_columns, var_name="metric", value_name="value")
-        part = long.rename(columns={"Camera": "camera", "Site / zone": "site"})
+        part = long.rename(columns={"Camera": "camera", "Site": "site", "Site / zone": "site"})
     elif "value" in table:
         part = table.rename(columns=EXPORT_DIMENSIONS)[[EXPORT_DIMENSIONS[d] for d in view.dims] + ["value"]]
     else:
@@ -188,8 +253,16 @@ def _export_part(view: View, k: int) -> pd.DataFrame:
             part["weekday"] = part["weekday"].map(dict(enumerate(data.WEEKDAYS)))
         if "hour" in part:
             part["hour"] = part["hour"].map(lambda h: f"{h:02d}:00")
-        part["value"] = [suppressed_label(k) if hidden else str(int(v))
-                         for v, hidden in zip(table["visitors"], table["suppressed"], strict=True)]
+        decimals = 0 if view.measure == "visitors" else 1
+        part["value"] = [suppressed_label(k) if hidden else ("closed" if pd.isna(v) else f"{v:.{decimals}f}")
+                         for v, hidden in zip(table[view.measure], table["suppressed"], strict=True)]
+    if view.band is not None and view.band["hidden"].gt(0).any():  # the band is in the CSV as on the chart
+        band = view.band[view.band["hidden"] > 0]
+        rows = pd.DataFrame({"period": _period_text(band["period"], view.resolution),
+                             EXPORT_DIMENSIONS[view.dims[1]]: f"{HIDDEN_BAND} ({suppressed_label(k)})",
+                             "value": [f"{int(h)}" if ok else suppressed_label(k)
+                                       for h, ok in zip(band["hidden"], band["band_shown"], strict=True)]})
+        part = pd.concat([part, rows], ignore_index=True)
     part.insert(0, "view", view.key)
     return part
 
@@ -207,10 +280,36 @@ def export_frame(views: list[View], k: int) -> pd.DataFrame:
     return merged[order].astype(object).where(merged[order].notna(), "")
 
 
-def export_csv(frame: pd.DataFrame) -> bytes:
-    r"""The CSV bytes the download button serves, from ``export_frame``'s table.
+def numeric_value(text: str) -> float | None:
+    """The number a display string stands for (None for a hidden or non-numeric value).
 
-    >>> export_csv(export_frame([], k=5))
-    b'view,value\n'
+    >>> [numeric_value(t) for t in ("1,234", "+17.1 %", "09:00", "<5", "hidden (<5)", "not comparable")]
+    [1234.0, 17.1, 9.0, None, None, None]
     """
-    return frame.to_csv(index=False).encode("utf-8")
+    text = str(text).strip()
+    if re.fullmatch(r"\d{2}:00", text):
+        return float(text[:2])  # an hour of day
+    cleaned = text.replace(",", "").removesuffix("%").strip()
+    try:
+        return float(cleaned)
+    except ValueError:
+        return None
+
+
+def export_csv(frame: pd.DataFrame, header: dict[str, str] | None = None) -> bytes:
+    r"""The CSV the download button serves: ``# key: value`` header lines, then the rows of ``export_frame``.
+
+    ``value`` holds numbers as numbers (empty where hidden or not a number), ``hidden`` says whether
+    k-anonymity hid the value, ``shown`` is the text on screen. Read it back with
+    ``pd.read_csv(path, comment="#")``.
+
+    >>> export_csv(export_frame([], k=5), {"time zone": "UTC"})
+    b'# time zone: UTC\nview,value,hidden,shown\n'
+    """
+    out = frame.copy()
+    shown_text = out.pop("value").astype(str) if "value" in out else pd.Series(dtype=str)
+    out["value"] = [numeric_value(t) for t in shown_text]
+    out["hidden"] = [t.startswith("<") or t.startswith("hidden") for t in shown_text]
+    out["shown"] = shown_text
+    lines = "".join(f"# {key}: {' '.join(str(text).split())}\n" for key, text in (header or {}).items())
+    return lines.encode("utf-8") + out.to_csv(index=False).encode("utf-8")

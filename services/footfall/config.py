@@ -175,9 +175,14 @@ class DashboardSettings(CommonSettings):
     k_anonymity: int = Field(5, ge=2, description="Cells built from fewer visitors are suppressed.")
     auth_username: str = Field("", description="Login name; the dashboard asks for a login when set.")
     auth_password_hash: str = Field("", description="scrypt hash of the password (`footfall-dashboard-hash`).")
+    session_secret: str = Field("", description="Key that signs login sessions (kept across reloads and tabs); "
+                                "unset: random per dashboard process, so a restart signs everyone out.")
+    session_hours: float = Field(12.0, gt=0, description="A login stays valid this long (reloads, new tabs).")
     refresh_s: int = Field(30, description="Live-mode refresh interval.")
     sites: str = Field("", description="Optional camera grouping: `site/zone=cam1,cam2;site2=cam3`.")
     timezone: str = Field("UTC", description="IANA time zone the dashboard shows times in (stored times are UTC).")
+    opening_hours: str = Field("", description="Opening hours `HH:MM-HH:MM` (local time) every day; hours outside "
+                               "are left out of the averages (median per hour, heatmap). Empty: always open.")
     dashboard_port: int = Field(8501, description="HTTP port of `footfall-dashboard`.")
     dashboard_address: str = Field("0.0.0.0", description="Listening address of `footfall-dashboard`.")
     dashboard_app: str = Field("", description="Path of the Streamlit app (default: dashboard/app.py in the "

@@ -59,6 +59,8 @@ KNOWN_ROWS = [
     # within 30 days only, and far outside every range
     _row(datetime(2024, 4, 12, 13), "cam-b", "45-54", "female", "sad", "white", 33, 47.0),
     _row(datetime(2024, 3, 1, 12), "cam-a", "25-34", "male", "happy", "white", 99, 30.0),
+    # cam-c's first data (so the previous 7 days are comparable for every camera; cam-b starts 2024-04-12)
+    _row(datetime(2024, 3, 1, 13), "cam-c", "25-34", "female", "neutral", "", 10, 35.0),
 ]
 CAMERAS_WITH_COUNTS = ["cam-a", "cam-b", "cam-c"]
 SILENT_CAMERA = "cam-d"  # reports health, never counted anyone
@@ -120,7 +122,8 @@ def any_db(request, tmp_path) -> str:
 
 DASHBOARD_ENV = ("FOOTFALL_DATABASE_URL", "FOOTFALL_K_ANONYMITY", "FOOTFALL_AUTH_USERNAME",
                  "FOOTFALL_AUTH_PASSWORD_HASH", "FOOTFALL_REFRESH_S", "FOOTFALL_SITES", "FOOTFALL_ENABLE_RACE",
-                 "FOOTFALL_ENABLE_EMOTION", "FOOTFALL_TIMEZONE")
+                 "FOOTFALL_ENABLE_EMOTION", "FOOTFALL_TIMEZONE", "FOOTFALL_SESSION_SECRET", "FOOTFALL_SESSION_HOURS",
+                 "FOOTFALL_OPENING_HOURS")
 
 
 @pytest.fixture

@@ -1,0 +1,119 @@
+"""Dashboard benchmark: server time per interaction and chart payload, printed (no asserts).
+
+Builds SQLite databases of demo aggregates (``footfall_dash.demo``), then drives the real
+``dashboard/app.py`` with Streamlit's AppTest: each interaction is one script run, the time the
+server spends before the browser gets anything (no network, no drawing). Every interaction is run
+twice: "new" (first time with that filter: database read + build) and "again" (the same filter:
+``st.cache_data`` per filter). "charts" is the size of the plotly specs the page sends.
+
+    .venv/bin/python benchmarks/dashboard.py                       # 35 days x 4 cameras, minute buckets
+    .venv/bin/python benchmarks/dashboard.py --days 365 --cameras 50 --bucket-s 3600 --peak 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "dashboard"))
+
+import pandas as pd  # noqa: E402
+
+from footfall.db.migrate import upgrade  # noqa: E402
+from footfall_dash import demo  # noqa: E402
+
+END = datetime(2024, 6, 1)  # exclusive; "now" is pinned to the last hour of data
+
+
+def build_database(path: Path, days: int, cameras: int, bucket_s: int, peak: float) -> tuple[int, int]:
+    """``days`` of demo counts for ``cameras`` cameras (groups of the 4 demo cameras, renamed); (rows, visitors)."""
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    start = END - timedelta(days=days)
+    rows = visitors = 0
+    with sqlite3.connect(path) as conn:
+        for group in range((cameras + 3) // 4):
+            frame = demo.demo_frame(start, END, seed=group, peak_per_hour=peak, bucket_s=bucket_s)
+            names = {cam: f"cam-{group * 4 + i:02d}" for i, cam in enumerate(demo.DEMO_CAMERAS)}
+            frame["camera_id"] = frame["camera_id"].map(names)
+            frame = frame[frame["camera_id"].isin({f"cam-{i:02d}" for i in range(cameras)})]
+            frame["bucket_start"] = pd.to_datetime(frame["bucket_start"]).dt.strftime("%Y-%m-%d %H:%M:%S.000000")
+            columns = ["camera_id", "bucket_start", "age_band", "gender", "race", "emotion", "visitors", "age_sum"]
+            conn.executemany(f"INSERT INTO visitor_counts ({', '.join(columns)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             frame[columns].itertuples(index=False, name=None))
+            rows += len(frame)
+            visitors += int(frame["visitors"].sum())
+    return rows, visitors
+
+
+def payload(at) -> int:
+    return sum(len(el.proto.spec) for el in at.get("plotly_chart"))
+
+
+def run_interactions(url: str, days: int) -> list[tuple[str, float, float, int]]:
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["FOOTFALL_DATABASE_URL"] = url
+    for name in ("FOOTFALL_SITES", "FOOTFALL_AUTH_USERNAME", "FOOTFALL_AUTH_PASSWORD_HASH"):
+        os.environ.pop(name, None)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=600)
+    at.session_state["footfall_now"] = END - timedelta(hours=1)
+    steps = [
+        ("first load (last 7 days, per hour)", lambda: None),
+        ("period: last 30 days", lambda: at.selectbox(key="f_preset").set_value("Last 30 days")),
+        ("resolution: day", lambda: at.radio(key="f_resolution").set_value("day")),
+        ("stack by gender", lambda: at.radio(key="f_stack").set_value("gender")),
+        ("compare: same weekdays last week",
+         lambda: at.selectbox(key="f_compare").set_value("same weekdays last week")),
+        ("period: today, per minute", lambda: (at.selectbox(key="f_preset").set_value("Today"),
+                                               at.radio(key="f_resolution").set_value("minute"))),
+    ]
+    if days > 30:
+        start = (END - timedelta(days=days)).date()
+        steps.append((f"custom: all {days} days, per week", lambda: (
+            at.selectbox(key="f_preset").set_value("Custom"), at.run(),
+            at.date_input(key="f_from_date").set_value(start), at.date_input(key="f_to_date").set_value(END.date()),
+            at.radio(key="f_resolution").set_value("week"), at.button(key="f_apply").click())))
+    results = []
+    for label, act in steps:
+        act()
+        began = time.perf_counter()
+        at.run()
+        new = time.perf_counter() - began
+        if at.exception:
+            raise SystemExit(f"{label}: {at.exception[0].value}")
+        began = time.perf_counter()
+        at.run()  # the same filters again: served from the per-filter cache
+        again = time.perf_counter() - began
+        results.append((label, new, again, payload(at)))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=35)
+    parser.add_argument("--cameras", type=int, default=4)
+    parser.add_argument("--bucket-s", type=int, default=60, help="stored bucket width (the aggregator's: 60)")
+    parser.add_argument("--peak", type=float, default=70.0, help="visitors per hour per camera at the busiest hour")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.db"
+        began = time.perf_counter()
+        rows, visitors = build_database(path, args.days, args.cameras, args.bucket_s, args.peak)
+        built_s = time.perf_counter() - began
+        print(f"database: {args.days} days x {args.cameras} cameras, {args.bucket_s} s buckets: {rows:,} rows, "
+              f"{visitors:,} visitors, {path.stat().st_size / 1e6:.0f} MB (built in {built_s:.0f} s)")
+        print(f"{'interaction':<40} {'new (s)':>8} {'again (s)':>9} {'charts (KB)':>11}")
+        for label, new, again, size in run_interactions(f"sqlite:///{path}", args.days):
+            print(f"{label:<40} {new:8.2f} {again:9.2f} {size / 1000:11.0f}")
+
+
+if __name__ == "__main__":
+    main()
