@@ -468,13 +468,13 @@ def fetch(url: str, path: Path, timeout_s: float = 60.0) -> Path:
     return Path(path)
 
 
-def download(sources: Path, base: str | None = None) -> list[Path]:
-    """Fetch the snapshot tarballs not yet in ``sources``. Their bytes are not pinned (GitHub
-    compresses on the fly): the sha256 of the prepared files is the integrity check."""
+def download(sources: Path, base: str | None = None, snapshots: Mapping[str, Snapshot] | None = None) -> list[Path]:
+    """Fetch the snapshot tarballs (default: the training data's) not yet in ``sources``. Their bytes
+    are not pinned (GitHub compresses on the fly): the sha256 of the prepared files is the integrity check."""
     sources = Path(sources)
     sources.mkdir(parents=True, exist_ok=True)
     paths = []
-    for snapshot in SNAPSHOTS.values():
+    for snapshot in (snapshots or SNAPSHOTS).values():
         path = sources / snapshot.archive_name
         if not path.is_file():
             url = snapshot.url(base or CODELOAD)
@@ -510,8 +510,13 @@ def main(argv: list[str] | None = None) -> None:
     make.add_argument("--dest", type=Path, help="data directory (default: FOOTFALL_DATA_DIR)")
     check = commands.add_parser("verify", help="check the data files against their published sha256")
     check.add_argument("--dir", type=Path, help="data directory (default: FOOTFALL_DATA_DIR)")
+    from footfall.model import crosssource
+
+    crosssource.add_command(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == crosssource.COMMAND:
+        parser.exit(crosssource.run_command(args))
     default_dir = Path(ModelSettings().data_dir)
 
     if args.command == "verify":
