@@ -39,7 +39,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +254,11 @@ class CrossSourceSet:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def subset(self, index: np.ndarray) -> CrossSourceSet:
+        return CrossSourceSet(names=[self.names[i] for i in index], jpegs=[self.jpegs[i] for i in index],
+                              **{f.name: getattr(self, f.name)[index] for f in fields(self)
+                                 if f.name not in ("names", "jpegs")})
 
 
 def load_crosssource(folder: Path | None = None, check: bool = True) -> CrossSourceSet:

@@ -199,21 +199,18 @@ def crosssource_report(p: Predictions, faces: CrossSourceSet, crops: CrossSource
 def evaluate_crosssource(model_path: Path, flips: list[bool], threads: int = 2, limit: int = 0,
                          seed: int = 0) -> list[dict]:
     """The cross-source report of one model file, once per flip setting (``limit``: N random photos)."""
+    from footfall.inference.backends.base import flip_averaged
     from footfall.model.evaluate import load_predictor, model_format
 
     faces = load_crosssource()
     crops = load_crops(faces)
     if limit and limit < len(faces):
         keep = np.sort(np.random.default_rng(seed).choice(len(faces), size=limit, replace=False))
-        faces = CrossSourceSet(names=[faces.names[i] for i in keep], jpegs=[faces.jpegs[i] for i in keep],
-                               **{k: getattr(faces, k)[keep] for k in ("identity", "source", "gender", "emotion",
-                                                                        "split")})
+        faces = faces.subset(keep)
         crops = CrossSourceCrops(**{f.name: getattr(crops, f.name)[keep] for f in fields(CrossSourceCrops)})
     results = []
-    predictor, name = load_predictor(model_path, threads=threads)
+    predictor, name = load_predictor(model_path, threads=threads)  # loaded once, run both ways
     for flip in flips:
-        from footfall.inference.backends.base import flip_averaged
-
         t0 = time.time()
         p = (flip_averaged(predictor) if flip else predictor)(crops.images[crops.detected])
         results.append({"model": str(model_path), "name": name, "format": model_format(model_path), "flip": flip,
