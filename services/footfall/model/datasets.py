@@ -8,6 +8,7 @@ published sha256 (``footfall.model.data.SHA256``)::
     footfall-data download                           # needs internet; then runs prepare
     footfall-data prepare --sources ~/snapshots      # snapshots as .tar.gz or extracted folders
     footfall-data verify --dir ~/.cache/footfall/data
+    footfall-data crosssource --sources /work/.mirror   # optional faces from other sources (footfall.model.crosssource)
 
 ``--sources`` holds, per snapshot, the codeload tarball ``<repo>-<commit>.tar.gz`` as downloaded,
 or the folder ``<repo>-<commit>/`` (or ``<repo>/``) it extracts to.
