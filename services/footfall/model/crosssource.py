@@ -1,7 +1,8 @@
 """Faces from other sources: a cross-source validation set built from public snapshots.
 
-Neither UTKFace nor FER2013: about 13.7k news photos of Labeled Faces in the Wild (LFW) and
-a few hundred Indian film stills, labelled with one of eight expressions by students for the
+Neither UTKFace nor FER2013: 12,749 news photos of Labeled Faces in the Wild (LFW; 350x350
+grayscale as the repository holds them) and 923 other photos (film stills of 8 Indian actors,
+4 stock photos; nearly all in colour), labelled with one of eight expressions by students for the
 ``muxspace/facial_expressions`` repository, and gender labels of the LFW photos from the
 manually verified lists of Afifi & Abdelhamed (AFIF4, 2017; ``male_names.txt`` /
 ``female_names.txt``, here from ``keyork/cpd-2020-summer``). There are no ages.
