@@ -8,6 +8,7 @@ published sha256 (``footfall_training.data.SHA256``)::
     footfall-data download                           # needs internet; then runs prepare
     footfall-data prepare --sources ~/snapshots      # snapshots as .tar.gz or extracted folders
     footfall-data verify --dir ~/.cache/footfall/data
+    footfall-data crosssource --sources /work/.mirror   # optional faces from other sources (footfall_training.crosssource)
 
 ``--sources`` holds, per snapshot, the codeload tarball ``<repo>-<commit>.tar.gz`` as downloaded,
 or the folder ``<repo>-<commit>/`` (or ``<repo>/``) it extracts to.
@@ -468,13 +469,13 @@ def fetch(url: str, path: Path, timeout_s: float = 60.0) -> Path:
     return Path(path)
 
 
-def download(sources: Path, base: str | None = None) -> list[Path]:
-    """Fetch the snapshot tarballs not yet in ``sources``. Their bytes are not pinned (GitHub
-    compresses on the fly): the sha256 of the prepared files is the integrity check."""
+def download(sources: Path, base: str | None = None, snapshots: Mapping[str, Snapshot] | None = None) -> list[Path]:
+    """Fetch the snapshot tarballs (default: the training data's) not yet in ``sources``. Their bytes
+    are not pinned (GitHub compresses on the fly): the sha256 of the prepared files is the integrity check."""
     sources = Path(sources)
     sources.mkdir(parents=True, exist_ok=True)
     paths = []
-    for snapshot in SNAPSHOTS.values():
+    for snapshot in (snapshots or SNAPSHOTS).values():
         path = sources / snapshot.archive_name
         if not path.is_file():
             url = snapshot.url(base or CODELOAD)
@@ -510,8 +511,13 @@ def main(argv: list[str] | None = None) -> None:
     make.add_argument("--dest", type=Path, help="data directory (default: FOOTFALL_DATA_DIR)")
     check = commands.add_parser("verify", help="check the data files against their published sha256")
     check.add_argument("--dir", type=Path, help="data directory (default: FOOTFALL_DATA_DIR)")
+    from footfall_training import crosssource
+
+    crosssource.add_command(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == crosssource.COMMAND:
+        parser.exit(crosssource.run_command(args))
     default_dir = Path(ModelSettings().data_dir)
 
     if args.command == "verify":

@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="average each face with its mirror image (FOOTFALL_FLIP_AVERAGE); both: each model twice")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the model card)")
+    parser.add_argument("--cross-source", choices=("off", "on", "only"), default="off",
+                        help="also (on) or only (only) the faces from other sources (footfall-data crosssource "
+                             "builds them; footfall_training.crosssource_eval)")
     parser.add_argument("--floor", type=Path, help="only write the CI test's accuracy floors (measured minus "
                                                    "margins; needs --limit) to this JSON file")
     args = parser.parse_args(argv)
@@ -426,6 +429,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"model file {path} not found")
     if args.floor and (not args.limit or args.crops != "dataset"):
         parser.error("--floor needs --limit N (the CI test's subset) and dataset crops")
+    flips = {"off": [False], "on": [True], "both": [False, True]}[args.flip]
+    if args.cross_source == "only":
+        _cross_source_main(parser, args, flips)
+        return
     try:
         faces, detected = load_test_faces(args.crops, args.limit, args.seed, args.split)
     except DatasetMissing as exc:
@@ -436,7 +443,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(json.dumps(floor, indent=2) + "\n")
         return
     results = []
-    flips = {"off": [False], "on": [True], "both": [False, True]}[args.flip]
     for path in args.models:
         for flip in flips:
             log.info("evaluating %s%s on %d faces (%s crops)", path, " flip-averaged" if flip else "", len(faces),
@@ -448,6 +454,25 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps({"split": args.split, "limit": args.limit, "seed": args.seed,
                                          "results": results}, indent=1))
     sys.stdout.write(render(results, markdown=args.markdown) + "\n")
+    if args.cross_source == "on":
+        _cross_source_main(parser, args, flips)
+
+
+def _cross_source_main(parser: argparse.ArgumentParser, args: argparse.Namespace, flips: list[bool]) -> None:
+    """The cross-source report of every model (``--json``: written next to it as NAME.crosssource.json)."""
+    from footfall_training.crosssource import CrossSourceMissing
+    from footfall_training.crosssource_eval import evaluate_crosssource, render_crosssource
+
+    try:
+        results = [r for path in args.models for r in evaluate_crosssource(path, flips, args.threads, args.limit,
+                                                                           args.seed)]
+    except CrossSourceMissing as exc:
+        parser.exit(2, f"footfall-evaluate: {exc}\n")
+    if args.json:
+        path = args.json if args.cross_source == "only" else args.json.with_suffix(".crosssource.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"limit": args.limit, "seed": args.seed, "results": results}, indent=1))
+    sys.stdout.write(render_crosssource(results, markdown=args.markdown) + "\n")
 
 
 if __name__ == "__main__":
