@@ -17,8 +17,9 @@ import importlib.util
 import os
 import secrets
 import socket
-import threading
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -207,3 +208,14 @@ class TcpProxy:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def drain(agg, timeout_s: float = 60.0) -> list:
+    """Step the aggregator until its stream is empty and every visitor is committed; returns the
+    records. A stall (entries left or visitors open after ``timeout_s``) fails the test."""
+    records, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records += agg.step()
+        if agg.redis.xlen(agg.keys.faces) == 0 and not agg.open:
+            return records
+    raise AssertionError(f"stalled: {agg.redis.xlen(agg.keys.faces)} entries left, {len(agg.open)} open visitors")

@@ -21,6 +21,8 @@ from footfall.db.store import make_engine
 from footfall.ingest.service import IngestWorker
 from footfall.schema import FaceMessage, StreamKeys, TrackEnd
 
+from ..support import drain
+
 pytestmark = pytest.mark.slow
 
 
@@ -34,14 +36,6 @@ def run_ingest(redis_url, prefix, models_dir, cameras, **kw):
     return worker
 
 
-def drain(agg: Aggregator, timeout_s=60):
-    """Step the aggregator until the stream is empty and every visitor is committed; returns records."""
-    records, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        records += agg.step()
-        if agg.redis.xlen(agg.keys.faces) == 0 and not agg.open:
-            return records
-    raise AssertionError(f"not drained: {agg.redis.xlen(agg.keys.faces)} entries, {len(agg.open)} open visitors")
 
 
 def table(db_url):

@@ -10,7 +10,6 @@ fields with arbitrary names (hypothesis; bounded ``max_examples``, derandomized 
 from __future__ import annotations
 
 import os
-import time
 from contextlib import ExitStack
 
 import cv2
@@ -26,7 +25,7 @@ from footfall.config import AggregatorSettings, InferenceSettings
 from footfall.inference.server import InferenceServer
 from footfall.schema import FaceMessage, MalformedMessage, StreamKeys, TrackEnd, decode_entry
 
-from ..support import POSTGRES_URL_VARIABLE, postgres_schema
+from ..support import POSTGRES_URL_VARIABLE, drain, postgres_schema
 
 pytestmark = pytest.mark.slow
 
@@ -97,14 +96,6 @@ def pipeline(redis_server_url, face_model, tmp_path_factory):
         yield agg, r
 
 
-def drain(agg: Aggregator, timeout_s: float = 20.0) -> list:
-    """Step until the stream is empty and nothing is open; a stall fails the test."""
-    records, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        records += agg.step()
-        if agg.redis.xlen(agg.keys.faces) == 0 and not agg.open:
-            return records
-    raise AssertionError(f"stalled: {agg.redis.xlen(agg.keys.faces)} entries left, {len(agg.open)} open visitors")
 
 
 def publish_with_visitor(agg: Aggregator, r: redis.Redis, poison: list[dict]) -> str:
@@ -135,7 +126,7 @@ def test_the_issues_poison_entries_are_dead_lettered_and_the_rest_is_counted(pip
         {b"kind": b"face", b"camera": b"c", b"blob": os.urandom(5 * 1024 * 1024)},  # 5 MB extra field
     ]
     track = publish_with_visitor(agg, r, poison)
-    records = drain(agg)
+    records = drain(agg, timeout_s=20.0)
     assert [v.track_id for v in records] == [track], "the valid visitor is counted"
     dead = dead_letters(r, agg.keys)
     reasons = [f[b"reason"].decode() for f in dead]
@@ -158,7 +149,7 @@ def test_fuzzed_entries_never_stop_the_counting(pipeline, poison):
     newest = r.xrevrange(agg.keys.dead_letter, count=1)
     after = f"({newest[0][0].decode()}" if newest else "-"
     track = publish_with_visitor(agg, r, poison)
-    records = drain(agg)
+    records = drain(agg, timeout_s=20.0)
     assert track in [v.track_id for v in records], "the valid visitor beside the poison is counted"
     expected_dead = 0
     for fields in poison:

@@ -26,7 +26,7 @@ from footfall.inference.client import BadCrop, InferenceClient
 from footfall.inference.server import InferenceServer
 from footfall.schema import MAX_CROP_BYTES, FaceMessage, StreamKeys, TrackEnd
 
-from ..support import TcpProxy, postgres_schema
+from ..support import TcpProxy, drain, postgres_schema
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +37,6 @@ def noise_jpeg(px: int, seed: int) -> bytes:
     return cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 98])[1].tobytes()
 
 
-def drain(agg: Aggregator, timeout_s: float) -> list:
-    records, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        records += agg.step()
-        if agg.redis.xlen(agg.keys.faces) == 0 and not agg.open:
-            return records
-    raise AssertionError(f"stalled: {agg.redis.xlen(agg.keys.faces)} entries left, {len(agg.open)} open")
 
 
 def test_a_request_too_large_in_bytes_is_split_and_never_resent(redis_server_url, stream_prefix, face_model,
