@@ -1,19 +1,19 @@
 """Why INT8 gains only ~1.3x over FP32 on this CPU: where the time goes, and INT8 variants side by side.
 
-Three parts, all measured in one run (compare ratios within it, not figures across runs):
+Three parts, measured in one run (compare ratios within it, not figures across runs):
 
 1. **Where the time goes**: ONNX Runtime's profiler (``SessionOptions.enable_profiling``) on the FP32
-   and INT8 files, kernel time per kind of node (each node's fastest of 20 runs) (stem 3x3 conv, depthwise 3x3, pointwise 1x1, the
-   GDC, the heads, quantize/transpose plumbing) at the largest batch, and the optimized graph's
-   operators (``SessionOptions.optimized_model_filepath``): what ran as an integer kernel, how many
-   Q/DQ nodes and layout transposes were left.
+   and INT8 files, kernel time per kind of node (stem 3x3 conv, depthwise 3x3, pointwise 1x1, the
+   GDC, the heads, quantize/transpose plumbing; each node's fastest of 20 runs) at the largest
+   batch, and the optimized graph's operators (``SessionOptions.optimized_model_filepath``): what ran
+   as an integer kernel, how many Q/DQ nodes and layout transposes were left.
 2. **Variants**: INT8 exports of the same FP32 weights through ``footfall_training.export.quantize_int8``
    with other ``Int8Layout`` options (per-tensor weights, QOperator, S8S8, nodes left in float), the
    shipped file under other session options (graph optimization level, spinning), all timed as
-   ``session.run`` on normalised input, rounds alternating between variants, the best round counting.
+   ``session.run`` on normalised input, rounds alternating between variants.
 3. **Preprocessing**: the backend's uint8 -> normalised NCHW float conversion per batch
    (``normalize_nchw``, OpenCV's blob function) and the numpy expression it replaced, against the
-   INT8 model's own time.
+   INT8 model's own time, and both as served (normalisation + model, FP32 and INT8).
 
 Speeds are faces per second of the process's CPU time by default (``--clock cpu``; with 1 thread
 that is the one core's time), from the fastest call of each variant over its rounds, which other
@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
                     for precision in ("FP32", "INT8 shipped"):
                         sess = sessions[precision]
                         name = sess.get_inputs()[0].name
-                        rate = b * measure(lambda: sess.run(None, {name: normalize(faces[b], meta)}), args.seconds, clock)
+                        rate = b * measure(lambda: sess.run(None, {name: normalize(faces[b], meta)}),
+                                           args.seconds, clock)
                         key = (precision, label)
                         served[key][b] = max(served[key].get(b, 0.0), rate)
             print(f"  batch {b}: " + ", ".join(f"{k} {v[b]:.0f}" for k, v in speed.items()), flush=True)
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n### Where the time goes: kernel ms per batch of {big}, {args.threads} thread(s), onnxruntime profiler\n")
     print(md_table(["node kind", "FP32 ms", "INT8 ms", "INT8 / FP32 time", "share of INT8 time"],
                    [[k, f"{fp.get(k, 0.0):.2f}", f"{q.get(k, 0.0):.2f}",
-                     f"{q[k] / fp[k]:.2f}" if fp.get(k) and q.get(k) else "-", f"{100 * q.get(k, 0.0) / total['INT8']:.0f} %"]
+                     f"{q[k] / fp[k]:.2f}" if fp.get(k) and q.get(k) else "-",
+                     f"{100 * q.get(k, 0.0) / total['INT8']:.0f} %"]
                     for k in kinds]
                    + [["all kernels", f"{total['FP32']:.2f}", f"{total['INT8']:.2f}",
                        f"{total['INT8'] / total['FP32']:.2f}", "100 %"]]))

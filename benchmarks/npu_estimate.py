@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
                      f"{100 * macs / (cycles * MACS_PER_CYCLE):.1f} %", f"{seconds * 1e3:.3f}",
                      f"{CORES / seconds:,.0f}", f"{CORES / (seconds + overhead):,.0f}",
                      f"{CORES / (2 * (seconds + overhead)):,.0f}",
-                     f"{CORES * MACS_PER_CYCLE * NPU_HZ / macs:,.0f}", f"{CORES / (seconds + overhead) / PAPER_FPS:.1f}x"])
+                     f"{CORES * MACS_PER_CYCLE * NPU_HZ / macs:,.0f}",
+                     f"{CORES / (seconds + overhead) / PAPER_FPS:.1f}x"])
     print(f"\n### NPU estimate per board: RK3588, {CORES} cores at 1 GHz, one context per core, batch 1\n")
     print(md_table(["model", "multiply-adds", "compiler cycles per face", "of them memory-bound",
                     "MAC utilisation", "ms per face (one core)", "faces/s, layers only",
@@ -123,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
                 kinds.setdefault(layer_kind(op), []).append(op)
         total = sum(op.cycles for op in ops if op.target == "NPU")
         print(f"\n### Where the NPU time goes: {label}, compiler estimate per layer kind\n")
-        print(md_table(["layer kind", "layers", "multiply-adds", "cycles", "share of cycles", "MACs per cycle (of 1,024)",
-                        "memory-bound layers"],
+        print(md_table(["layer kind", "layers", "multiply-adds", "cycles", "share of cycles",
+                        "MACs per cycle (of 1,024)", "memory-bound layers"],
                        [[kind, str(len(k)), f"{sum(o.macs for o in k) / 1e6:.2f} M", f"{sum(o.cycles for o in k):,}",
                          f"{100 * sum(o.cycles for o in k) / total:.0f} %",
                          f"{sum(o.macs for o in k) / max(1, sum(o.cycles for o in k)):.0f}",
