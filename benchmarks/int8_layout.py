@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_speed import md_table  # noqa: E402
 
 
-
 def session(path: Path, threads: int, level: str = "all", spinning: bool = False, profile_prefix: str | None = None,
             optimized_path: Path | None = None):
     """An onnxruntime CPU session with the backend's options (``level`` and ``spinning`` varied here)."""
