@@ -41,16 +41,44 @@ FLOAT16_TAILS = ("age",)
 
 @dataclass(frozen=True)
 class OpPlacement:
-    """One row of the layer table rknn prints when building: which unit runs the operator."""
+    """One row of the layer table rknn prints when building: which unit runs the operator, and the
+    compiler's own cost estimate for it (clock cycles of memory traffic, of the NPU's compute, and
+    their maximum, the layer's estimated time; kilobytes read and written)."""
 
     index: int
     op_type: str
     dtype: str
     target: str  # NPU / CPU (/ GPU)
     name: str
+    inputs: str = ""  # shapes as rknn prints them: "(1,16,56,56),(8,16,1,1),(8)"
+    output: str = ""
+    cycles_ddr: int = 0
+    cycles_npu: int = 0
+    cycles: int = 0
+    rw_kb: int = 0
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of a convolution (the NPU runs the linear heads as 1x1 convolutions
+        too), from its weight and output shapes; 0 for other operators.
+
+        >>> OpPlacement(5, "ConvClip", "INT8", "NPU", "c", "(1,48,56,56),(1,48,3,3),(48)", "(1,48,28,28)").macs
+        338688
+        """
+        shapes = re.findall(r"\(([\d,]+)\)", self.inputs)
+        out = re.findall(r"\(([\d,]+)\)", self.output)
+        if not self.op_type.startswith("Conv") or len(shapes) < 2 or not out:
+            return 0
+        data, weight, output = ([int(v) for v in shape.split(",")] for shape in (shapes[0], shapes[1], out[0]))
+        if len(weight) != 4 or len(output) != 4:
+            return 0
+        # rknn prints depthwise weights as (1, C, kh, kw): one kh x kw filter per output channel.
+        depthwise = weight[0] == 1 and weight[1] == output[1] == data[1] > 1
+        return int(np.prod(output)) * (weight[2] * weight[3] if depthwise else int(np.prod(weight[1:])))
 
 
 _LAYER_ROW = re.compile(r"^D RKNN: \[[^\]]*\]\s+(\d+)\s+(\S+)\s+(\S+)\s+(NPU|CPU|GPU)\s+.*\s(\S+)\s*$")
+_LAYER_COST = re.compile(r"\s(\S+)\s+(\S+)\s+(\d+)/(\d+)/(\d+)\s+(\d+)\s+\S+\s*$")
 
 
 def parse_layer_table(log_text: str) -> list[OpPlacement]:
@@ -58,8 +86,11 @@ def parse_layer_table(log_text: str) -> list[OpPlacement]:
 
     >>> row = ("D RKNN: [01:02:03.004] 53   Conv     INT8     NPU    (1,1280,4,4),(1,1280,4,4),(1280)  "
     ...        "(1,1280,1,1)  2219/5120/5120  50  Conv:/net/gdc/gdc.0/Conv")
-    >>> parse_layer_table("D RKNN: [x] Network Layer Information Table\\n" + row)
-    [OpPlacement(index=53, op_type='Conv', dtype='INT8', target='NPU', name='Conv:/net/gdc/gdc.0/Conv')]
+    >>> op, = parse_layer_table("D RKNN: [x] Network Layer Information Table\\n" + row)
+    >>> op.index, op.op_type, op.dtype, op.target, op.name
+    (53, 'Conv', 'INT8', 'NPU', 'Conv:/net/gdc/gdc.0/Conv')
+    >>> op.cycles_ddr, op.cycles_npu, op.cycles, op.rw_kb, op.macs
+    (2219, 5120, 5120, 50, 20480)
     """
     ops: list[OpPlacement] = []
     in_table = False
@@ -72,7 +103,11 @@ def parse_layer_table(log_text: str) -> list[OpPlacement]:
         match = _LAYER_ROW.match(line.strip())
         if match:
             index, op_type, dtype, target, name = match.groups()
-            ops.append(OpPlacement(int(index), op_type, dtype, target, name))
+            cost = _LAYER_COST.search(line)
+            extra = {} if cost is None else dict(
+                inputs=cost[1], output=cost[2], cycles_ddr=int(cost[3]), cycles_npu=int(cost[4]),
+                cycles=int(cost[5]), rw_kb=int(cost[6]))
+            ops.append(OpPlacement(int(index), op_type, dtype, target, name, **extra))
         elif ops and line.rstrip().endswith("---"):
             in_table = False  # the table's closing rule; memory tables follow
     return ops

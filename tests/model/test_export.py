@@ -117,3 +117,35 @@ def test_the_benchmarks_four_single_task_networks_export_as_one_graph(tmp_path):
     faces = np.random.default_rng(0).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     p = backend.predict(faces)
     assert p.age.shape == (3,) and p.race.shape == (3, len(RACES)) and p.emotion.shape == (3, len(EMOTIONS))
+
+
+def test_int8_layouts_fuse_into_integer_kernels_and_keep_the_float_nodes_asked_for(random_model, tmp_path):
+    """The shipped export (default Int8Layout) runs every convolution and head as an integer kernel
+    in ONNX Runtime; ``float_nodes`` leaves the stem and the heads in float (benchmarks/int8_layout.py)."""
+    from footfall_training.export import Int8Layout, float_node_names, quantize_int8
+
+    _, _, onnx_path = random_model
+    fp32 = onnx.load(str(onnx_path))
+    convs = [n for n in fp32.graph.node if n.op_type == "Conv"]
+    assert float_node_names(fp32, ("stem",)) == [convs[0].name]
+    assert len(float_node_names(fp32, ("heads",))) == 4
+    assert len(float_node_names(fp32, ("depthwise",))) == 17  # one per inverted-residual block
+    faces = np.random.default_rng(0).integers(0, 256, (32, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+
+    def optimized_ops(layout: Int8Layout) -> list[str]:
+        int8_path = quantize_int8(onnx_path, tmp_path / "random.int8.onnx", faces, layout)
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"])
+        backend = load_backend("onnxruntime", int8_path, threads=1)
+        assert backend.metadata.precision == "int8" and np.isfinite(backend.predict(faces[:4]).age).all()
+        return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+    shipped = optimized_ops(Int8Layout())
+    assert shipped.count("QLinearConv") == len(convs) and "Conv" not in shipped
+    assert shipped.count("QGemm") == 4 and shipped.count("QuantizeLinear") == 1  # Q/DQ pairs all fused
+    float_ends = optimized_ops(Int8Layout(float_nodes=("stem", "heads")))
+    assert float_ends.count("QLinearConv") == len(convs) - 1 and float_ends.count("Conv") == 1
+    assert float_ends.count("Gemm") == 4 and "QGemm" not in float_ends
+    # (How close INT8 stays to FP32 is checked on the committed model, whose weights are trained:
+    # tests/model/test_committed_model.py; a random net's activations quantize arbitrarily.)
