@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
-import time as clock
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ import streamlit as st  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from footfall.config import DashboardSettings  # noqa: E402
+from footfall.labels import GENDERS  # noqa: E402
 from footfall.observability import ctx  # noqa: E402
 from footfall.dashboard_launcher import (LoginThrottle, check_login, is_valid_hash,  # noqa: E402
                                          read_session_token, session_secret, session_token)
@@ -177,30 +177,30 @@ def engine_for(url: str):
     return data.open_engine(url)
 
 
-@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def cached_counts(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str, race: bool,
-                  emotion: bool, tick: int) -> pd.DataFrame:
-    # ``tick`` changes every refresh interval, so live mode reads fresh rows
-    return data.load_counts(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz,
-                            include_race=race, include_emotion=emotion)
+# Cached per filter and data version (``data.data_version``: it changes when visitors are counted, so live
+# mode reads new counts while an unchanged database is served from the cache); the TTL bounds the memory.
+@st.cache_data(ttl=600, max_entries=64, show_spinner=False)
+def cached_counts(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str, dims: tuple[str, ...],
+                  grain: str, by_time: bool, cuts: tuple[datetime, ...], version: tuple) -> pd.DataFrame:
+    return data.load_counts(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz, dims=list(dims),
+                            grain=grain, by_time=by_time, cuts=cuts)
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def cached_previous(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str,
-                    tick: int) -> pd.Series:
+def cached_by_camera(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str,
+                     version: tuple) -> pd.Series:
     return data.visitors_by_camera(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz)
 
 
 @st.cache_data(ttl=600, max_entries=8, show_spinner=False)
-def cached_span(url: str, tz: str, tick: int) -> tuple[datetime, datetime] | None:
+def cached_span(url: str, tz: str, version: tuple) -> tuple[datetime, datetime] | None:
     return data.data_span(engine_for(url), tz)
 
 
 def freshness(settings: DashboardSettings, url: str) -> None:
     """Every tab says how recent its data is: the last minute counted, and when the page read it."""
-    tick = int(clock.time() // max(1, settings.refresh_s))
     try:
-        span = cached_span(url, settings.timezone, tick)
+        span = cached_span(url, settings.timezone, data.data_version(engine_for(url)))
     except data.DatabaseError:
         return
     last = f"{span[1]:%Y-%m-%d %H:%M}" if span else "no counts yet"
@@ -209,7 +209,7 @@ def freshness(settings: DashboardSettings, url: str) -> None:
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def cached_first_counts(url: str, cameras: tuple[str, ...], tz: str, tick: int) -> dict[str, datetime]:
+def cached_first_counts(url: str, cameras: tuple[str, ...], tz: str, version: tuple) -> dict[str, datetime]:
     return data.first_counts(engine_for(url), list(cameras), tz=tz)
 
 
@@ -363,7 +363,13 @@ class Filters:
     opening_hours: str
     race: bool
     emotion: bool
-    tick: int  # changes every refresh interval, so live mode reads fresh rows
+    version: tuple  # data.data_version: changes when visitors are counted, so live mode reads fresh rows
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def cached_flow_views(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str, resolution: str,
+                      k: int, version: tuple) -> dict[str, views.View]:
+    return flow.flow_views(engine_for(url), data.TimeRange(start, end), list(cameras), tz, resolution, k)
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
@@ -373,11 +379,18 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
     rng = data.TimeRange(f.start, f.end)
     current = data.TimeRange(f.start, f.current_end)
     cameras, groups, k = list(f.cameras), dict(f.groups), f.k
-    counts = cached_counts(f.url, f.start, f.end, f.cameras, f.tz, f.race, f.emotion, f.tick)
-    previous = cached_previous(f.url, f.previous_start, f.previous_end, f.cameras, f.tz, f.tick)
-    first = cached_first_counts(f.url, f.cameras, f.tz, f.tick)
+    def read(dims: tuple[str, ...], grain: str, by_time: bool = True, cuts: tuple[datetime, ...] = ()) -> pd.DataFrame:
+        # the database sums away what a view does not show, from the coarsest table that serves it
+        return cached_counts(f.url, f.start, f.end, f.cameras, f.tz, dims, grain, by_time, cuts, f.version)
+
+    previous = cached_by_camera(f.url, f.previous_start, f.previous_end, f.cameras, f.tz, f.version)
+    first = cached_first_counts(f.url, f.cameras, f.tz, f.version)
     comparable = {cam: start <= f.previous_start for cam, start in first.items()}
-    resolution = data.coarsest_needed(rng, f.resolution)
+    series = len(cameras) if f.stack_by == "camera_id" else len(GENDERS)
+    resolution = data.coarsest_needed(rng, f.resolution, series=series)
+    # the time line of every per-camera and per-hour figure: hourly sums at most (weekday x hour, busiest
+    # and median hour), cut where the comparable span ends ("now" never falls inside a rollup bucket)
+    counts = read(("camera_id", "gender"), "minute" if resolution == "minute" else "hour", cuts=(f.current_end,))
     if resolution != f.resolution:
         notes.append(("warning", f"Too many points per {f.resolution} for this period: showing per {resolution}. "
                                  "Choose a shorter period for a finer resolution."))
@@ -401,13 +414,14 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
         "headline": views.headline_view(h, k, f.compare),
         "footfall": footfall,
         "heatmap": views.heatmap_view(counts, rng, k, opening),
-        "pyramid": views.pyramid_view(counts, k),
+        "pyramid": views.pyramid_view(read(("age_band", "gender"), "day", by_time=False), k),
     }
     if f.emotion:
-        shown["emotion"] = views.mix_view(counts, rng, resolution, "emotion", k)
-        shown["valence"] = views.mix_view(counts, rng, resolution, "valence", k)
+        emotions = read(("emotion",), data.coarsest_grain(resolution))
+        shown["emotion"] = views.mix_view(emotions, rng, resolution, "emotion", k)
+        shown["valence"] = views.mix_view(emotions, rng, resolution, "valence", k)
     if f.race:
-        shown["race"] = views.race_view(counts, k)
+        shown["race"] = views.race_view(read(("race",), "day", by_time=False), k)
     summary = data.camera_summary(counts, cameras, previous, current, comparable)
     shown["cameras"] = views.camera_view(summary, groups, k)
     if len({data.site_of(groups.get(c) or "Other") for c in cameras}) > 1 and any(groups.values()):
@@ -545,22 +559,21 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
         st.caption(f"Not added to the totals (marked not counting in FOOTFALL_SITES: they see visitors an "
                    f"entrance has counted already): {', '.join(left_out)}. Pick a camera by name to see it alone.")
     now = now_local(settings)
-    tick = int(clock.time() // max(1, settings.refresh_s))
     engine = engine_for(url)
     if not data.has_counts(engine):
         st.info("The database holds no visitor counts yet. They appear here once the aggregator has counted "
                 "the first visitors (start the pipeline, e.g. `footfall-local`).")
         st.session_state[EXPORT_KEY] = views.export_frame([], settings.k_anonymity)
         return
-    counts = cached_counts(url, rng.start, rng.end, tuple(selection), tz, settings.enable_race,
-                           settings.enable_emotion, tick)
-    if counts.empty:
+    version = data.data_version(engine)
+    present = cached_by_camera(url, rng.start, rng.end, tuple(selection), tz, version)
+    if present.empty:
         span = data.data_span(engine, tz)
         hint = f" The database has counts from {span[0]:%Y-%m-%d %H:%M} to {span[1]:%Y-%m-%d %H:%M}." if span else ""
         st.info(f"No visitors counted in {rng.label()} for the selected cameras.{hint}")
         st.session_state[EXPORT_KEY] = views.export_frame([], settings.k_anonymity)
         return
-    silent = [c for c in selection if c not in set(counts["camera_id"])]
+    silent = [c for c in selection if c not in set(present.index)]
     if silent:
         st.info(f"No data in this period for camera{'s' if len(silent) > 1 else ''}: {', '.join(silent)}.")
     current, previous_range = data.comparison_ranges(rng, now, compare_mode())
@@ -569,9 +582,10 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
     filters = Filters(url, rng.start, rng.end, current.end, previous_range.start, previous_range.end,
                       tuple(selection), tuple(sorted(groups.items())), tz, k, state.get("f_resolution", "hour"),
                       state.get("f_stack", "camera_id"), compare_mode(), settings.opening_hours,
-                      settings.enable_race, settings.enable_emotion, tick)
+                      settings.enable_race, settings.enable_emotion, version)
     shown, notes = build_views(filters)
-    shown.update(flow.flow_views(engine, rng, selection, tz, shown["footfall"].resolution, k))
+    shown.update(cached_flow_views(url, rng.start, rng.end, tuple(selection), tz, shown["footfall"].resolution, k,
+                                   version))
     for kind, text in notes:
         (st.warning if kind == "warning" else st.info)(text)
     export = views.export_frame(list(shown.values()), k)

@@ -34,6 +34,7 @@ CAMERA_COLORS = ("#1B7F79", "#17BECF", "#7F7F00", "#8FB339", "#2F5233", "#C9A66B
                  "#A0A0FF", "#B8860B")
 RACE_COLOR = "#5B6F8F"
 MAX_BARS = 400  # above this many periods, time series are drawn as stacked areas
+MAX_BAR_POINTS = 3_000  # or above this many periods x series (a bar carries its date and hover text: ~60 bytes)
 _PERIOD_HOVER = {"minute": "%Y-%m-%d %H:%M", "hour": "%a %Y-%m-%d %H:00", "day": "%a %Y-%m-%d",
                  "week": "week of %Y-%m-%d"}
 
@@ -76,7 +77,8 @@ def stacked_time_figure(view: View, k: int, palette: dict[str, str],
     """
     table = view.table
     series_column = view.dims[1]
-    many = table["period"].nunique() > MAX_BARS
+    periods = table["period"].nunique()
+    many = periods > MAX_BARS or periods * table[series_column].nunique() > MAX_BAR_POINTS
     hover_time = _PERIOD_HOVER[view.resolution]
     band = view.band.set_index("period") if view.band is not None else None
     fig = go.Figure()
