@@ -367,12 +367,6 @@ class Filters:
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def cached_flow_views(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str, resolution: str,
-                      k: int, version: tuple) -> dict[str, views.View]:
-    return flow.flow_views(engine_for(url), data.TimeRange(start, end), list(cameras), tz, resolution, k)
-
-
-@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
 def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]]]:
     """The views of one filter state, cached per filter; plus (kind, text) notes for the page."""
     notes: list[tuple[str, str]] = []
@@ -426,7 +420,37 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
     shown["cameras"] = views.camera_view(summary, groups, k)
     if len({data.site_of(groups.get(c) or "Other") for c in cameras}) > 1 and any(groups.values()):
         shown["sites"] = views.site_view(counts, cameras, groups, previous, current, comparable, k)
+    shown.update(flow.flow_views(engine_for(f.url), rng, cameras, f.tz, resolution, k))
     return shown, notes
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def page_export(f: Filters) -> pd.DataFrame:
+    """The CSV export's frame of one filter state: exactly the views shown."""
+    return views.export_frame(list(build_views(f)[0].values()), f.k)
+
+
+@st.cache_resource(ttl=600, max_entries=32, show_spinner=False)
+def page_figures(f: Filters, all_cameras: tuple[str, ...], printable: bool) -> dict:
+    """The charts of one filter state, by key. Building plotly figures takes longer than reading the
+    rollups, so they are built once per filter and shared (never changed afterwards: the printable width
+    is set here)."""
+    shown, k = build_views(f)[0], f.k
+    foot = shown["footfall"]
+    palette = charts.GENDER_COLORS if foot.dims[1] == "gender" else charts.camera_colors(list(all_cameras))
+    figs = {"chart_footfall": charts.stacked_time_figure(foot, k, palette),
+            "chart_heatmap": charts.heatmap_figure(shown["heatmap"], k),
+            "chart_pyramid": charts.pyramid_figure(shown["pyramid"], k)}
+    if "emotion" in shown:
+        figs["chart_emotion"] = charts.stacked_time_figure(shown["emotion"], k, charts.EMOTION_COLORS)
+        figs["chart_valence"] = charts.stacked_time_figure(shown["valence"], k, charts.VALENCE_COLORS)
+    if "race" in shown:
+        figs["chart_race"] = charts.category_bar_figure(shown["race"], k, "race")
+    figs.update(flow.figures(shown, k))
+    if printable:  # a fixed width: a chart laid out for a wide screen would be cut off at the page edge
+        for fig in figs.values():
+            fig.update_layout(width=PRINT_WIDTH_PX)
+    return figs
 
 
 def headline_cards(view: views.View, previous_range: data.TimeRange) -> None:
@@ -458,8 +482,7 @@ PRINT_WIDTH_PX = 680  # fits the printable width of A4 portrait (794 px less mar
 
 
 def chart(fig, printable: bool, key: str) -> None:
-    if printable:  # a fixed width: a chart laid out for a wide screen would be cut off at the page edge
-        fig.update_layout(width=PRINT_WIDTH_PX)
+    if printable:  # page_figures set the printable width
         st.plotly_chart(fig, config=charts.static_config(printable), key=key, width="content")
     else:
         st.plotly_chart(fig, config=charts.static_config(printable), key=key)
@@ -485,15 +508,14 @@ def note(view: views.View, k: int) -> None:
         st.caption(text)
 
 
-def render_views(shown: dict[str, views.View], settings: DashboardSettings, printable: bool,
-                 previous_range: data.TimeRange, all_cameras: list[str], foot_range: data.TimeRange) -> None:
+def render_views(shown: dict[str, views.View], figs: dict, settings: DashboardSettings, printable: bool,
+                 previous_range: data.TimeRange, foot_range: data.TimeRange) -> None:
     k = max(1, settings.k_anonymity)
     headline_cards(shown["headline"], previous_range)
     foot = shown["footfall"]
     stack_label = STACK_LABELS[foot.dims[1]].lower()
     st.markdown(f"### Footfall over time · by {stack_label} · per {foot.resolution}")
-    palette = charts.GENDER_COLORS if foot.dims[1] == "gender" else charts.camera_colors(all_cameras)
-    chart(charts.stacked_time_figure(foot, k, palette), printable, "chart_footfall")
+    chart(figs["chart_footfall"], printable, "chart_footfall")
     note(foot, k)
     partial = data.partial_periods(foot.table["period"], foot.resolution, foot_range)
     if partial:
@@ -502,32 +524,32 @@ def render_views(shown: dict[str, views.View], settings: DashboardSettings, prin
     left, right = side_by_side(printable, [3, 2], gap="large")
     with left:
         st.markdown("### Weekday × hour of day · mean visitors per day")
-        chart(charts.heatmap_figure(shown["heatmap"], k), printable, "chart_heatmap")
+        chart(figs["chart_heatmap"], printable, "chart_heatmap")
         note(shown["heatmap"], k)
     with right:
         st.markdown("### Age and gender")
-        chart(charts.pyramid_figure(shown["pyramid"], k), printable, "chart_pyramid")
+        chart(figs["chart_pyramid"], printable, "chart_pyramid")
         note(shown["pyramid"], k)
     if "emotion" in shown:
         left, right = side_by_side(printable, 2, gap="large")
         with left:
             st.markdown("### Emotion mix over time")
-            chart(charts.stacked_time_figure(shown["emotion"], k, charts.EMOTION_COLORS), printable, "chart_emotion")
+            chart(figs["chart_emotion"], printable, "chart_emotion")
             note(shown["emotion"], k)
         with right:
             st.markdown("### Valence over time")
-            chart(charts.stacked_time_figure(shown["valence"], k, charts.VALENCE_COLORS), printable, "chart_valence")
+            chart(figs["chart_valence"], printable, "chart_valence")
             note(shown["valence"], k)
     if "race" in shown:
         st.markdown("### Race")
-        chart(charts.category_bar_figure(shown["race"], k, "race"), printable, "chart_race")
+        chart(figs["chart_race"], printable, "chart_race")
         note(shown["race"], k)
     if "sites" in shown:
         st.markdown("### Site comparison")
         table(shown["sites"].table, printable, "table_sites")
     st.markdown("### Camera comparison")
     table(shown["cameras"].table, printable, "table_cameras")
-    flow.render(st, shown, k, lambda fig, key: chart(fig, printable, key), lambda view: note(view, k))
+    flow.render(st, shown, figs, lambda fig, key: chart(fig, printable, key), lambda view: note(view, k))
 
 
 def export_header(settings: DashboardSettings, rng: data.TimeRange, selection: list[str], cameras: list[str],
@@ -584,11 +606,9 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
                       state.get("f_stack", "camera_id"), compare_mode(), settings.opening_hours,
                       settings.enable_race, settings.enable_emotion, version)
     shown, notes = build_views(filters)
-    shown.update(cached_flow_views(url, rng.start, rng.end, tuple(selection), tz, shown["footfall"].resolution, k,
-                                   version))
     for kind, text in notes:
         (st.warning if kind == "warning" else st.info)(text)
-    export = views.export_frame(list(shown.values()), k)
+    export = page_export(filters)
     st.session_state[EXPORT_KEY] = export
     if not printable:
         left, right = st.columns([3, 1], vertical_alignment="bottom")
@@ -603,7 +623,7 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
         right.download_button("Download CSV", csv_bytes,
                               file_name=f"footfall_{rng.start:%Y%m%d}_{rng.end:%Y%m%d}.csv", mime="text/csv",
                               on_click="ignore", key="download_csv")
-    render_views(shown, settings, printable, previous_range, cameras, rng)
+    render_views(shown, page_figures(filters, tuple(cameras), printable), settings, printable, previous_range, rng)
 
 
 # --------------------------------------------------------------------------- operator view

@@ -142,22 +142,35 @@ def band_figure(view: View, k: int, column: str = "dwell_band") -> go.Figure:
     return _style(fig, 300)
 
 
-def render(st, shown_views: dict[str, View], k: int, chart: Callable[[go.Figure, str], None],
+def figures(shown_views: dict[str, View], k: int) -> dict[str, go.Figure]:
+    """The figures of the flow views present in ``shown_views``, by chart key."""
+    out = {}
+    if "entries_exits" in shown_views:
+        out["chart_entries_exits"] = movement_figure(shown_views["entries_exits"], k)
+        out["chart_occupancy"] = occupancy_figure(shown_views["occupancy"], k)
+    if "dwell" in shown_views:
+        out["chart_dwell"] = band_figure(shown_views["dwell"], k)
+    if "zones" in shown_views:
+        out["chart_zones"] = band_figure(shown_views["zones"], k)
+    return out
+
+
+def render(st, shown_views: dict[str, View], figs: dict[str, go.Figure], chart: Callable[[go.Figure, str], None],
            note: Callable[[View], None]) -> None:
-    """The section of the flow views present in ``shown_views`` (Streamlit module ``st``)."""
+    """The section of the flow views present in ``shown_views`` (Streamlit module ``st``; ``figs`` from ``figures``)."""
     if "entries_exits" in shown_views:
         view = shown_views["entries_exits"]
         st.markdown(f"### Entries and exits · per {view.resolution}")
-        chart(movement_figure(view, k), "chart_entries_exits")
+        chart(figs["chart_entries_exits"], "chart_entries_exits")
         note(view)
         st.markdown("### Occupancy over the day (entries minus exits since midnight)")
-        chart(occupancy_figure(shown_views["occupancy"], k), "chart_occupancy")
+        chart(figs["chart_occupancy"], "chart_occupancy")
         note(shown_views["occupancy"])
     if "dwell" in shown_views:
         st.markdown("### Dwell time (first to last seen)")
-        chart(band_figure(shown_views["dwell"], k), "chart_dwell")
+        chart(figs["chart_dwell"], "chart_dwell")
         note(shown_views["dwell"])
     if "zones" in shown_views:
         st.markdown("### Zones: visitors by time spent in the zone")
-        chart(band_figure(shown_views["zones"], k), "chart_zones")
+        chart(figs["chart_zones"], "chart_zones")
         note(shown_views["zones"])
