@@ -277,7 +277,7 @@ def _database_error(engine: Engine, exc: SQLAlchemyError) -> DatabaseError:
 def _query(engine: Engine, statement) -> list[sa.Row]:
     try:
         with engine.connect() as conn:
-            return list(conn.execute(statement))
+            return conn.execute(statement).fetchall()  # one fetch: iterating fetches row by row
     except SQLAlchemyError as exc:
         raise _database_error(engine, exc) from None
 
@@ -300,12 +300,29 @@ def data_span(engine: Engine, tz: str = "UTC") -> tuple[datetime, datetime] | No
     return local.iloc[0].to_pydatetime(), local.iloc[1].to_pydatetime()
 
 
+def _counted_cameras(engine: Engine) -> list[str]:
+    """The camera ids in ``visitor_counts``: a loose index scan (one primary-key seek per camera, SQLite
+    and PostgreSQL alike) instead of reading every row for DISTINCT."""
+    seek = sa.text("""
+        WITH RECURSIVE cams(camera_id) AS (
+            SELECT MIN(camera_id) FROM visitor_counts
+            UNION ALL
+            SELECT (SELECT MIN(v.camera_id) FROM visitor_counts v WHERE v.camera_id > cams.camera_id)
+            FROM cams WHERE cams.camera_id IS NOT NULL)
+        SELECT camera_id FROM cams WHERE camera_id IS NOT NULL""")
+    return [r[0] for r in _query(engine, seek)]
+
+
 def first_counts(engine: Engine, cameras: list[str] | None = None, tz: str = "UTC") -> dict[str, datetime]:
-    """{camera: local start of its first counted bucket}: before it a camera has no data, not zero visitors."""
-    statement = sa.select(_COUNTS.c.camera_id, sa.func.min(_COUNTS.c.bucket_start)).group_by(_COUNTS.c.camera_id)
-    if cameras is not None:
-        statement = statement.where(_COUNTS.c.camera_id.in_(list(cameras)))
-    rows = _query(engine, statement)
+    """{camera: local start of its first counted bucket}: before it a camera has no data, not zero visitors.
+
+    One primary-key seek per camera (MIN of bucket_start where camera_id = ...), not a scan of every cell."""
+    cameras = _counted_cameras(engine) if cameras is None else list(cameras)
+    if not cameras:
+        return {}
+    seeks = [sa.select(sa.literal(cam, sa.String).label("camera_id"), sa.func.min(_COUNTS.c.bucket_start))
+             .where(_COUNTS.c.camera_id == cam) for cam in cameras]
+    rows = [r for r in _query(engine, seeks[0] if len(seeks) == 1 else sa.union_all(*seeks)) if r[1] is not None]
     if not rows:
         return {}
     local = _to_local(pd.Series([r[1] for r in rows]), tz)
@@ -314,10 +331,8 @@ def first_counts(engine: Engine, cameras: list[str] | None = None, tz: str = "UT
 
 def list_cameras(engine: Engine) -> list[str]:
     """Every camera id that has counts or a health record, sorted."""
-    daily = ROLLUPS[VisitorCount]["day"].__table__  # the same cameras as the fine cells, far fewer rows
-    with_counts = _query(engine, sa.select(daily.c.camera_id).distinct())
     with_health = _query(engine, sa.select(_HEALTH.c.camera_id))
-    return sorted({r[0] for r in with_counts} | {r[0] for r in with_health})
+    return sorted(set(_counted_cameras(engine)) | {r[0] for r in with_health})
 
 
 def data_version(engine: Engine) -> tuple:
