@@ -197,10 +197,10 @@ def cached_span(url: str, tz: str, version: tuple) -> tuple[datetime, datetime] 
     return data.data_span(engine_for(url), tz)
 
 
-def freshness(settings: DashboardSettings, url: str) -> None:
+def freshness(settings: DashboardSettings, url: str, version: tuple) -> None:
     """Every tab says how recent its data is: the last minute counted, and when the page read it."""
     try:
-        span = cached_span(url, settings.timezone, data.data_version(engine_for(url)))
+        span = cached_span(url, settings.timezone, version)
     except data.DatabaseError:
         return
     last = f"{span[1]:%Y-%m-%d %H:%M}" if span else "no counts yet"
@@ -568,7 +568,7 @@ def export_header(settings: DashboardSettings, rng: data.TimeRange, selection: l
 
 
 def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str],
-                     printable: bool, skip: frozenset[str] = frozenset()) -> None:
+                     printable: bool, version: tuple, skip: frozenset[str] = frozenset()) -> None:
     tz = settings.timezone
     try:
         rng = selected_range(settings)
@@ -587,7 +587,6 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
                 "the first visitors (start the pipeline, e.g. `footfall-local`).")
         st.session_state[EXPORT_KEY] = views.export_frame([], settings.k_anonymity)
         return
-    version = data.data_version(engine)
     present = cached_by_camera(url, rng.start, rng.end, tuple(selection), tz, version)
     if present.empty:
         span = data.data_span(engine, tz)
@@ -689,6 +688,7 @@ def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups:
               skip: frozenset[str] = frozenset()) -> None:
     """Everything below the filters; rerun alone on the live-mode interval."""
     try:
+        version = data.data_version(engine_for(url))  # once per run: the per-filter caches' key
         if st.session_state.get("f_print"):
             rng_text = ""
             try:
@@ -699,20 +699,20 @@ def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups:
             st.caption(f"{rng_text} · cameras: {', '.join(selected_cameras(cameras, groups, skip))} · times in "
                        f"{settings.timezone} · generated {now_local(settings):%Y-%m-%d %H:%M} · k = "
                        f"{settings.k_anonymity} (values below k shown as <{settings.k_anonymity})")
-            freshness(settings, url)
-            render_analytics(settings, url, cameras, groups, printable=True, skip=skip)
+            freshness(settings, url, version)
+            render_analytics(settings, url, cameras, groups, printable=True, version=version, skip=skip)
             return
         st.title("Footfall")
         st.caption("Visitor analytics from aggregated camera counts. No images or individual records are stored.")
         analytics, operator, about = st.tabs(["Analytics", "Cameras (operator)", "Help & privacy"])
         with analytics:
-            freshness(settings, url)
-            render_analytics(settings, url, cameras, groups, printable=False, skip=skip)
+            freshness(settings, url, version)
+            render_analytics(settings, url, cameras, groups, printable=False, version=version, skip=skip)
         with operator:
-            freshness(settings, url)
+            freshness(settings, url, version)
             render_operator(settings, url, groups)
         with about:
-            freshness(settings, url)
+            freshness(settings, url, version)
             st.markdown(HELP.format(tz=settings.timezone, policy=POLICY.format(k=settings.k_anonymity)))
     except data.DatabaseError as exc:
         st.error(str(exc))

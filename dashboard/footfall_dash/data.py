@@ -336,16 +336,18 @@ def list_cameras(engine: Engine) -> list[str]:
 
 
 def data_version(engine: Engine) -> tuple:
-    """A cheap stamp that changes when visitors are counted: the last bucket and the visitors of its hour
-    (two index lookups). Per-filter caches are keyed on it, so live mode reads new counts and an
-    unchanged database is served from the cache."""
-    hourly = ROLLUPS[VisitorCount]["hour"].__table__
+    """A cheap stamp that changes when visitors are counted: the last bucket, and the visitors of its UTC
+    day and the day before (index range reads on the daily rollup). Per-filter caches are keyed on it, so
+    live mode reads new counts (also those counted a little late, into an earlier bucket) while an
+    unchanged database is served from the cache; counts that arrive more than a day late show once the
+    caches expire (10 minutes)."""
+    daily = ROLLUPS[VisitorCount]["day"].__table__
     last = _query(engine, sa.select(sa.func.max(_COUNTS.c.bucket_start)))[0][0]
     if last is None:
         return (None, 0)
-    hour = pd.Timestamp(last).floor("h").to_pydatetime()
-    visitors = _query(engine, sa.select(sa.func.sum(hourly.c.visitors)).where(hourly.c.bucket_start == hour))[0][0]
-    return (str(last), int(visitors or 0))
+    since = pd.Timestamp(last).floor("D").to_pydatetime() - timedelta(days=1)
+    recent = _query(engine, sa.select(sa.func.sum(daily.c.visitors)).where(daily.c.bucket_start >= since))[0][0]
+    return (str(last), int(recent or 0))
 
 
 # --------------------------------------------------------------------------- reading through the rollups
