@@ -14,7 +14,7 @@ Tables:
 - ``dwell_counts``: visitors per camera, time bucket, zone and dwell band (``footfall.counting``).
 - Rollups ``<table>_hourly`` and ``<table>_daily`` of those three: the same cells summed per UTC hour and
   UTC day (``ROLLUPS``), written in the transaction that writes the fine cells (``footfall.db.store``), so
-  the dashboard reads a year as 365 days instead of 525,600 minutes.
+  the dashboard sums long ranges from fewer rows (each UTC day once, not every minute of it).
 
 The schema is created and upgraded by Alembic migrations (``footfall-migrate``); these models
 are its one definition (a test compares them with a migrated database, index included), and the
