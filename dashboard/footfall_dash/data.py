@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from footfall.db.models import GRAINS, ROLLUPS, CameraHealth, VisitorCount, cell_sums
+from footfall.db.store import floor_time
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES, VALENCE
 
 RESOLUTIONS = ("minute", "hour", "day", "week")
@@ -370,13 +371,8 @@ def rollup_grains(rng: TimeRange, tz: str) -> tuple[str, ...]:
     return ("hour",) if whole_hours else ()
 
 
-def _floor(when: datetime, grain: str) -> datetime:
-    step = GRAINS[grain]
-    return datetime.min + ((when - datetime.min) // step) * step
-
-
 def _ceil(when: datetime, grain: str) -> datetime:
-    floor = _floor(when, grain)
+    floor = floor_time(when, grain)
     return floor if floor == when else floor + GRAINS[grain]
 
 
@@ -384,7 +380,7 @@ def _pieces(start: datetime, end: datetime, grains: tuple[str, ...]) -> list[tup
     if start >= end:
         return []
     for i, grain in enumerate(grains):
-        first, last = _ceil(start, grain), _floor(end, grain)
+        first, last = _ceil(start, grain), floor_time(end, grain)
         if first < last:
             finer = grains[i + 1:]
             return [*_pieces(start, first, finer), (grain, first, last), *_pieces(last, end, finer)]
