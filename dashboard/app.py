@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
-import time as clock
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ import streamlit as st  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from footfall.config import DashboardSettings  # noqa: E402
+from footfall.labels import GENDERS  # noqa: E402
 from footfall.observability import ctx  # noqa: E402
 from footfall.dashboard_launcher import (LoginThrottle, check_login, is_valid_hash,  # noqa: E402
                                          read_session_token, session_secret, session_token)
@@ -177,30 +177,30 @@ def engine_for(url: str):
     return data.open_engine(url)
 
 
-@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def cached_counts(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str, race: bool,
-                  emotion: bool, tick: int) -> pd.DataFrame:
-    # ``tick`` changes every refresh interval, so live mode reads fresh rows
-    return data.load_counts(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz,
-                            include_race=race, include_emotion=emotion)
+# Cached per filter and data version (``data.data_version``: it changes when visitors are counted, so live
+# mode reads new counts while an unchanged database is served from the cache); the TTL bounds the memory.
+@st.cache_data(ttl=600, max_entries=64, show_spinner=False)
+def cached_counts(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str, dims: tuple[str, ...],
+                  grain: str, by_time: bool, cuts: tuple[datetime, ...], version: tuple) -> pd.DataFrame:
+    return data.load_counts(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz, dims=list(dims),
+                            grain=grain, by_time=by_time, cuts=cuts)
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def cached_previous(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str,
-                    tick: int) -> pd.Series:
+def cached_by_camera(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str,
+                     version: tuple) -> pd.Series:
     return data.visitors_by_camera(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz)
 
 
 @st.cache_data(ttl=600, max_entries=8, show_spinner=False)
-def cached_span(url: str, tz: str, tick: int) -> tuple[datetime, datetime] | None:
+def cached_span(url: str, tz: str, version: tuple) -> tuple[datetime, datetime] | None:
     return data.data_span(engine_for(url), tz)
 
 
-def freshness(settings: DashboardSettings, url: str) -> None:
+def freshness(settings: DashboardSettings, url: str, version: tuple) -> None:
     """Every tab says how recent its data is: the last minute counted, and when the page read it."""
-    tick = int(clock.time() // max(1, settings.refresh_s))
     try:
-        span = cached_span(url, settings.timezone, tick)
+        span = cached_span(url, settings.timezone, version)
     except data.DatabaseError:
         return
     last = f"{span[1]:%Y-%m-%d %H:%M}" if span else "no counts yet"
@@ -209,7 +209,7 @@ def freshness(settings: DashboardSettings, url: str) -> None:
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def cached_first_counts(url: str, cameras: tuple[str, ...], tz: str, tick: int) -> dict[str, datetime]:
+def cached_first_counts(url: str, cameras: tuple[str, ...], tz: str, version: tuple) -> dict[str, datetime]:
     return data.first_counts(engine_for(url), list(cameras), tz=tz)
 
 
@@ -363,7 +363,7 @@ class Filters:
     opening_hours: str
     race: bool
     emotion: bool
-    tick: int  # changes every refresh interval, so live mode reads fresh rows
+    version: tuple  # data.data_version: changes when visitors are counted, so live mode reads fresh rows
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
@@ -373,11 +373,18 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
     rng = data.TimeRange(f.start, f.end)
     current = data.TimeRange(f.start, f.current_end)
     cameras, groups, k = list(f.cameras), dict(f.groups), f.k
-    counts = cached_counts(f.url, f.start, f.end, f.cameras, f.tz, f.race, f.emotion, f.tick)
-    previous = cached_previous(f.url, f.previous_start, f.previous_end, f.cameras, f.tz, f.tick)
-    first = cached_first_counts(f.url, f.cameras, f.tz, f.tick)
+    def read(dims: tuple[str, ...], grain: str, by_time: bool = True, cuts: tuple[datetime, ...] = ()) -> pd.DataFrame:
+        # the database sums away what a view does not show, from the coarsest table that serves it
+        return cached_counts(f.url, f.start, f.end, f.cameras, f.tz, dims, grain, by_time, cuts, f.version)
+
+    previous = cached_by_camera(f.url, f.previous_start, f.previous_end, f.cameras, f.tz, f.version)
+    first = cached_first_counts(f.url, f.cameras, f.tz, f.version)
     comparable = {cam: start <= f.previous_start for cam, start in first.items()}
-    resolution = data.coarsest_needed(rng, f.resolution)
+    series = len(cameras) if f.stack_by == "camera_id" else len(GENDERS)
+    resolution = data.coarsest_needed(rng, f.resolution, series=series)
+    # the time line of every per-camera and per-hour figure: hourly sums at most (weekday x hour, busiest
+    # and median hour), cut where the comparable span ends ("now" never falls inside a rollup bucket)
+    counts = read(("camera_id", "gender"), "minute" if resolution == "minute" else "hour", cuts=(f.current_end,))
     if resolution != f.resolution:
         notes.append(("warning", f"Too many points per {f.resolution} for this period: showing per {resolution}. "
                                  "Choose a shorter period for a finer resolution."))
@@ -401,18 +408,49 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
         "headline": views.headline_view(h, k, f.compare),
         "footfall": footfall,
         "heatmap": views.heatmap_view(counts, rng, k, opening),
-        "pyramid": views.pyramid_view(counts, k),
+        "pyramid": views.pyramid_view(read(("age_band", "gender"), "day", by_time=False), k),
     }
     if f.emotion:
-        shown["emotion"] = views.mix_view(counts, rng, resolution, "emotion", k)
-        shown["valence"] = views.mix_view(counts, rng, resolution, "valence", k)
+        emotions = read(("emotion",), data.coarsest_grain(resolution))
+        shown["emotion"] = views.mix_view(emotions, rng, resolution, "emotion", k)
+        shown["valence"] = views.mix_view(emotions, rng, resolution, "valence", k)
     if f.race:
-        shown["race"] = views.race_view(counts, k)
+        shown["race"] = views.race_view(read(("race",), "day", by_time=False), k)
     summary = data.camera_summary(counts, cameras, previous, current, comparable)
     shown["cameras"] = views.camera_view(summary, groups, k)
     if len({data.site_of(groups.get(c) or "Other") for c in cameras}) > 1 and any(groups.values()):
         shown["sites"] = views.site_view(counts, cameras, groups, previous, current, comparable, k)
+    shown.update(flow.flow_views(engine_for(f.url), rng, cameras, f.tz, resolution, k))
     return shown, notes
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def page_export(f: Filters) -> pd.DataFrame:
+    """The CSV export's frame of one filter state: exactly the views shown."""
+    return views.export_frame(list(build_views(f)[0].values()), f.k)
+
+
+@st.cache_resource(ttl=600, max_entries=32, show_spinner=False)
+def page_figures(f: Filters, all_cameras: tuple[str, ...], printable: bool) -> dict:
+    """The charts of one filter state, by key. Building plotly figures takes longer than reading the
+    rollups, so they are built once per filter and shared (never changed afterwards: the printable width
+    is set here)."""
+    shown, k = build_views(f)[0], f.k
+    foot = shown["footfall"]
+    palette = charts.GENDER_COLORS if foot.dims[1] == "gender" else charts.camera_colors(list(all_cameras))
+    figs = {"chart_footfall": charts.stacked_time_figure(foot, k, palette),
+            "chart_heatmap": charts.heatmap_figure(shown["heatmap"], k),
+            "chart_pyramid": charts.pyramid_figure(shown["pyramid"], k)}
+    if "emotion" in shown:
+        figs["chart_emotion"] = charts.stacked_time_figure(shown["emotion"], k, charts.EMOTION_COLORS)
+        figs["chart_valence"] = charts.stacked_time_figure(shown["valence"], k, charts.VALENCE_COLORS)
+    if "race" in shown:
+        figs["chart_race"] = charts.category_bar_figure(shown["race"], k, "race")
+    figs.update(flow.figures(shown, k))
+    if printable:  # a fixed width: a chart laid out for a wide screen would be cut off at the page edge
+        for fig in figs.values():
+            fig.update_layout(width=PRINT_WIDTH_PX)
+    return figs
 
 
 def headline_cards(view: views.View, previous_range: data.TimeRange) -> None:
@@ -444,8 +482,7 @@ PRINT_WIDTH_PX = 680  # fits the printable width of A4 portrait (794 px less mar
 
 
 def chart(fig, printable: bool, key: str) -> None:
-    if printable:  # a fixed width: a chart laid out for a wide screen would be cut off at the page edge
-        fig.update_layout(width=PRINT_WIDTH_PX)
+    if printable:  # page_figures set the printable width
         st.plotly_chart(fig, config=charts.static_config(printable), key=key, width="content")
     else:
         st.plotly_chart(fig, config=charts.static_config(printable), key=key)
@@ -471,15 +508,14 @@ def note(view: views.View, k: int) -> None:
         st.caption(text)
 
 
-def render_views(shown: dict[str, views.View], settings: DashboardSettings, printable: bool,
-                 previous_range: data.TimeRange, all_cameras: list[str], foot_range: data.TimeRange) -> None:
+def render_views(shown: dict[str, views.View], figs: dict, settings: DashboardSettings, printable: bool,
+                 previous_range: data.TimeRange, foot_range: data.TimeRange) -> None:
     k = max(1, settings.k_anonymity)
     headline_cards(shown["headline"], previous_range)
     foot = shown["footfall"]
     stack_label = STACK_LABELS[foot.dims[1]].lower()
     st.markdown(f"### Footfall over time · by {stack_label} · per {foot.resolution}")
-    palette = charts.GENDER_COLORS if foot.dims[1] == "gender" else charts.camera_colors(all_cameras)
-    chart(charts.stacked_time_figure(foot, k, palette), printable, "chart_footfall")
+    chart(figs["chart_footfall"], printable, "chart_footfall")
     note(foot, k)
     partial = data.partial_periods(foot.table["period"], foot.resolution, foot_range)
     if partial:
@@ -488,32 +524,32 @@ def render_views(shown: dict[str, views.View], settings: DashboardSettings, prin
     left, right = side_by_side(printable, [3, 2], gap="large")
     with left:
         st.markdown("### Weekday × hour of day · mean visitors per day")
-        chart(charts.heatmap_figure(shown["heatmap"], k), printable, "chart_heatmap")
+        chart(figs["chart_heatmap"], printable, "chart_heatmap")
         note(shown["heatmap"], k)
     with right:
         st.markdown("### Age and gender")
-        chart(charts.pyramid_figure(shown["pyramid"], k), printable, "chart_pyramid")
+        chart(figs["chart_pyramid"], printable, "chart_pyramid")
         note(shown["pyramid"], k)
     if "emotion" in shown:
         left, right = side_by_side(printable, 2, gap="large")
         with left:
             st.markdown("### Emotion mix over time")
-            chart(charts.stacked_time_figure(shown["emotion"], k, charts.EMOTION_COLORS), printable, "chart_emotion")
+            chart(figs["chart_emotion"], printable, "chart_emotion")
             note(shown["emotion"], k)
         with right:
             st.markdown("### Valence over time")
-            chart(charts.stacked_time_figure(shown["valence"], k, charts.VALENCE_COLORS), printable, "chart_valence")
+            chart(figs["chart_valence"], printable, "chart_valence")
             note(shown["valence"], k)
     if "race" in shown:
         st.markdown("### Race")
-        chart(charts.category_bar_figure(shown["race"], k, "race"), printable, "chart_race")
+        chart(figs["chart_race"], printable, "chart_race")
         note(shown["race"], k)
     if "sites" in shown:
         st.markdown("### Site comparison")
         table(shown["sites"].table, printable, "table_sites")
     st.markdown("### Camera comparison")
     table(shown["cameras"].table, printable, "table_cameras")
-    flow.render(st, shown, k, lambda fig, key: chart(fig, printable, key), lambda view: note(view, k))
+    flow.render(st, shown, figs, lambda fig, key: chart(fig, printable, key), lambda view: note(view, k))
 
 
 def export_header(settings: DashboardSettings, rng: data.TimeRange, selection: list[str], cameras: list[str],
@@ -532,7 +568,7 @@ def export_header(settings: DashboardSettings, rng: data.TimeRange, selection: l
 
 
 def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], groups: dict[str, str],
-                     printable: bool, skip: frozenset[str] = frozenset()) -> None:
+                     printable: bool, version: tuple, skip: frozenset[str] = frozenset()) -> None:
     tz = settings.timezone
     try:
         rng = selected_range(settings)
@@ -545,22 +581,20 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
         st.caption(f"Not added to the totals (marked not counting in FOOTFALL_SITES: they see visitors an "
                    f"entrance has counted already): {', '.join(left_out)}. Pick a camera by name to see it alone.")
     now = now_local(settings)
-    tick = int(clock.time() // max(1, settings.refresh_s))
     engine = engine_for(url)
     if not data.has_counts(engine):
         st.info("The database holds no visitor counts yet. They appear here once the aggregator has counted "
                 "the first visitors (start the pipeline, e.g. `footfall-local`).")
         st.session_state[EXPORT_KEY] = views.export_frame([], settings.k_anonymity)
         return
-    counts = cached_counts(url, rng.start, rng.end, tuple(selection), tz, settings.enable_race,
-                           settings.enable_emotion, tick)
-    if counts.empty:
+    present = cached_by_camera(url, rng.start, rng.end, tuple(selection), tz, version)
+    if present.empty:
         span = data.data_span(engine, tz)
         hint = f" The database has counts from {span[0]:%Y-%m-%d %H:%M} to {span[1]:%Y-%m-%d %H:%M}." if span else ""
         st.info(f"No visitors counted in {rng.label()} for the selected cameras.{hint}")
         st.session_state[EXPORT_KEY] = views.export_frame([], settings.k_anonymity)
         return
-    silent = [c for c in selection if c not in set(counts["camera_id"])]
+    silent = [c for c in selection if c not in set(present.index)]
     if silent:
         st.info(f"No data in this period for camera{'s' if len(silent) > 1 else ''}: {', '.join(silent)}.")
     current, previous_range = data.comparison_ranges(rng, now, compare_mode())
@@ -569,12 +603,11 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
     filters = Filters(url, rng.start, rng.end, current.end, previous_range.start, previous_range.end,
                       tuple(selection), tuple(sorted(groups.items())), tz, k, state.get("f_resolution", "hour"),
                       state.get("f_stack", "camera_id"), compare_mode(), settings.opening_hours,
-                      settings.enable_race, settings.enable_emotion, tick)
+                      settings.enable_race, settings.enable_emotion, version)
     shown, notes = build_views(filters)
-    shown.update(flow.flow_views(engine, rng, selection, tz, shown["footfall"].resolution, k))
     for kind, text in notes:
         (st.warning if kind == "warning" else st.info)(text)
-    export = views.export_frame(list(shown.values()), k)
+    export = page_export(filters)
     st.session_state[EXPORT_KEY] = export
     if not printable:
         left, right = st.columns([3, 1], vertical_alignment="bottom")
@@ -589,7 +622,7 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
         right.download_button("Download CSV", csv_bytes,
                               file_name=f"footfall_{rng.start:%Y%m%d}_{rng.end:%Y%m%d}.csv", mime="text/csv",
                               on_click="ignore", key="download_csv")
-    render_views(shown, settings, printable, previous_range, cameras, rng)
+    render_views(shown, page_figures(filters, tuple(cameras), printable), settings, printable, previous_range, rng)
 
 
 # --------------------------------------------------------------------------- operator view
@@ -655,6 +688,7 @@ def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups:
               skip: frozenset[str] = frozenset()) -> None:
     """Everything below the filters; rerun alone on the live-mode interval."""
     try:
+        version = data.data_version(engine_for(url))  # once per run: the per-filter caches' key
         if st.session_state.get("f_print"):
             rng_text = ""
             try:
@@ -665,20 +699,20 @@ def page_body(settings: DashboardSettings, url: str, cameras: list[str], groups:
             st.caption(f"{rng_text} · cameras: {', '.join(selected_cameras(cameras, groups, skip))} · times in "
                        f"{settings.timezone} · generated {now_local(settings):%Y-%m-%d %H:%M} · k = "
                        f"{settings.k_anonymity} (values below k shown as <{settings.k_anonymity})")
-            freshness(settings, url)
-            render_analytics(settings, url, cameras, groups, printable=True, skip=skip)
+            freshness(settings, url, version)
+            render_analytics(settings, url, cameras, groups, printable=True, version=version, skip=skip)
             return
         st.title("Footfall")
         st.caption("Visitor analytics from aggregated camera counts. No images or individual records are stored.")
         analytics, operator, about = st.tabs(["Analytics", "Cameras (operator)", "Help & privacy"])
         with analytics:
-            freshness(settings, url)
-            render_analytics(settings, url, cameras, groups, printable=False, skip=skip)
+            freshness(settings, url, version)
+            render_analytics(settings, url, cameras, groups, printable=False, version=version, skip=skip)
         with operator:
-            freshness(settings, url)
+            freshness(settings, url, version)
             render_operator(settings, url, groups)
         with about:
-            freshness(settings, url)
+            freshness(settings, url, version)
             st.markdown(HELP.format(tz=settings.timezone, policy=POLICY.format(k=settings.k_anonymity)))
     except data.DatabaseError as exc:
         st.error(str(exc))

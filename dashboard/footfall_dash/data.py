@@ -32,7 +32,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from footfall.db.models import CameraHealth, VisitorCount
+from footfall.db.models import GRAINS, ROLLUPS, CameraHealth, VisitorCount, cell_sums
+from footfall.db.store import floor_time
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES, VALENCE
 
 RESOLUTIONS = ("minute", "hour", "day", "week")
@@ -45,6 +46,7 @@ NOT_RECORDED_LABEL = "not recorded"  # shown for "" (attribute off when the visi
 VALENCES = ("positive", "neutral", "negative")
 HEALTH_STALE_S = 60.0  # a camera whose last frame is older than this is flagged
 MAX_PERIODS = 4_320  # three days of minutes: finer series are drawn at the next coarser resolution (payload)
+MAX_POINTS = 20_000  # periods x series of one time chart (payload): 50 cameras per hour reach it at 16 days
 _FREQ = {"minute": "min", "hour": "h", "day": "D"}
 
 
@@ -276,7 +278,7 @@ def _database_error(engine: Engine, exc: SQLAlchemyError) -> DatabaseError:
 def _query(engine: Engine, statement) -> list[sa.Row]:
     try:
         with engine.connect() as conn:
-            return list(conn.execute(statement))
+            return conn.execute(statement).fetchall()  # one fetch: iterating fetches row by row
     except SQLAlchemyError as exc:
         raise _database_error(engine, exc) from None
 
@@ -299,12 +301,29 @@ def data_span(engine: Engine, tz: str = "UTC") -> tuple[datetime, datetime] | No
     return local.iloc[0].to_pydatetime(), local.iloc[1].to_pydatetime()
 
 
+def _counted_cameras(engine: Engine) -> list[str]:
+    """The camera ids in ``visitor_counts``: a loose index scan (one primary-key seek per camera, SQLite
+    and PostgreSQL alike) instead of reading every row for DISTINCT."""
+    seek = sa.text("""
+        WITH RECURSIVE cams(camera_id) AS (
+            SELECT MIN(camera_id) FROM visitor_counts
+            UNION ALL
+            SELECT (SELECT MIN(v.camera_id) FROM visitor_counts v WHERE v.camera_id > cams.camera_id)
+            FROM cams WHERE cams.camera_id IS NOT NULL)
+        SELECT camera_id FROM cams WHERE camera_id IS NOT NULL""")
+    return [r[0] for r in _query(engine, seek)]
+
+
 def first_counts(engine: Engine, cameras: list[str] | None = None, tz: str = "UTC") -> dict[str, datetime]:
-    """{camera: local start of its first counted bucket}: before it a camera has no data, not zero visitors."""
-    statement = sa.select(_COUNTS.c.camera_id, sa.func.min(_COUNTS.c.bucket_start)).group_by(_COUNTS.c.camera_id)
-    if cameras is not None:
-        statement = statement.where(_COUNTS.c.camera_id.in_(list(cameras)))
-    rows = _query(engine, statement)
+    """{camera: local start of its first counted bucket}: before it a camera has no data, not zero visitors.
+
+    One primary-key seek per camera (MIN of bucket_start where camera_id = ...), not a scan of every cell."""
+    cameras = _counted_cameras(engine) if cameras is None else list(cameras)
+    if not cameras:
+        return {}
+    seeks = [sa.select(sa.literal(cam, sa.String).label("camera_id"), sa.func.min(_COUNTS.c.bucket_start))
+             .where(_COUNTS.c.camera_id == cam) for cam in cameras]
+    rows = [r for r in _query(engine, seeks[0] if len(seeks) == 1 else sa.union_all(*seeks)) if r[1] is not None]
     if not rows:
         return {}
     local = _to_local(pd.Series([r[1] for r in rows]), tz)
@@ -313,47 +332,151 @@ def first_counts(engine: Engine, cameras: list[str] | None = None, tz: str = "UT
 
 def list_cameras(engine: Engine) -> list[str]:
     """Every camera id that has counts or a health record, sorted."""
-    with_counts = _query(engine, sa.select(_COUNTS.c.camera_id).distinct())
     with_health = _query(engine, sa.select(_HEALTH.c.camera_id))
-    return sorted({r[0] for r in with_counts} | {r[0] for r in with_health})
+    return sorted(set(_counted_cameras(engine)) | {r[0] for r in with_health})
+
+
+def data_version(engine: Engine) -> tuple:
+    """A cheap stamp that changes when visitors are counted: the last bucket, and the visitors of its UTC
+    day and the day before (index range reads on the daily rollup). Per-filter caches are keyed on it, so
+    live mode reads new counts (also those counted a little late, into an earlier bucket) while an
+    unchanged database is served from the cache; counts that arrive more than a day late show once the
+    caches expire (10 minutes)."""
+    daily = ROLLUPS[VisitorCount]["day"].__table__
+    last = _query(engine, sa.select(sa.func.max(_COUNTS.c.bucket_start)))[0][0]
+    if last is None:
+        return (None, 0)
+    since = pd.Timestamp(last).floor("D").to_pydatetime() - timedelta(days=1)
+    recent = _query(engine, sa.select(sa.func.sum(daily.c.visitors)).where(daily.c.bucket_start >= since))[0][0]
+    return (str(last), int(recent or 0))
+
+
+# --------------------------------------------------------------------------- reading through the rollups
+
+
+def rollup_grains(rng: TimeRange, tz: str) -> tuple[str, ...]:
+    """Rollup grains whose UTC buckets fall whole into the local periods of ``rng``, coarsest first: hours
+    where the zone's offset is whole hours over the range, days only in UTC.
+
+    >>> rollup_grains(TimeRange(datetime(2024, 5, 1), datetime(2024, 6, 1)), "UTC")
+    ('day', 'hour')
+    >>> rollup_grains(TimeRange(datetime(2024, 5, 1), datetime(2024, 6, 1)), "Asia/Kolkata")
+    ()
+    """
+    if tz == "UTC":
+        return ("day", "hour")
+    days = pd.date_range(rng.start.date(), rng.end.date() + timedelta(days=1), freq="D")
+    offsets = days.tz_localize(tz, ambiguous=False, nonexistent="shift_forward").map(lambda t: t.utcoffset())
+    whole_hours = all(o.total_seconds() % 3600 == 0 for o in offsets)
+    return ("hour",) if whole_hours else ()
+
+
+def _ceil(when: datetime, grain: str) -> datetime:
+    floor = floor_time(when, grain)
+    return floor if floor == when else floor + GRAINS[grain]
+
+
+def _pieces(start: datetime, end: datetime, grains: tuple[str, ...]) -> list[tuple[str | None, datetime, datetime]]:
+    if start >= end:
+        return []
+    for i, grain in enumerate(grains):
+        first, last = _ceil(start, grain), floor_time(end, grain)
+        if first < last:
+            finer = grains[i + 1:]
+            return [*_pieces(start, first, finer), (grain, first, last), *_pieces(last, end, finer)]
+    return [(None, start, end)]
+
+
+def plan_reads(start: datetime, end: datetime, grains: tuple[str, ...],
+               cuts: tuple[datetime, ...] = ()) -> list[tuple[str | None, datetime, datetime]]:
+    """How to read the UTC range ``[start, end)``: (grain, from, to) pieces, the coarsest rollup of
+    ``grains`` (coarsest first) that fits whole buckets in, fine cells (``None``) at the ragged edges.
+    A ``cut`` (e.g. "now", where the comparable span stops) is never inside a rollup bucket.
+
+    >>> [(g, f"{a:%d %H:%M}", f"{b:%d %H:%M}") for g, a, b in plan_reads(
+    ...     datetime(2024, 5, 1, 22, 30), datetime(2024, 5, 4, 15, 30), ("day", "hour"))]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [(None, '01 22:30', '01 23:00'), ('hour', '01 23:00', '02 00:00'), ('day', '02 00:00', '04 00:00'),
+     ('hour', '04 00:00', '04 15:00'), (None, '04 15:00', '04 15:30')]
+    """
+    bounds = sorted({start, end, *(c for c in cuts if start < c < end)})
+    plan: list[tuple[str | None, datetime, datetime]] = []
+    for a, b in zip(bounds, bounds[1:]):
+        for piece in _pieces(a, b, grains):
+            if plan and plan[-1][0] == piece[0] and plan[-1][2] == piece[1]:
+                plan[-1] = (piece[0], plan[-1][1], piece[2])  # adjacent pieces of one table: one read
+            else:
+                plan.append(piece)
+    return plan
+
+
+def coarsest_grain(resolution: str) -> str:
+    """The coarsest stored grain a chart at ``resolution`` can be drawn from (UTC days make local days only
+    in UTC; ``rollup_grains`` checks that)."""
+    return {"minute": "minute", "hour": "hour"}.get(resolution, "day")
+
+
+def read_cells(engine: Engine, model, dims: list[str], rng: TimeRange, cameras: list[str] | None = None, *,
+               tz: str = "UTC", grain: str = "minute", by_time: bool = True,
+               cuts: tuple[datetime, ...] = ()) -> pd.DataFrame:
+    """Sums of ``model``'s counts (all its summed columns) per ``dims`` (and bucket: column ``time``, local)
+    in ``rng`` for ``cameras`` (None: all), read from the coarsest table no coarser than ``grain``
+    ("minute", "hour", "day") that fits: ``plan_reads`` over the model's rollups; the database groups,
+    one statement (UNION ALL of the pieces). ``cuts`` (local) are times the caller splits at."""
+    fine, sums = model.__table__, list(cell_sums(model))
+    allowed = tuple(g for g in rollup_grains(rng, tz) if GRAINS[g] <= GRAINS.get(grain, timedelta(0)))
+    start, end = to_utc(rng.start, tz), to_utc(rng.end, tz)
+    plan = plan_reads(start, end, allowed, tuple(to_utc(c, tz) for c in cuts))
+    selects = []
+    for piece_grain, a, b in plan:
+        table = fine if piece_grain is None else ROLLUPS[model][piece_grain].__table__
+        keys = [table.c[d] for d in dims] + ([table.c.bucket_start] if by_time else [])
+        statement = (sa.select(*keys, *(sa.func.sum(table.c[c]).label(c) for c in sums))
+                     .where(table.c.bucket_start >= a, table.c.bucket_start < b).group_by(*keys))
+        if cameras is not None:
+            statement = statement.where(table.c.camera_id.in_(list(cameras)))
+        selects.append(statement)
+    names = dims + (["bucket_start"] if by_time else []) + sums
+    rows = _query(engine, selects[0] if len(selects) == 1 else sa.union_all(*selects)) if selects else []
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=names)
+    for column in sums:
+        kind = "float64" if isinstance(fine.c[column].type, sa.Float) else "int64"
+        frame[column] = frame[column].fillna(0).astype(kind)
+    if by_time:
+        frame.insert(len(dims), "time", _to_local(frame.pop("bucket_start"), tz).astype("datetime64[us]"))
+    return frame
 
 
 def load_counts(engine: Engine, rng: TimeRange, cameras: list[str] | None = None, *, tz: str = "UTC",
-                include_race: bool = False, include_emotion: bool = True) -> pd.DataFrame:
+                include_race: bool = False, include_emotion: bool = True, dims: list[str] | None = None,
+                grain: str = "minute", by_time: bool = True, cuts: tuple[datetime, ...] = ()) -> pd.DataFrame:
     """Visitor counts in ``rng`` (local times) for ``cameras`` (None: all).
 
     Columns: camera_id, time (local bucket start), age_band, gender, [race], [emotion], visitors,
-    age_sum. A switched-off attribute is not even selected: the database sums it away.
+    age_sum. A switched-off attribute is not even selected: the database sums it away. ``dims``
+    picks other dimensions (the database sums the rest away); ``grain`` lets the rows be hourly or
+    daily sums (from the rollups), ``by_time`` False sums over time (see ``read_cells``).
     """
-    dims = [_COUNTS.c.camera_id, _COUNTS.c.bucket_start, _COUNTS.c.age_band, _COUNTS.c.gender]
-    dims += [_COUNTS.c.race] if include_race else []
-    dims += [_COUNTS.c.emotion] if include_emotion else []
-    statement = (sa.select(*dims, sa.func.sum(_COUNTS.c.visitors), sa.func.sum(_COUNTS.c.age_sum))
-                 .where(_COUNTS.c.bucket_start >= to_utc(rng.start, tz), _COUNTS.c.bucket_start < to_utc(rng.end, tz))
-                 .group_by(*dims))
-    if cameras is not None:
-        statement = statement.where(_COUNTS.c.camera_id.in_(list(cameras)))
-    names = [c.name for c in dims] + ["visitors", "age_sum"]
-    frame = pd.DataFrame([tuple(r) for r in _query(engine, statement)], columns=names)
-    frame["visitors"] = frame["visitors"].astype("int64")
-    frame["age_sum"] = frame["age_sum"].astype("float64")
-    frame.insert(1, "time", _to_local(frame.pop("bucket_start"), tz).astype("datetime64[us]"))
+    if dims is None:
+        dims = ["camera_id", "age_band", "gender"] + (["race"] if include_race else []) + \
+            (["emotion"] if include_emotion else [])
+    frame = read_cells(engine, VisitorCount, list(dims), rng, cameras, tz=tz, grain=grain, by_time=by_time,
+                       cuts=cuts)
+    if "camera_id" in frame and by_time:  # the documented column order: camera_id, time, ...
+        frame.insert(1, "time", frame.pop("time"))
     for column in ("race", "emotion"):
         if column in frame:
             frame[column] = frame[column].replace("", NOT_RECORDED_LABEL)
-    return frame.sort_values(["time", "camera_id"], ignore_index=True)
+    order = [c for c in ("time", "camera_id") if c in frame]
+    return frame.sort_values(order, ignore_index=True) if order else frame
 
 
 def visitors_by_camera(engine: Engine, rng: TimeRange, cameras: list[str] | None = None,
                        tz: str = "UTC") -> pd.Series:
     """Total visitors per camera in ``rng`` (used for the previous period)."""
-    statement = (sa.select(_COUNTS.c.camera_id, sa.func.sum(_COUNTS.c.visitors))
-                 .where(_COUNTS.c.bucket_start >= to_utc(rng.start, tz), _COUNTS.c.bucket_start < to_utc(rng.end, tz))
-                 .group_by(_COUNTS.c.camera_id))
-    if cameras is not None:
-        statement = statement.where(_COUNTS.c.camera_id.in_(list(cameras)))
-    rows = _query(engine, statement)
-    return pd.Series({r[0]: int(r[1]) for r in rows}, dtype="int64", name="visitors")
+    frame = read_cells(engine, VisitorCount, ["camera_id"], rng, cameras, tz=tz, grain="day", by_time=False)
+    summed = frame.groupby("camera_id")["visitors"].sum()
+    return pd.Series({c: int(v) for c, v in summed.items()}, dtype="int64", name="visitors")
 
 
 def load_health(engine: Engine, now_utc: datetime, tz: str = "UTC",
@@ -422,15 +545,20 @@ def partial_periods(period_starts: pd.Series, resolution: str, rng: TimeRange) -
     return out
 
 
-def coarsest_needed(rng: TimeRange, resolution: str, max_periods: int = MAX_PERIODS) -> str:
-    """``resolution``, or the next coarser one when the range would have more than ``max_periods``.
+def coarsest_needed(rng: TimeRange, resolution: str, max_periods: int = MAX_PERIODS, series: int = 1,
+                    max_points: int = MAX_POINTS) -> str:
+    """``resolution``, or the next coarser one when the range would have more than ``max_periods``,
+    or more than ``max_points`` periods x ``series`` (stacked series of the chart: the payload).
 
     >>> coarsest_needed(TimeRange(datetime(2024, 4, 1), datetime(2024, 5, 1)), "minute")
     'hour'
+    >>> coarsest_needed(TimeRange(datetime(2024, 4, 1), datetime(2024, 5, 1)), "hour", series=51)
+    'day'
     """
     seconds = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
     for candidate in RESOLUTIONS[RESOLUTIONS.index(resolution):]:
-        if rng.length.total_seconds() / seconds[candidate] <= max_periods:
+        count = rng.length.total_seconds() / seconds[candidate]
+        if count <= max_periods and count * max(1, series) <= max_points:
             return candidate
     return RESOLUTIONS[-1]
 

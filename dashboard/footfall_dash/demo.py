@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from footfall.db.migrate import upgrade
 from footfall.db.models import CameraHealth, VisitorCount
+from footfall.db.store import refresh_rollups
 from footfall.labels import GENDERS, age_band
 
 # camera -> (relative traffic, share of women, mean age)
@@ -128,6 +129,7 @@ def fill_demo(url: str, days: int = 35, seed: int = 0, end: datetime | None = No
                                            counts.c.bucket_start >= start, counts.c.bucket_start < end))
         if len(rows):
             conn.execute(counts.insert(), rows.to_dict("records"))
+        refresh_rollups(conn, start, end)  # the hourly and daily sums of what was replaced
         if health:
             conn.execute(health_table.delete().where(health_table.c.camera_id.in_(list(DEMO_CAMERAS))))
             conn.execute(health_table.insert(), demo_health(now))

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import pandas as pd
 import plotly.graph_objects as go
-import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from footfall.db.models import DwellCount, FlowCount
@@ -25,37 +24,24 @@ from . import data
 from .privacy import is_small, shown, suppress
 from .views import View
 
-_FLOW = FlowCount.__table__
-_DWELL = DwellCount.__table__
 MOVEMENTS = {"entries": "entries", "exits": "exits", "passers_by": "passers-by"}
 MOVEMENT_COLORS = {"entries": "#2e7d32", "exits": "#c62828", "passers-by": "#9e9e9e"}
 WHOLE_VIEW = ""  # the zone of a camera's whole view (its counting line)
 
 
-def _load(engine: Engine, table: sa.Table, columns: list[str], rng: data.TimeRange, cameras: list[str] | None,
-          tz: str) -> pd.DataFrame:
-    dims = [table.c.camera_id, table.c.bucket_start, table.c.zone] + \
-        ([table.c.dwell_band] if "dwell_band" in table.c else [])
-    statement = (sa.select(*dims, *[sa.func.sum(table.c[c]) for c in columns])
-                 .where(table.c.bucket_start >= data.to_utc(rng.start, tz), table.c.bucket_start < data.to_utc(rng.end, tz))
-                 .group_by(*dims))
-    if cameras is not None:
-        statement = statement.where(table.c.camera_id.in_(list(cameras)))
-    frame = pd.DataFrame([tuple(r) for r in data._query(engine, statement)], columns=[d.name for d in dims] + columns)
-    for column in columns:
-        frame[column] = frame[column].astype("int64")
-    frame.insert(1, "time", data._to_local(frame.pop("bucket_start"), tz).astype("datetime64[us]"))
-    return frame
+def load_flow(engine: Engine, rng: data.TimeRange, cameras: list[str] | None = None, tz: str = "UTC",
+              grain: str = "minute") -> pd.DataFrame:
+    """Columns: camera_id, zone, time (local bucket start), visitors, entries, exits, passers_by; rows
+    summed up to ``grain`` from the rollups (``data.read_cells``)."""
+    return data.read_cells(engine, FlowCount, ["camera_id", "zone"], rng, cameras, tz=tz, grain=grain)
 
 
-def load_flow(engine: Engine, rng: data.TimeRange, cameras: list[str] | None = None, tz: str = "UTC") -> pd.DataFrame:
-    """Columns: camera_id, time (local bucket start), zone, visitors, entries, exits, passers_by."""
-    return _load(engine, _FLOW, ["visitors", "entries", "exits", "passers_by"], rng, cameras, tz)
-
-
-def load_dwell(engine: Engine, rng: data.TimeRange, cameras: list[str] | None = None, tz: str = "UTC") -> pd.DataFrame:
-    """Columns: camera_id, time (local bucket start), zone, dwell_band, visitors."""
-    return _load(engine, _DWELL, ["visitors"], rng, cameras, tz)
+def load_dwell(engine: Engine, rng: data.TimeRange, cameras: list[str] | None = None, tz: str = "UTC",
+               by_time: bool = True) -> pd.DataFrame:
+    """Columns: camera_id, zone, dwell_band, [time (local bucket start)], visitors (``by_time`` False: summed
+    over the range, from the daily rollup where it fits)."""
+    return data.read_cells(engine, DwellCount, ["camera_id", "zone", "dwell_band"], rng, cameras, tz=tz,
+                           grain="minute" if by_time else "day", by_time=by_time)
 
 
 def movement_view(flow: pd.DataFrame, rng: data.TimeRange, resolution: str, k: int) -> View:
@@ -103,7 +89,9 @@ def zone_view(flow: pd.DataFrame, dwell: pd.DataFrame, k: int) -> View:
 def flow_views(engine: Engine, rng: data.TimeRange, cameras: list[str] | None, tz: str, resolution: str,
                k: int) -> dict[str, View]:
     """The flow views that have data in ``rng`` (none when the cameras record no flow)."""
-    flow, dwell = load_flow(engine, rng, cameras, tz), load_dwell(engine, rng, cameras, tz)
+    # occupancy is drawn per hour, dwell and zones over the whole range: hours and days from the rollups
+    flow = load_flow(engine, rng, cameras, tz, grain="minute" if resolution == "minute" else "hour")
+    dwell = load_dwell(engine, rng, cameras, tz, by_time=False)
     out: dict[str, View] = {}
     if (flow[list(MOVEMENTS)].to_numpy().sum() if len(flow) else 0) > 0:
         out["entries_exits"] = movement_view(flow, rng, resolution, k)
@@ -154,22 +142,35 @@ def band_figure(view: View, k: int, column: str = "dwell_band") -> go.Figure:
     return _style(fig, 300)
 
 
-def render(st, shown_views: dict[str, View], k: int, chart: Callable[[go.Figure, str], None],
+def figures(shown_views: dict[str, View], k: int) -> dict[str, go.Figure]:
+    """The figures of the flow views present in ``shown_views``, by chart key."""
+    out = {}
+    if "entries_exits" in shown_views:
+        out["chart_entries_exits"] = movement_figure(shown_views["entries_exits"], k)
+        out["chart_occupancy"] = occupancy_figure(shown_views["occupancy"], k)
+    if "dwell" in shown_views:
+        out["chart_dwell"] = band_figure(shown_views["dwell"], k)
+    if "zones" in shown_views:
+        out["chart_zones"] = band_figure(shown_views["zones"], k)
+    return out
+
+
+def render(st, shown_views: dict[str, View], figs: dict[str, go.Figure], chart: Callable[[go.Figure, str], None],
            note: Callable[[View], None]) -> None:
-    """The section of the flow views present in ``shown_views`` (Streamlit module ``st``)."""
+    """The section of the flow views present in ``shown_views`` (Streamlit module ``st``; ``figs`` from ``figures``)."""
     if "entries_exits" in shown_views:
         view = shown_views["entries_exits"]
         st.markdown(f"### Entries and exits · per {view.resolution}")
-        chart(movement_figure(view, k), "chart_entries_exits")
+        chart(figs["chart_entries_exits"], "chart_entries_exits")
         note(view)
         st.markdown("### Occupancy over the day (entries minus exits since midnight)")
-        chart(occupancy_figure(shown_views["occupancy"], k), "chart_occupancy")
+        chart(figs["chart_occupancy"], "chart_occupancy")
         note(shown_views["occupancy"])
     if "dwell" in shown_views:
         st.markdown("### Dwell time (first to last seen)")
-        chart(band_figure(shown_views["dwell"], k), "chart_dwell")
+        chart(figs["chart_dwell"], "chart_dwell")
         note(shown_views["dwell"])
     if "zones" in shown_views:
         st.markdown("### Zones: visitors by time spent in the zone")
-        chart(band_figure(shown_views["zones"], k), "chart_zones")
+        chart(figs["chart_zones"], "chart_zones")
         note(shown_views["zones"])

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from footfall.config import PROJECT_ROOT
 from footfall.db.migrate import upgrade
 from footfall.db.models import CameraHealth, VisitorCount
+from footfall.db.store import refresh_rollups
 
 from ..support import postgres_schema
 
@@ -78,10 +79,12 @@ def health_rows(now_utc: datetime) -> list[dict]:
 
 
 def write_rows(url: str, rows: list[dict], health: list[dict] | None = None) -> None:
+    """Visitor cells (and their rollups, as the migration's backfill computes them) and health rows."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         if rows:
             conn.execute(VisitorCount.__table__.insert(), rows)
+            refresh_rollups(conn)
         if health:
             conn.execute(CameraHealth.__table__.insert(), health)
     engine.dispose()

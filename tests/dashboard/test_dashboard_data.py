@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from footfall_dash import charts, data, demo, privacy, views
 
 from . import truth
-from .conftest import KNOWN_ROWS, NOW, TODAY, health_rows, write_rows
+from .conftest import DAY, KNOWN_ROWS, NOW, TODAY, health_rows, write_rows
 
 LAST_7 = data.TimeRange(TODAY - timedelta(days=6), TODAY + timedelta(days=1))
 
@@ -60,6 +60,14 @@ def test_previous_period_and_span(filled):
     assert data.data_span(engine) == (datetime(2024, 3, 1, 12), datetime(2024, 5, 8, 14, 30))
     assert data.list_cameras(engine) == ["cam-a", "cam-b", "cam-c", "cam-d"]
     assert data.has_counts(engine)
+    first = {"cam-a": datetime(2024, 3, 1, 12), "cam-b": datetime(2024, 4, 12, 13), "cam-c": datetime(2024, 3, 1, 13)}
+    assert data.first_counts(engine) == first
+    assert data.first_counts(engine, ["cam-b", "cam-d"]) == {"cam-b": first["cam-b"]}  # cam-d: health only
+    # the caches' key: the last bucket and the visitors of its day and the day before
+    assert data.data_version(engine) == ("2024-05-08 14:30:00", 105 + 100)
+    late = dict(KNOWN_ROWS[6], bucket_start=TODAY - DAY + timedelta(hours=10), visitors=4)  # counted late
+    write_rows(filled, [late])
+    assert data.data_version(engine) == ("2024-05-08 14:30:00", 105 + 100 + 4)
     engine.dispose()
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from footfall.db.models import DwellCount, FlowCount
+from footfall.db.store import refresh_rollups
 
 from .conftest import TODAY
 from .test_dashboard_app import assert_no_crash, export, texts
@@ -34,6 +35,7 @@ def test_flow_views_show_and_export_entries_exits_occupancy_dwell_and_zones(know
     with engine.begin() as conn:
         conn.execute(FlowCount.__table__.insert(), FLOW)
         conn.execute(DwellCount.__table__.insert(), DWELL)
+        refresh_rollups(conn)
     engine.dispose()
     at = app_test(known_db)  # last 7 days, per hour, k = 5
     assert_no_crash(at)

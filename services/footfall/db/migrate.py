@@ -4,8 +4,10 @@ Example:
     >>> import tempfile, sqlalchemy as sa
     >>> url = f"sqlite:///{tempfile.mkdtemp()}/f.db"
     >>> upgrade(url)
-    >>> sorted(sa.inspect(sa.create_engine(url)).get_table_names())
-    ['alembic_version', 'camera_health', 'counted_tracks', 'dwell_counts', 'flow_counts', 'visitor_counts']
+    >>> sorted(sa.inspect(sa.create_engine(url)).get_table_names())  # doctest: +NORMALIZE_WHITESPACE
+    ['alembic_version', 'camera_health', 'counted_tracks', 'dwell_counts', 'dwell_counts_daily',
+     'dwell_counts_hourly', 'flow_counts', 'flow_counts_daily', 'flow_counts_hourly', 'visitor_counts',
+     'visitor_counts_daily', 'visitor_counts_hourly']
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Tables:
   exit is counted in the bucket of the visitor's last sighting, the rest in that of the first).
   Occupancy over time is the running sum of entries minus exits.
 - ``dwell_counts``: visitors per camera, time bucket, zone and dwell band (``footfall.counting``).
+- Rollups ``<table>_hourly`` and ``<table>_daily`` of those three: the same cells summed per UTC hour and
+  UTC day (``ROLLUPS``), written in the transaction that writes the fine cells (``footfall.db.store``), so
+  the dashboard sums long ranges from fewer rows (each UTC day once, not every minute of it).
 
 The schema is created and upgraded by Alembic migrations (``footfall-migrate``); these models
 are its one definition (a test compares them with a migrated database, index included), and the
@@ -20,7 +23,7 @@ id columns' sizes are the message schema's limits (``footfall.schema.MAX_CAMERA_
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import DateTime, Float, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -34,11 +37,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class VisitorCount(Base):
-    __tablename__ = "visitor_counts"
-    # The dashboard selects time ranges over all cameras: bucket_start leads no primary-key prefix.
-    __table_args__ = (Index("ix_visitor_counts_bucket", "bucket_start"),)
-
+class _VisitorCells:
     camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True,
                                                    doc="UTC start of the time bucket")
@@ -49,6 +48,22 @@ class VisitorCount(Base):
     visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # Sum of the visitors' mean ages, so mean age per cell = age_sum / visitors.
     age_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+
+
+class VisitorCount(_VisitorCells, Base):
+    __tablename__ = "visitor_counts"
+    # The dashboard selects time ranges over all cameras: bucket_start leads no primary-key prefix.
+    __table_args__ = (Index("ix_visitor_counts_bucket", "bucket_start"),)
+
+
+class VisitorCountHourly(_VisitorCells, Base):
+    __tablename__ = "visitor_counts_hourly"
+    __table_args__ = (Index("ix_visitor_counts_hourly_bucket", "bucket_start"),)
+
+
+class VisitorCountDaily(_VisitorCells, Base):
+    __tablename__ = "visitor_counts_daily"
+    __table_args__ = (Index("ix_visitor_counts_daily_bucket", "bucket_start"),)
 
 
 class CountedTrack(Base):
@@ -72,10 +87,7 @@ class CameraHealth(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)
 
 
-class FlowCount(Base):
-    __tablename__ = "flow_counts"
-    __table_args__ = (Index("ix_flow_counts_bucket", "bucket_start"),)
-
+class _FlowCells:
     camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
     zone: Mapped[str] = mapped_column(String(MAX_ZONE_NAME), primary_key=True, doc='"" for the whole camera view')
@@ -85,12 +97,58 @@ class FlowCount(Base):
     passers_by: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
-class DwellCount(Base):
-    __tablename__ = "dwell_counts"
-    __table_args__ = (Index("ix_dwell_counts_bucket", "bucket_start"),)
+class FlowCount(_FlowCells, Base):
+    __tablename__ = "flow_counts"
+    __table_args__ = (Index("ix_flow_counts_bucket", "bucket_start"),)
 
+
+class FlowCountHourly(_FlowCells, Base):
+    __tablename__ = "flow_counts_hourly"
+    __table_args__ = (Index("ix_flow_counts_hourly_bucket", "bucket_start"),)
+
+
+class FlowCountDaily(_FlowCells, Base):
+    __tablename__ = "flow_counts_daily"
+    __table_args__ = (Index("ix_flow_counts_daily_bucket", "bucket_start"),)
+
+
+class _DwellCells:
     camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
     zone: Mapped[str] = mapped_column(String(MAX_ZONE_NAME), primary_key=True, doc='"" for the whole camera view')
     dwell_band: Mapped[str] = mapped_column(String(8), primary_key=True)
     visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class DwellCount(_DwellCells, Base):
+    __tablename__ = "dwell_counts"
+    __table_args__ = (Index("ix_dwell_counts_bucket", "bucket_start"),)
+
+
+class DwellCountHourly(_DwellCells, Base):
+    __tablename__ = "dwell_counts_hourly"
+    __table_args__ = (Index("ix_dwell_counts_hourly_bucket", "bucket_start"),)
+
+
+class DwellCountDaily(_DwellCells, Base):
+    __tablename__ = "dwell_counts_daily"
+    __table_args__ = (Index("ix_dwell_counts_daily_bucket", "bucket_start"),)
+
+
+GRAINS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}  # rollup time grains (UTC), finest first
+# fine table -> {grain: its rollup}; a rollup has the fine table's columns, bucket_start floored to the grain
+ROLLUPS: dict[type[Base], dict[str, type[Base]]] = {
+    VisitorCount: {"hour": VisitorCountHourly, "day": VisitorCountDaily},
+    FlowCount: {"hour": FlowCountHourly, "day": FlowCountDaily},
+    DwellCount: {"hour": DwellCountHourly, "day": DwellCountDaily},
+}
+
+
+def cell_keys(model) -> tuple[str, ...]:
+    """The key columns of a cell table (its primary key, bucket_start included)."""
+    return tuple(c.name for c in model.__table__.primary_key.columns)
+
+
+def cell_sums(model) -> tuple[str, ...]:
+    """The summed columns of a cell table (all but the key)."""
+    return tuple(c.name for c in model.__table__.columns if not c.primary_key)

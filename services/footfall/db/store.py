@@ -3,7 +3,10 @@
 ``count_visitors`` adds each visitor to ``visitor_counts`` (and its entry / exit / passing-by,
 dwell and zones to ``flow_counts`` and ``dwell_counts``) in the same transaction that records
 its track id in ``counted_tracks``; a track already recorded is skipped, so a
-message processed twice (redelivery after a crash) is never counted twice.
+message processed twice (redelivery after a crash) is never counted twice. The same transaction adds
+the cells to the hourly and daily rollups (``footfall.db.models.ROLLUPS``), so a rollup always equals
+the sum of its fine cells; ``refill_rollups`` recomputes them from the fine cells (the migration's
+backfill, and bulk loaders such as the demo data).
 
 Example:
     >>> import tempfile
@@ -18,15 +21,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Engine, create_engine, func, select
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine, create_engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from footfall.counting import ENTRY, EXIT, PASSER_BY
-from footfall.db.models import CameraHealth, CountedTrack, DwellCount, FlowCount, VisitorCount
+from footfall.db.models import (GRAINS, ROLLUPS, CameraHealth, CountedTrack, DwellCount, FlowCount, VisitorCount,
+                                cell_keys, cell_sums)
 from footfall.db.records import VisitorRecord
 from footfall.labels import dwell_band
 
@@ -49,9 +54,10 @@ def _utcnow() -> datetime:
 def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> list[VisitorRecord]:
     """Count the visitors not counted before, in one transaction; returns those newly counted.
 
-    Four statements whatever the number of visitors: one multi-row insert of the track ids that
+    Ten statements whatever the number of visitors: one multi-row insert of the track ids that
     returns those not recorded before, then one multi-row upsert each of their visitor, flow and
-    dwell cells (summed here first: a statement may update a row only once).
+    dwell cells and of those cells' hourly and daily rollups (summed here first: a statement may
+    update a row only once).
     """
     visitors = list({v.track_id: v for v in visitors}.values())
     if not visitors:
@@ -71,11 +77,35 @@ def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> list[Vi
             _sum(visits, (v.camera_id, v.bucket_start, v.age_band, v.gender, v.race, v.emotion),
                  visitors=1, age_sum=v.age)
             _count_flow(flow, dwell, v)
-        _upsert_sums(session, insert, VisitorCount,
-                     ("camera_id", "bucket_start", "age_band", "gender", "race", "emotion"), visits)
-        _upsert_sums(session, insert, FlowCount, ("camera_id", "bucket_start", "zone"), flow)
-        _upsert_sums(session, insert, DwellCount, ("camera_id", "bucket_start", "zone", "dwell_band"), dwell)
+        _upsert_cells(session, insert, VisitorCount, visits)
+        _upsert_cells(session, insert, FlowCount, flow)
+        _upsert_cells(session, insert, DwellCount, dwell)
     return new
+
+
+def floor_time(when: datetime, grain: str) -> datetime:
+    """Start of the UTC hour or day holding ``when`` (a rollup's bucket).
+
+    >>> floor_time(datetime(2026, 1, 1, 13, 45), "hour"), floor_time(datetime(2026, 1, 1, 13, 45), "day")
+    (datetime.datetime(2026, 1, 1, 13, 0), datetime.datetime(2026, 1, 1, 0, 0))
+    """
+    if grain == "hour":
+        return when.replace(minute=0, second=0, microsecond=0)
+    if grain == "day":
+        return when.replace(hour=0, minute=0, second=0, microsecond=0)
+    raise ValueError(f"unknown grain {grain!r}")
+
+
+def _upsert_cells(session: Session, insert, model, cells: dict[tuple, dict]) -> None:
+    """Add ``cells`` (keyed like ``model``'s primary key) to ``model`` and to each of its rollups."""
+    keys = cell_keys(model)
+    _upsert_sums(session, insert, model, keys, cells)
+    at = keys.index("bucket_start")
+    for grain, rollup in ROLLUPS[model].items():
+        coarse: dict[tuple, dict] = {}
+        for key, counts in cells.items():
+            _sum(coarse, key[:at] + (floor_time(key[at], grain),) + key[at + 1:], **counts)
+        _upsert_sums(session, insert, rollup, keys, coarse)
 
 
 def _sum(cells: dict[tuple, dict], key: tuple, **counts) -> None:
@@ -106,6 +136,48 @@ def _count_flow(flow: dict[tuple, dict], dwell: dict[tuple, dict], v: VisitorRec
     for zone, seconds in v.zones:
         _sum(flow, (v.camera_id, v.bucket_start, zone), **{**zero, "visitors": 1})
         _sum(dwell, (v.camera_id, v.bucket_start, zone, dwell_band(seconds)), visitors=1)
+
+
+def _floor_sql(column, grain: str, dialect: str):
+    """SQL for the start of the UTC hour / day of ``column`` (constants inline: GROUP BY repeats the expression)."""
+    if dialect == "postgresql":
+        return sa.func.date_trunc(sa.literal_column(f"'{grain}'"), column)
+    # SQLite holds SQLAlchemy's text 'YYYY-MM-DD HH:MM:SS.ffffff': cut and pad it to the same text that
+    # Python datetimes are written as, so rows refilled here and rows upserted later share one key
+    keep, pad = {"hour": (13, ":00:00.000000"), "day": (10, " 00:00:00.000000")}[grain]
+    return sa.func.substr(column, sa.literal_column("1"), sa.literal_column(str(keep)), type_=sa.String) + \
+        sa.literal_column(f"'{pad}'", sa.String)
+
+
+def refill_rollups(connection: Connection, fine: sa.Table, rollups: dict[str, sa.Table], keys: Sequence[str],
+                   sums: Sequence[str], start: datetime | None = None, end: datetime | None = None) -> None:
+    """Recompute ``rollups`` ({grain: table}) of ``fine`` from its cells: the whole UTC days that overlap
+    ``[start, end)``, or everything. One DELETE and one INSERT ... SELECT ... GROUP BY per rollup, in the
+    caller's transaction. Tables are passed in, so a migration can name its own (frozen) definitions."""
+    dialect = connection.dialect.name
+    first = None if start is None else floor_time(start, "day")
+    last = None if end is None else floor_time(end - timedelta(microseconds=1), "day") + GRAINS["day"]
+    for grain, rollup in rollups.items():
+        delete = rollup.delete()
+        where = []
+        if first is not None:
+            delete = delete.where(rollup.c.bucket_start >= first)
+            where.append(fine.c.bucket_start >= first)
+        if last is not None:
+            delete = delete.where(rollup.c.bucket_start < last)
+            where.append(fine.c.bucket_start < last)
+        connection.execute(delete)
+        floored = _floor_sql(fine.c.bucket_start, grain, dialect)
+        dims = [floored if k == "bucket_start" else fine.c[k] for k in keys]
+        query = sa.select(*dims, *(sa.func.sum(fine.c[s]) for s in sums)).where(*where).group_by(*dims)
+        connection.execute(rollup.insert().from_select([*keys, *sums], query))
+
+
+def refresh_rollups(connection: Connection, start: datetime | None = None, end: datetime | None = None) -> None:
+    """``refill_rollups`` for every rolled-up table (after cells were written in bulk, not by ``count_visitors``)."""
+    for model, rollups in ROLLUPS.items():
+        refill_rollups(connection, model.__table__, {g: m.__table__ for g, m in rollups.items()},
+                       cell_keys(model), cell_sums(model), start, end)
 
 
 def upsert_camera_health(engine: Engine, rows: list[dict]) -> None:
