@@ -66,6 +66,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     limit: int = 0  # train on this many samples only (smoke tests)
+    # An epoch of at most this many steps (0: one pass over the training set): equal, small budgets
+    # for proxy comparisons and short fine-tunes (QAT, pruning), with validation after each.
+    max_steps: int = 0
     heads: str = "age,gender,race,emotion"  # single-task models train a subset
     # Which crops to learn from: the datasets' own (dataset), the ingest worker's YuNet + alignment
     # crops of the same images (pipeline, footfall_training.pipeline_crops), or per sample either
@@ -297,6 +300,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     steps_per_epoch = len(train_set) // cfg.batch_size
+    if cfg.max_steps:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps)
     total_steps = steps_per_epoch * cfg.epochs
     ema = EMA(net, cfg.ema_decay)
     teacher = None

@@ -34,6 +34,15 @@ def test_training_checkpoints_and_resumes(tiny_sets, tmp_path, monkeypatch):
     assert net.config.width == 0.25 and not net.training
 
 
+def test_max_steps_caps_each_epoch_for_equal_budget_runs(tiny_sets, tmp_path, monkeypatch):
+    monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
+    train_set, val_set = tiny_sets  # 96 faces: 3 steps of 32 per full epoch
+    cfg = tr.TrainConfig(run="s", width=0.25, epochs=2, batch_size=32, max_steps=2, warmup_steps=1, threads=1)
+    tr.train(cfg, torch.device("cpu"), train_set, val_set)
+    state = torch.load(tmp_path / "s" / "last.pt", weights_only=False)["state"]
+    assert state["epoch"] == 2 and state["step"] == 4 and len(state["history"]) == 2
+
+
 def test_init_starts_from_exported_weights_with_a_fresh_schedule(tiny_sets, tmp_path, monkeypatch):
     from footfall_training.export import save_weights
 
