@@ -318,6 +318,12 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
             raise ValueError(f"--init {cfg.init} has width {start['config']['width']}, not {cfg.width}")
         net.load_state_dict(start["ema"])
         ema.model.load_state_dict(start["ema"])
+        if net.emotion_bias.any():
+            # A post-hoc adjustment of the shipped model, not something to learn around: training
+            # goes on from the raw logits (footfall-export --emotion-bias sets it again).
+            log.info("initial weights carry emotion bias %s: training without it", net.emotion_bias.tolist())
+            net.emotion_bias.zero_()
+            ema.model.emotion_bias.zero_()
         log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
     if last.exists():
         ckpt = torch.load(last, map_location=device, weights_only=False)
