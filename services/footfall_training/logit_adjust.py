@@ -47,19 +47,26 @@ log = logging.getLogger(__name__)
 NEUTRAL = EMOTIONS.index("neutral")
 
 
+def label_prior(emotion: np.ndarray) -> np.ndarray:
+    """Share of each emotion (EMOTIONS order) among labels (indices into EMOTIONS, -1: none).
+
+    >>> label_prior(np.array([6, 3, -1])).tolist()
+    [0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.5]
+    """
+    counts = np.bincount(emotion[emotion >= 0].astype(int), minlength=len(EMOTIONS)).astype(np.float64)
+    return counts / counts.sum()
+
+
 def training_prior(data_dir: Path | None = None) -> np.ndarray:
-    """Share of each emotion (EMOTIONS order) among the FER+ training faces' majority labels."""
+    """Share of each emotion among the FER+ training faces' majority labels (read from the manifest)."""
     from footfall.config import ModelSettings
     from footfall_training.data import data_layout
 
     data_dir = Path(data_dir or ModelSettings().data_dir)
     manifest = data_layout(data_dir).archives["ferplus"][1]
-    counts = np.zeros(len(EMOTIONS))
     with open(data_dir / manifest, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["split"] == "train" and row["emotion"]:
-                counts[EMOTIONS.index(row["emotion"])] += 1
-    return counts / counts.sum()
+        labels = [EMOTIONS.index(r["emotion"]) for r in csv.DictReader(fh) if r["split"] == "train" and r["emotion"]]
+    return label_prior(np.array(labels))
 
 
 def emotion_bias(prior: np.ndarray, tau: float) -> np.ndarray:
