@@ -116,10 +116,12 @@ class EmotionFaces:
 
 
 def scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
-    """Accuracy, macro-F1, per-class recall and the share predicted neutral."""
+    """Accuracy, macro-F1, per-class recall and their mean (balanced accuracy: what a set with every
+    class equally often would show), and the share predicted neutral."""
     cm = confusion(truth, predicted, len(EMOTIONS))
+    recall = {e: float(cm[i, i] / cm[i].sum()) for i, e in enumerate(EMOTIONS) if cm[i].sum()}
     return {"faces": int(len(truth)), "acc": float(np.trace(cm) / cm.sum()), "macro_f1": macro_f1(cm),
-            "recall": {e: float(cm[i, i] / cm[i].sum()) for i, e in enumerate(EMOTIONS) if cm[i].sum()},
+            "mean_recall": float(np.mean(list(recall.values()))), "recall": recall,
             "predicted_neutral": float((predicted == NEUTRAL).mean()),
             "truly_neutral": float((truth == NEUTRAL).mean())}
 
@@ -188,13 +190,14 @@ def render(results: list[dict], flip: bool) -> str:
 
     names = list(results[0]["sets"])
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    headers = ["tau"] + [f"{n} {m}" for n in names for m in ("acc", "F1")] + \
-              [f"{n} neutral % (true)" for n in names if n.startswith("cross")]
-    rows = [[f"{r['tau']:g}"] + [pct(r["sets"][n][m]) for n in names for m in ("acc", "macro_f1")]
-            + [f"{pct(r['sets'][n]['predicted_neutral'])} ({pct(r['sets'][n]['truly_neutral'])})"
-               for n in names if n.startswith("cross")] for r in results]
+    headers = ["tau"] + [f"{n} {m}" for n in names for m in ("acc", "F1", "mean recall")]
+    rows = [[f"{r['tau']:g}"] + [pct(r["sets"][n][m]) for n in names for m in ("acc", "macro_f1", "mean_recall")]
+            for r in results]
+    neutral = [[f"{r['tau']:g}"] + [f"{pct(r['sets'][n]['predicted_neutral'])} ({pct(r['sets'][n]['truly_neutral'])})"
+                                    for n in names] for r in results]
     out = [f"Emotion logit adjustment ({'flip-averaged' if flip else 'single pass'}; %)", "",
-           table(headers, rows, markdown=True), ""]
+           table(headers, rows, markdown=True), "", "Predicted neutral % (true)", "",
+           table(["tau", *names], neutral, markdown=True), ""]
     for name in names:
         rows = [[f"{r['tau']:g}"] + [pct(r["sets"][name]["recall"][e]) if e in r["sets"][name]["recall"] else "-"
                                      for e in EMOTIONS] for r in results]
