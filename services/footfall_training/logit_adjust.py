@@ -14,7 +14,7 @@ macro-F1, per-class recall and share predicted neutral (when built), and writes 
 for ``footfall-export --emotion-bias``, which puts it inside the network (``FaceNet.emotion_bias``)
 so every backend applies it alike::
 
-    python -m footfall_training.logit_adjust sweep model/footfall_w050.int8.onnx --flip \\
+    python -m footfall_training.logit_adjust sweep model/footfall_w050.int8.onnx --flip --cross-source \\
         --tau 0,0.25,0.5 --write-bias bias.json
 
 The bias is applied per pass, before the two passes of flip averaging are averaged, exactly as
@@ -132,9 +132,9 @@ def _both_passes(predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def emotion_sets(model_path: Path, threads: int = 2, limit: int = 0, seed: int = 0,
                  cross_source: bool = True) -> list[EmotionFaces]:
-    """FER+ val and test (dataset crops) and, when built, the cross-source val and test photos
-    (pipeline crops, detected faces): the model's predictions on each face and its mirror image.
-    ``limit``: N random faces of each set (0: all)."""
+    """FER+ val and test (dataset crops) and, with ``cross_source``, the cross-source val and test
+    photos (pipeline crops, detected faces; CrossSourceMissing when the set is not built): the
+    model's predictions on each face and its mirror image. ``limit``: N random faces of each set (0: all)."""
     from footfall_training.data import load_split
     from footfall_training.evaluate import load_predictor
 
@@ -149,14 +149,10 @@ def emotion_sets(model_path: Path, threads: int = 2, limit: int = 0, seed: int =
         sets.append(EmotionFaces(f"FER+ {split}", *_both_passes(predictor, faces.images[fer]),
                                  faces.emotion[fer].astype(int)))
     if cross_source:
-        from footfall_training.crosssource import CrossSourceMissing, load_crosssource
+        from footfall_training.crosssource import load_crosssource
         from footfall_training.crosssource_eval import load_crops
 
-        try:
-            xs = load_crosssource()
-        except CrossSourceMissing as missing:
-            log.warning("no cross-source figures: %s", missing)
-            return sets
+        xs = load_crosssource()
         crops = load_crops(xs)
         for split in ("val", "test"):
             keep = np.flatnonzero(crops.detected & (xs.split == split) & (xs.emotion >= 0))
@@ -195,13 +191,15 @@ def render(results: list[dict], flip: bool) -> str:
             for r in results]
     neutral = [[f"{r['tau']:g}"] + [f"{pct(r['sets'][n]['predicted_neutral'])} ({pct(r['sets'][n]['truly_neutral'])})"
                                     for n in names] for r in results]
-    out = [f"Emotion logit adjustment ({'flip-averaged' if flip else 'single pass'}; %)", "",
-           table(headers, rows, markdown=True), "", "Predicted neutral % (true)", "",
-           table(["tau", *names], neutral, markdown=True), ""]
+    passes = "flip-averaged" if flip else "single pass"
+    out = [f"### Emotion logit adjustment: accuracy, macro-F1, mean recall ({passes}; %)", "",
+           table(headers, rows, markdown=True), "", f"### Emotion logit adjustment: predicted neutral % (true), {passes}",
+           "", table(["tau", *names], neutral, markdown=True), ""]
     for name in names:
         rows = [[f"{r['tau']:g}"] + [pct(r["sets"][name]["recall"][e]) if e in r["sets"][name]["recall"] else "-"
                                      for e in EMOTIONS] for r in results]
-        out += [f"Recall per class, {name} (%)", "", table(["tau", *EMOTIONS], rows, markdown=True), ""]
+        out += [f"### Emotion logit adjustment: recall per class, {name} ({passes}; %)", "",
+                table(["tau", *EMOTIONS], rows, markdown=True), ""]
     return "\n".join(out)
 
 
@@ -215,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--limit", type=int, default=0, help="N random faces of each set (0: all)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=2)
-    run.add_argument("--no-cross-source", action="store_true", help="FER+ only")
+    run.add_argument("--cross-source", action="store_true",
+                     help="also the faces from other sources (footfall-data crosssource builds them)")
     run.add_argument("--max-fer-drop", type=float, default=0.3,
                      help="points of FER+ val accuracy a tau may lose against tau 0 and still be chosen")
     run.add_argument("--pick", type=float, help="write this tau's bias instead of the chosen one")
@@ -225,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     taus = sorted({0.0, *(float(t) for t in args.tau.split(","))})
     prior = training_prior()
-    sets = emotion_sets(args.model, args.threads, args.limit, args.seed, not args.no_cross_source)
+    from footfall_training.crosssource import CrossSourceMissing
+
+    try:
+        sets = emotion_sets(args.model, args.threads, args.limit, args.seed, args.cross_source)
+    except CrossSourceMissing as missing:
+        parser.error(str(missing))
     carried = model_emotion_bias(args.model)
     if carried.any():
         log.info("%s carries emotion bias %s: tau is measured from its raw logits", args.model, carried.round(4))
@@ -234,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         next((r for r in results if r["tau"] == args.pick), None)
     if chosen is None:
         parser.error(f"--pick {args.pick} is not among the swept values {taus}")
-    sys.stdout.write(render(results, args.flip) + f"\nchosen tau: {chosen['tau']:g}\n")
+    sys.stdout.write(render(results, args.flip))
+    log.info("chosen tau: %g (%s)", chosen["tau"], "--pick" if args.pick is not None else
+             "best cross-source val macro-F1 within --max-fer-drop of tau 0's FER+ val accuracy")
     meta = {"model": str(args.model), "flip": args.flip, "limit": args.limit, "seed": args.seed,
             "prior": dict(zip(EMOTIONS, prior.tolist()))}
     if args.json:
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         args.write_bias.write_text(json.dumps({**meta, "tau": chosen["tau"],
                                                "emotion_bias": dict(zip(EMOTIONS, chosen["emotion_bias"])),
                                                "measured": chosen["sets"]}, indent=1) + "\n")
-        print(f"wrote {args.write_bias}: footfall-export CHECKPOINT --emotion-bias {args.write_bias}")
+        log.info("wrote %s: footfall-export CHECKPOINT --emotion-bias %s", args.write_bias, args.write_bias)
     return 0
 
 

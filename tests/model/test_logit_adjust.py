@@ -64,7 +64,7 @@ def test_the_sweep_writes_a_bias_that_footfall_export_reads(shared_data, tmp_pat
 
     out = tmp_path / "bias.json"
     assert la.main(["sweep", str(INT8), "--flip", "--tau", "0,0.25,0.5", "--limit", "150", "--threads", "1",
-                    "--no-cross-source", "--pick", "0.25", "--write-bias", str(out), "--json",
+                    "--pick", "0.25", "--write-bias", str(out), "--json",
                     str(tmp_path / "sweep.json")]) == 0
     written = json.loads(out.read_text())
     assert written["tau"] == 0.25 and set(written["measured"]) == {"FER+ val", "FER+ test"}
