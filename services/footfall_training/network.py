@@ -15,6 +15,11 @@ Outputs (the exported ONNX keeps these names whatever the heads do inside):
 - ``race``: probabilities over RACES, shape (N, 5).
 - ``emotion``: probabilities over EMOTIONS, shape (N, 7).
 
+``emotion_bias`` is a constant added to the emotion logits (zeros unless set, e.g. by
+``footfall-export --emotion-bias``: post-hoc logit adjustment, ``footfall_training.logit_adjust``).
+It is a buffer saved with the weights, so the .pt, ONNX, INT8 and RKNN files all carry it and
+every backend applies it identically; checkpoints saved before it existed load with zeros.
+
 Example:
     >>> import torch
     >>> net = FaceNet(width=0.5).eval()
@@ -133,7 +138,13 @@ class FaceNet(nn.Module):
         self.race_head = nn.Linear(self.embedding_dim, len(RACES))
         self.emotion_head = nn.Linear(self.embedding_dim, len(EMOTIONS))
         self.register_buffer("age_bins", torch.tensor(AGE_BINS, dtype=torch.float32), persistent=False)
+        self.register_buffer("emotion_bias", torch.zeros(len(EMOTIONS)))
         self._init_weights()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Weights saved before the emotion bias existed mean no bias.
+        state_dict.setdefault(prefix + "emotion_bias", torch.zeros(len(EMOTIONS)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -161,7 +172,7 @@ class FaceNet(nn.Module):
         age_logits = self.age_head(z)
         gender_logit = self.gender_head(z).squeeze(1)
         race_logits = self.race_head(z)
-        emotion_logits = self.emotion_head(z)
+        emotion_logits = self.emotion_head(z) + self.emotion_bias
         return {
             "age": (torch.softmax(age_logits, dim=1) * self.age_bins).sum(dim=1),
             "gender": torch.sigmoid(gender_logit),
