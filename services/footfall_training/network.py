@@ -66,7 +66,7 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
 def _activation(kind: str) -> nn.Module:
     # ReLU6 quantizes well (bounded range) and is native on the RK3588 NPU; hard-swish (MobileNetV3)
     # exports as ONNX HardSwish, which rknn also runs on the NPU.
-    return nn.Hardswish(inplace=True) if kind == "hswish" else nn.ReLU6(inplace=True)
+    return nn.Hardswish() if kind == "hswish" else nn.ReLU6(inplace=True)
 
 
 def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True,
@@ -93,7 +93,7 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.expand(F.relu(self.reduce(self.pool(x)), inplace=True))
-        return x * F.hardsigmoid(scale, inplace=True)
+        return x * F.hardsigmoid(scale)
 
 
 class InvertedResidual(nn.Module):
@@ -189,6 +189,7 @@ class SpatialSelfAttention(nn.Module):
         self.heads, self.dim = heads, dim
         self.qkv = nn.Conv2d(channels, 3 * dim, 1)
         self.proj = nn.Sequential(nn.Conv2d(dim, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.proj[1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -317,7 +318,7 @@ class FaceNet(nn.Module):
                 nn.init.zeros_(m.bias)
         for m in self.modules():
             if isinstance(m, SpatialSelfAttention):
-                nn.init.zeros_(m.proj[1].weight)  # the attention block starts as the identity
+                nn.init.zeros_(m.proj[1].weight)  # the attention block starts as the identity (again)
 
     @staticmethod
     def _pool(fmap: torch.Tensor, attention: nn.Module | None, gdc: nn.Sequential) -> torch.Tensor:

@@ -324,7 +324,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         start = torch.load(cfg.init, map_location=device, weights_only=False)
         start_net = NetConfig.from_dict(start["config"])
         if replace(start_net, dropout=cfg.dropout) != net.config:  # dropout has no weights
-            raise ValueError(f"--init {cfg.init} is {start_net.name}, not {net.config.name}")
+            raise ValueError(f"--init {cfg.init} is {start_net.name}, not {net.config.name} (another width or "
+                             f"architecture)")
         net.load_state_dict(start["ema"])
         ema.model.load_state_dict(start["ema"])
         log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
