@@ -77,7 +77,9 @@ def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
     net = net.eval().to(memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    torch.onnx.export(ExportWrapper(net), (dummy,), str(path), input_names=["input"],
+    # The wrapper in eval mode: the exporter restores the mode of the module it is given, and a new
+    # wrapper is in training mode, which would leave ``net`` (its child) in training mode afterwards.
+    torch.onnx.export(ExportWrapper(net).eval(), (dummy,), str(path), input_names=["input"],
                       output_names=list(ExportWrapper.OUTPUT_NAMES), opset_version=17, dynamo=False,
                       dynamic_axes={"input": {0: "batch"}, **{k: {0: "batch"} for k in ExportWrapper.OUTPUT_NAMES}})
     model = onnx.load(str(path))

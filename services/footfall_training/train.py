@@ -8,6 +8,7 @@ command again resumes. Validation every epoch on the EMA weights; early stopping
 selection score.
 
     footfall-train --width 0.5 --epochs 35 --run w050
+    footfall-train --arch mnv3 --width 0.6 --attention mha --shared-depth 6 --run mnv3-mha-sd6
 
 Loss (``--age-loss``, ``--emotion-target``, ``--weighting``):
 - age: ``ldl`` = KL to a Gaussian label distribution over 0..100 plus L1 on its expectation
@@ -35,7 +36,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ from torch import nn
 from footfall_training.augment import AugmentConfig, augment
 from footfall_training.data import FaceSet, load_split
 from footfall_training.metrics import head_metrics, selection_score
-from footfall_training.network import FaceNet
+from footfall_training.network import FaceNet, NetConfig
 from footfall_training.preprocess import INPUT_SIZE, normalize_batch
 from footfall.predictions import HEADS, Predictions
 
@@ -57,6 +58,13 @@ log = logging.getLogger("footfall.train")
 class TrainConfig:
     run: str = "w050"
     width: float = 0.5
+    # The network (footfall_training.network.NetConfig; the defaults build the shipped one): backbone
+    # mnv2 | mnv3, attention none | mha over the final map, backbone stages shared by all heads before
+    # the face attributes and emotion branch (0: all shared), dropout before the heads.
+    arch: str = "mnv2"
+    attention: str = "none"
+    shared_depth: int = 0
+    dropout: float = 0.2
     epochs: int = 35
     batch_size: int = 96
     lr: float = 2e-3
@@ -308,7 +316,7 @@ class EMA:
     """Exponential moving average of the weights with warm-up (decay rises from ~0.1)."""
 
     def __init__(self, net: FaceNet, decay: float) -> None:
-        self.model = FaceNet(width=net.config.width, dropout=net.config.dropout).to(next(net.parameters()).device)
+        self.model = FaceNet.from_config(net.config).to(next(net.parameters()).device)
         self.model.load_state_dict(net.state_dict())
         self.model.eval().requires_grad_(False)
         self.decay, self.updates = decay, 0
@@ -374,7 +382,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         train_set = train_set.subset(rng.permutation(len(train_set))[:cfg.limit])
         val_set = val_set.subset(rng.permutation(len(val_set))[:max(64, cfg.limit // 4)])
 
-    net = FaceNet(width=cfg.width).to(device).to(memory_format=torch.channels_last)
+    net = FaceNet.from_config(NetConfig.from_dict(asdict(cfg))).to(device).to(memory_format=torch.channels_last)
     criterion = MultiTaskLoss(cfg, net.age_bins.clone(), emotion_prior(train_set),
                               int((train_set.emotion >= 0).sum())).to(device)
     if cfg.sampling not in ("uniform", "balanced"):
@@ -401,8 +409,10 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     last = out_dir / "last.pt"
     if cfg.init and not last.exists():
         start = torch.load(cfg.init, map_location=device, weights_only=False)
-        if start["config"]["width"] != cfg.width:
-            raise ValueError(f"--init {cfg.init} has width {start['config']['width']}, not {cfg.width}")
+        start_net = NetConfig.from_dict(start["config"])
+        if replace(start_net, dropout=cfg.dropout) != net.config:  # dropout has no weights
+            raise ValueError(f"--init {cfg.init} is {start_net.name}, not {net.config.name} (another width or "
+                             f"architecture)")
         net.load_state_dict(start["ema"])
         ema.model.load_state_dict(start["ema"])
         if net.emotion_bias.any():
@@ -511,7 +521,7 @@ def save_whole(obj: dict, path: Path) -> None:
 def load_checkpoint(path: Path, device: str = "cpu") -> FaceNet:
     """The EMA weights of a best/last checkpoint as an eval-mode FaceNet."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
-    net = FaceNet(width=ckpt["config"]["width"])
+    net = FaceNet.from_config(NetConfig.from_dict(ckpt["config"]))
     net.load_state_dict(ckpt["ema"])
     # The resolution it learned at (--image-size): scoring a 64 px model on 112 px faces would
     # measure the mismatch, not the model.
