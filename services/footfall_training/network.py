@@ -68,9 +68,13 @@ def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int 
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+    """MobileNetV2 block; ``hidden`` and ``residual`` are given for pruned nets (channel counts that
+    no longer follow the plan; the residual follows the unpruned plan, not the pruned counts)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int, hidden: int | None = None,
+                 residual: bool | None = None) -> None:
         super().__init__()
-        hidden = cin * expansion
+        hidden = hidden if hidden is not None else cin * expansion
         layers: list[nn.Module] = []
         if expansion != 1:
             layers.append(_conv_bn_act(cin, hidden, 1))
@@ -79,25 +83,51 @@ class InvertedResidual(nn.Module):
             _conv_bn_act(hidden, cout, 1, act=False),
         ]
         self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and cin == cout
+        self.use_residual = stride == 1 and cin == cout if residual is None else residual
+        # Fake quantization of the residual sum in quantization-aware training (footfall_training.qat).
+        self.out_fq: nn.Module = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x) if self.use_residual else self.block(x)
+        return self.out_fq(x + self.block(x)) if self.use_residual else self.block(x)
 
 
 @dataclass(frozen=True)
 class NetConfig:
     width: float = 1.0
     dropout: float = 0.2
+    # Channel counts of a pruned net (``channel_plan``'s order; None: the width's plan) and a tag that
+    # names the variant (``l1p25``: 25 % of the channels pruned by L1 magnitude, ``qat``: fake-quant trained).
+    channels: tuple[int, ...] | None = None
+    tag: str = ""
+    # Fake quantization in the forward pass (quantization-aware training, footfall_training.qat).
+    qat: bool = False
 
     @property
     def name(self) -> str:
-        return f"footfall-mnv2-w{int(round(self.width * 100)):03d}"
+        return f"footfall-mnv2-w{int(round(self.width * 100)):03d}" + (f"-{self.tag}" if self.tag else "")
 
     @property
     def file_stem(self) -> str:
         """Stem of the model's files in model/ (``footfall_w050``.onnx, .int8.onnx, .pt, .rknn)."""
-        return self.name.replace("footfall-mnv2-", "footfall_")
+        return self.name.replace("footfall-mnv2-", "footfall_").replace("-", "_")
+
+
+def default_channel_plan(width: float) -> list[int]:
+    """Channel counts of the width's net: stem, then (hidden, output) per inverted residual block, then the
+    embedding; the order ``FaceNet(channels=...)`` and ``FaceNet.channel_plan`` use.
+
+    >>> plan = default_channel_plan(0.5)
+    >>> plan[:5], plan[-1], len(plan)
+    ([16, 16, 8, 48, 16], 1280, 36)
+    """
+    stem = _make_divisible(32 * width)
+    plan, cin = [stem], stem
+    for t, c, n, _ in _INVERTED_RESIDUAL_PLAN:
+        cout = _make_divisible(c * width)
+        for _ in range(n):
+            plan += [cin * t, cout]
+            cin = cout
+    return plan + [_make_divisible(1280 * max(1.0, width))]
 
 
 class FaceNet(nn.Module):
@@ -106,19 +136,26 @@ class FaceNet(nn.Module):
     #: The face size the weights learned at (``footfall-train --image-size``; set by ``load_checkpoint``).
     image_size: int = INPUT_SIZE
 
-    def __init__(self, width: float = 1.0, dropout: float = 0.2) -> None:
+    def __init__(self, width: float = 1.0, dropout: float = 0.2, channels: tuple[int, ...] | None = None,
+                 tag: str = "", qat: bool = False) -> None:
         super().__init__()
-        self.config = NetConfig(width=width, dropout=dropout)
-        stem = _make_divisible(32 * width)
+        channels = tuple(channels) if channels is not None else None
+        self.config = NetConfig(width=width, dropout=dropout, channels=channels, tag=tag, qat=qat)
+        # Like MobileNetV2, the last conv never shrinks below 1280 channels (the plan's last entry).
+        full = default_channel_plan(width)
+        plan = list(channels) if channels is not None else full
+        if len(plan) != len(full):
+            raise ValueError(f"channels has {len(plan)} entries, the plan of width {width} has {len(full)}")
+        stem = plan[0]
         layers: list[nn.Module] = [_conv_bn_act(3, stem, 3, stride=2)]
-        cin = stem
-        for t, c, n, s in _INVERTED_RESIDUAL_PLAN:
-            cout = _make_divisible(c * width)
+        cin, full_cin, k = stem, full[0], 1
+        for t, _c, n, s in _INVERTED_RESIDUAL_PLAN:
             for i in range(n):
-                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
-                cin = cout
-        # Like MobileNetV2, the last conv never shrinks below 1280 channels.
-        self.embedding_dim = _make_divisible(1280 * max(1.0, width))
+                hidden, cout = plan[k], plan[k + 1]
+                residual = (s if i == 0 else 1) == 1 and full_cin == full[k + 1]
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t, hidden=hidden, residual=residual))
+                cin, full_cin, k = cout, full[k + 1], k + 2
+        self.embedding_dim = plan[-1]
         layers.append(_conv_bn_act(cin, self.embedding_dim, 1))
         self.features = nn.Sequential(*layers)
         final_map = INPUT_SIZE // 32 + (1 if INPUT_SIZE % 32 else 0)  # 112 -> 4
@@ -133,7 +170,28 @@ class FaceNet(nn.Module):
         self.race_head = nn.Linear(self.embedding_dim, len(RACES))
         self.emotion_head = nn.Linear(self.embedding_dim, len(EMOTIONS))
         self.register_buffer("age_bins", torch.tensor(AGE_BINS, dtype=torch.float32), persistent=False)
+        # Fake quantization of the normalised input in quantization-aware training.
+        self.input_fq: nn.Module = nn.Identity()
         self._init_weights()
+        if qat:
+            from footfall_training.qat import insert_fake_quant
+
+            insert_fake_quant(self)
+
+    def channel_plan(self) -> list[int]:
+        """The channel counts as built (after pruning too), in ``default_channel_plan``'s order."""
+        plan = [self.features[0][0].out_channels]
+        for block in self.features[1:-1]:
+            plan += [block.block[-2][0].out_channels, block.block[-1][0].out_channels]
+        return plan + [self.features[-1][0].out_channels]
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.config.qat:
+            from footfall_training.qat import with_fake_quant_state
+
+            # Float weights (e.g. the shipped model) start a QAT net: its fake-quant ranges are then unobserved.
+            state_dict = with_fake_quant_state(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -147,7 +205,7 @@ class FaceNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.features(x)
+        fmap = self.features(self.input_fq(x))
         kernel = self.gdc[0].kernel_size
         if not torch.jit.is_tracing() and tuple(fmap.shape[-2:]) != kernel:
             # Low-resolution training (footfall-train --image-size 64): the GDC's kernel covers
@@ -172,6 +230,20 @@ class FaceNet(nn.Module):
             "race_logits": race_logits,
             "emotion_logits": emotion_logits,
         }
+
+
+def net_from_config(config: dict) -> FaceNet:
+    """An untrained FaceNet of the architecture a checkpoint's ``config`` describes (width, pruned channels,
+    tag, fake quantization)."""
+    channels = config.get("channels")
+    return FaceNet(width=config["width"], channels=tuple(channels) if channels else None,
+                   tag=config.get("tag", ""), qat=bool(config.get("qat", False)))
+
+
+def architecture(net: FaceNet) -> dict:
+    """What a checkpoint's config stores so that ``net_from_config`` rebuilds ``net``."""
+    return {"width": net.config.width, "channels": list(net.config.channels) if net.config.channels else None,
+            "tag": net.config.tag, "qat": net.config.qat}
 
 
 class ExportWrapper(nn.Module):

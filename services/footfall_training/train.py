@@ -35,7 +35,7 @@ from torch import nn
 from footfall_training.augment import AugmentConfig, augment
 from footfall_training.data import FaceSet, load_split
 from footfall_training.metrics import head_metrics, selection_score
-from footfall_training.network import FaceNet
+from footfall_training.network import FaceNet, architecture, net_from_config
 from footfall_training.preprocess import INPUT_SIZE, normalize_batch
 from footfall.predictions import HEADS, Predictions
 
@@ -92,6 +92,9 @@ class TrainConfig:
     # a CPU step runs 2-3x the images/s of 112 (FER's faces are 48 px anyway), so a CPU run can
     # spend its first epochs there and finish at 112 with --init from the low-resolution best.pt.
     image_size: int = INPUT_SIZE
+    # Quantization-aware training (footfall_training.qat): the forward pass rounds weights and activations
+    # as the INT8 export does; meant as a short fine-tune from --init (a float or pruned checkpoint).
+    qat: bool = False
 
     @property
     def head_names(self) -> tuple[str, ...]:
@@ -226,7 +229,9 @@ class EMA:
     """Exponential moving average of the weights with warm-up (decay rises from ~0.1)."""
 
     def __init__(self, net: FaceNet, decay: float) -> None:
-        self.model = FaceNet(width=net.config.width, dropout=net.config.dropout).to(next(net.parameters()).device)
+        c = net.config  # the same architecture (pruned channels, fake quantization)
+        self.model = FaceNet(width=c.width, dropout=c.dropout, channels=c.channels, tag=c.tag, qat=c.qat).to(
+            next(net.parameters()).device)
         self.model.load_state_dict(net.state_dict())
         self.model.eval().requires_grad_(False)
         self.decay, self.updates = decay, 0
@@ -292,7 +297,27 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         train_set = train_set.subset(rng.permutation(len(train_set))[:cfg.limit])
         val_set = val_set.subset(rng.permutation(len(val_set))[:max(64, cfg.limit // 4)])
 
-    net = FaceNet(width=cfg.width).to(device).to(memory_format=torch.channels_last)
+    last = out_dir / "last.pt"
+    # The net's architecture comes from --init (a pruned checkpoint keeps its channel counts) or, when
+    # resuming, from the run's own checkpoint.
+    start = None
+    if last.exists():
+        arch = torch.load(last, map_location="cpu", weights_only=False)["config"]
+    elif cfg.init:
+        start = torch.load(cfg.init, map_location="cpu", weights_only=False)
+        if start["config"]["width"] != cfg.width:
+            raise ValueError(f"--init {cfg.init} has width {start['config']['width']}, not {cfg.width}")
+        arch = start["config"]
+    else:
+        arch = {"width": cfg.width}
+    tag = arch.get("tag", "")
+    if cfg.qat and "qat" not in tag.split("-"):
+        tag = "-".join(t for t in (tag, "qat") if t)
+    net = net_from_config({**arch, "tag": tag, "qat": cfg.qat})
+    if start is not None:
+        net.load_state_dict(start["ema"])
+        log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
+    net = net.to(device).to(memory_format=torch.channels_last)
     criterion = MultiTaskLoss(cfg, net.age_bins.clone()).to(device)
     decay, no_decay = [], []
     for p in list(net.parameters()) + list(criterion.parameters()):
@@ -311,14 +336,6 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     use_amp = device.type == "cuda"
     state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": -1, "history": []}
 
-    last = out_dir / "last.pt"
-    if cfg.init and not last.exists():
-        start = torch.load(cfg.init, map_location=device, weights_only=False)
-        if start["config"]["width"] != cfg.width:
-            raise ValueError(f"--init {cfg.init} has width {start['config']['width']}, not {cfg.width}")
-        net.load_state_dict(start["ema"])
-        ema.model.load_state_dict(start["ema"])
-        log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
     if last.exists():
         ckpt = torch.load(last, map_location=device, weights_only=False)
         net.load_state_dict(ckpt["model"])
@@ -387,10 +404,10 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
             state["best_score"], state["best_epoch"] = score, epoch + 1
         ckpt = {"model": net.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
                 "optimizer": opt.state_dict(), "criterion": criterion.state_dict(), "state": state,
-                "config": asdict(cfg)}
+                "config": {**asdict(cfg), **architecture(net)}}
         save_whole(ckpt, last)
         if improved:
-            save_whole({"ema": ema.model.state_dict(), "config": asdict(cfg), "metrics": metrics,
+            save_whole({"ema": ema.model.state_dict(), "config": ckpt["config"], "metrics": metrics,
                         "epoch": epoch + 1}, out_dir / "best.pt")
         print(f"epoch {epoch + 1} val {json.dumps(summary)} score={score:.4f}"
               f"{' (best)' if improved else ''} {time.time() - t0:.0f}s", flush=True)
@@ -416,7 +433,7 @@ def save_whole(obj: dict, path: Path) -> None:
 def load_checkpoint(path: Path, device: str = "cpu") -> FaceNet:
     """The EMA weights of a best/last checkpoint as an eval-mode FaceNet."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
-    net = FaceNet(width=ckpt["config"]["width"])
+    net = net_from_config(ckpt["config"])
     net.load_state_dict(ckpt["ema"])
     # The resolution it learned at (--image-size): scoring a 64 px model on 112 px faces would
     # measure the mismatch, not the model.
