@@ -12,6 +12,7 @@ For the shipped model and the committed candidates in model/compressed/ (``footf
 - RK3588 NPU operator placement from rknn-toolkit2 (when its venv exists; conversion of the FP32 ONNX).
 
     python benchmarks/compression.py                    # everything in model/compressed/
+    python benchmarks/compression.py --match qat        # the shipped model and the QAT candidate only
     python benchmarks/compression.py --limit 500 --no-npu --seconds 1
 
 It prints figures and asserts nothing. Speed is measured on whatever else the machine runs (the 1-minute
@@ -73,13 +74,16 @@ def network_of(onnx_path: Path) -> FaceNet:
     return FaceNet(width=width, channels=tuple(channel_plan_from_onnx(onnx.load(str(onnx_path)))))
 
 
-def candidates(folder: Path) -> dict[str, dict[str, Path]]:
-    """Model name -> {"int8": path[, "fp32": path]} for the shipped model and the files in ``folder``."""
+def candidates(folder: Path, match: list[str] | None = None) -> dict[str, dict[str, Path]]:
+    """Model name -> {"int8": path[, "fp32": path]} for the shipped model and the files in ``folder``
+    (those whose name contains one of ``match``, when given)."""
     from footfall.model_file import ModelMetadata
 
     found: dict[str, dict[str, Path]] = {}
     for path in [SHIPPED.with_suffix(".int8.onnx"), SHIPPED.with_suffix(".onnx"), *sorted(folder.glob("*.onnx"))]:
         meta = ModelMetadata.from_onnx_file(path)
+        if path.parent == folder and match and not any(m in meta.name for m in match):
+            continue
         found.setdefault(meta.name, {})[meta.precision] = path
     return found
 
@@ -138,6 +142,7 @@ def npu_placement(models: dict[str, dict[str, Path]], calibration: int) -> list[
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", type=Path, default=COMPRESSED, help="the candidate ONNX files")
+    parser.add_argument("--match", help="only candidates whose name contains one of these (comma-separated)")
     parser.add_argument("--limit", type=int, default=0, help="N random test faces of each dataset (0: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", default="1,8,32")
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-npu", action="store_true", help="skip the rknn operator placement")
     parser.add_argument("--calibration", type=int, default=64, help="training faces for the rknn INT8 build")
     args = parser.parse_args(argv)
-    models = candidates(args.folder)
+    models = candidates(args.folder, args.match.split(",") if args.match else None)
     print(f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.threads} threads per model")
 
     rows = accuracy_rows(models, args.limit, args.threads)
