@@ -103,24 +103,30 @@ class SqueezeExcite(nn.Module):
 
 class InvertedResidual(nn.Module):
     """MobileNetV2 block (3x3, ReLU6); with ``kernel``/``se``/``activation`` the MobileNetV3 one.
-    ``hidden`` (expanded channels) defaults to ``cin * expansion``."""
+    ``hidden`` (expanded channels) defaults to ``cin * expansion``; ``expand`` (a 1x1 expansion conv
+    first) to ``hidden != cin``. Pruned nets give ``hidden``, ``expand`` and ``residual``: their channel
+    counts no longer follow the plan, the block's structure does."""
 
     def __init__(self, cin: int, cout: int, stride: int, expansion: int = 6, kernel: int = 3, se: bool = False,
-                 activation: str = "relu6", hidden: int | None = None) -> None:
+                 activation: str = "relu6", hidden: int | None = None, expand: bool | None = None,
+                 residual: bool | None = None) -> None:
         super().__init__()
-        hidden = hidden or cin * expansion
+        hidden = hidden if hidden is not None else cin * expansion
+        expand = hidden != cin if expand is None else expand
         layers: list[nn.Module] = []
-        if hidden != cin:
+        if expand:
             layers.append(_conv_bn_act(cin, hidden, 1, activation=activation))
         layers.append(_conv_bn_act(hidden, hidden, kernel, stride, groups=hidden, activation=activation))
         if se:
             layers.append(SqueezeExcite(hidden))
         layers.append(_conv_bn_act(hidden, cout, 1, act=False))
         self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and cin == cout
+        self.use_residual = stride == 1 and cin == cout if residual is None else residual
+        # Fake quantization of the residual sum in quantization-aware training (footfall_training.qat).
+        self.out_fq: nn.Module = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x) if self.use_residual else self.block(x)
+        return self.out_fq(x + self.block(x)) if self.use_residual else self.block(x)
 
 
 # MobileNetV3-Large (Howard et al. 2019, table 1) grouped into stages of equal output channels:
@@ -142,24 +148,32 @@ ATTENTIONS = ("none", "mha")
 HEAD_GROUPS = (("age", "gender", "race"), ("emotion",))
 
 
-def _backbone_stages(arch: str, width: float) -> tuple[list[nn.Module], int]:
+def _backbone_stages(arch: str, width: float, channels: tuple[int, ...] | None = None) -> tuple[list[nn.Module], int]:
     """The backbone as a list of stages (the stem, one per channel group, the final 1x1 conv), and the
-    final conv's output channels (the embedding size)."""
+    final conv's output channels (the embedding size). ``channels``: a pruned mnv2 net's counts
+    (``default_channel_plan``'s order)."""
     if arch == "mnv2":
-        stem = _make_divisible(32 * width)
-        stages: list[nn.Module] = [_conv_bn_act(3, stem, 3, stride=2)]
-        cin = stem
-        for t, c, n, s in _INVERTED_RESIDUAL_PLAN:
-            cout = _make_divisible(c * width)
+        full = default_channel_plan(width)
+        plan = list(channels) if channels is not None else full
+        if len(plan) != len(full):
+            raise ValueError(f"channels has {len(plan)} entries, the plan of width {width} has {len(full)}")
+        stages: list[nn.Module] = [_conv_bn_act(3, plan[0], 3, stride=2)]
+        cin, full_cin, k = plan[0], full[0], 1
+        for t, _c, n, s in _INVERTED_RESIDUAL_PLAN:
             blocks = []
             for i in range(n):
-                blocks.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
-                cin = cout
+                stride = s if i == 0 else 1
+                hidden, cout = plan[k], plan[k + 1]
+                # The residual and the expansion conv follow the unpruned plan, not the pruned counts.
+                blocks.append(InvertedResidual(cin, cout, stride, t, hidden=hidden, expand=t != 1,
+                                               residual=stride == 1 and full_cin == full[k + 1]))
+                cin, full_cin, k = cout, full[k + 1], k + 2
             stages.append(nn.Sequential(*blocks))
-        # Like MobileNetV2, the last conv never shrinks below 1280 channels.
-        embedding = _make_divisible(1280 * max(1.0, width))
-        stages.append(_conv_bn_act(cin, embedding, 1))
-        return stages, embedding
+        # Like MobileNetV2, the last conv never shrinks below 1280 channels (the plan's last entry).
+        stages.append(_conv_bn_act(cin, plan[-1], 1))
+        return stages, plan[-1]
+    if channels is not None:
+        raise ValueError(f"pruned channel counts are for arch mnv2, not {arch}")
     if arch == "mnv3":
         stem = _make_divisible(16 * width)
         stages = [_conv_bn_act(3, stem, 3, stride=2, activation="hswish")]
@@ -234,10 +248,17 @@ class NetConfig:
     arch: str = "mnv2"
     attention: str = "none"
     shared_depth: int = 0
+    # Channel counts of a pruned net (``default_channel_plan``'s order; None: the width's plan) and a tag
+    # that names the variant (``l1p25``: 25 % of the channels pruned by L1 magnitude, ``qat``: fake-quant trained).
+    channels: tuple[int, ...] | None = None
+    tag: str = ""
+    # Fake quantization in the forward pass (quantization-aware training, footfall_training.qat).
+    qat: bool = False
 
     @property
     def name(self) -> str:
         suffix = ("-mha" if self.attention == "mha" else "") + (f"-sd{self.shared_depth}" if self.shared_depth else "")
+        suffix += f"-{self.tag}" if self.tag else ""
         return f"footfall-{self.arch}-w{int(round(self.width * 100)):03d}{suffix}"
 
     @property
@@ -251,7 +272,28 @@ class NetConfig:
     @classmethod
     def from_dict(cls, config: dict) -> NetConfig:
         """The net's part of a run's config (``TrainConfig`` as a dict; older runs lack the newer keys)."""
-        return cls(**{k: config[k] for k in cls.__dataclass_fields__ if k in config})
+        values = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
+        if values.get("channels") is not None:
+            values["channels"] = tuple(values["channels"])
+        return cls(**values)
+
+
+def default_channel_plan(width: float) -> list[int]:
+    """Channel counts of the width's net: stem, then (hidden, output) per inverted residual block, then the
+    embedding; the order ``FaceNet(channels=...)`` and ``FaceNet.channel_plan`` use.
+
+    >>> plan = default_channel_plan(0.5)
+    >>> plan[:5], plan[-1], len(plan)
+    ([16, 16, 8, 48, 16], 1280, 36)
+    """
+    stem = _make_divisible(32 * width)
+    plan, cin = [stem], stem
+    for t, c, n, _ in _INVERTED_RESIDUAL_PLAN:
+        cout = _make_divisible(c * width)
+        for _ in range(n):
+            plan += [cin * t, cout]
+            cin = cout
+    return plan + [_make_divisible(1280 * max(1.0, width))]
 
 
 class FaceNet(nn.Module):
@@ -262,15 +304,20 @@ class FaceNet(nn.Module):
     image_size: int = INPUT_SIZE
 
     def __init__(self, width: float = 1.0, dropout: float = 0.2, arch: str = "mnv2", attention: str = "none",
-                 shared_depth: int = 0) -> None:
+                 shared_depth: int = 0, channels: tuple[int, ...] | None = None, tag: str = "",
+                 qat: bool = False) -> None:
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, not {attention!r}")
-        stages, self.embedding_dim = _backbone_stages(arch, width)
+        channels = tuple(channels) if channels is not None else None
+        if (channels is not None or qat) and (arch != "mnv2" or shared_depth or attention != "none"):
+            # footfall-prune and footfall_training.qat know the plain MobileNetV2 trunk only.
+            raise ValueError("pruned channels and fake quantization need arch mnv2 without attention or branching")
+        stages, self.embedding_dim = _backbone_stages(arch, width, channels)
         if shared_depth >= len(stages) or shared_depth < 0:
             raise ValueError(f"shared_depth must be 1..{len(stages) - 1} (0: all shared) for {arch}, not {shared_depth}")
         self.config = NetConfig(width=width, dropout=dropout, arch=arch, attention=attention,
-                                shared_depth=shared_depth)
+                                shared_depth=shared_depth, channels=channels, tag=tag, qat=qat)
         final_map = INPUT_SIZE // 32 + (1 if INPUT_SIZE % 32 else 0)  # 112 -> 4
 
         def gdc() -> nn.Sequential:
@@ -304,7 +351,28 @@ class FaceNet(nn.Module):
         self.emotion_head = nn.Linear(self.embedding_dim, len(EMOTIONS))
         self.register_buffer("age_bins", torch.tensor(AGE_BINS, dtype=torch.float32), persistent=False)
         self.register_buffer("emotion_bias", torch.zeros(len(EMOTIONS)))
+        # Fake quantization of the normalised input in quantization-aware training.
+        self.input_fq: nn.Module = nn.Identity()
         self._init_weights()
+        if qat:
+            from footfall_training.qat import insert_fake_quant
+
+            insert_fake_quant(self)
+
+    def channel_plan(self) -> list[int]:
+        """The channel counts as built (after pruning too), in ``default_channel_plan``'s order."""
+        plan = [self.features[0][0].out_channels]
+        for block in self.features[1:-1]:
+            plan += [block.block[-2][0].out_channels, block.block[-1][0].out_channels]
+        return plan + [self.features[-1][0].out_channels]
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.config.qat:
+            from footfall_training.qat import with_fake_quant_state
+
+            # Float weights (e.g. the shipped model) start a QAT net: its fake-quant ranges are then unobserved.
+            state_dict = with_fake_quant_state(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Weights saved before the emotion bias existed mean no bias.
@@ -345,7 +413,7 @@ class FaceNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One embedding per head group (``HEAD_GROUPS``; the same tensor for all when nothing branches)."""
-        fmap = self.features(x)
+        fmap = self.features(self.input_fq(x))
         if self.config.shared_depth:
             return tuple(self.dropout(self._pool(b.features(fmap), b.attention, b.gdc)) for b in self.branches)
         z = self.dropout(self._pool(fmap, getattr(self, "attention", None), self.gdc))

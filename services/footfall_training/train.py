@@ -116,6 +116,9 @@ class TrainConfig:
     sampling: str = "uniform"  # uniform | balanced
     augment_strong: bool = False
     select_emotion: str = "acc"  # acc | macro_f1
+    # Quantization-aware training (footfall_training.qat): the forward pass rounds weights and activations
+    # as the INT8 export does; meant as a short fine-tune from --init (a float or pruned checkpoint).
+    qat: bool = False
 
     @property
     def head_names(self) -> tuple[str, ...]:
@@ -382,7 +385,33 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         train_set = train_set.subset(rng.permutation(len(train_set))[:cfg.limit])
         val_set = val_set.subset(rng.permutation(len(val_set))[:max(64, cfg.limit // 4)])
 
-    net = FaceNet.from_config(NetConfig.from_dict(asdict(cfg))).to(device).to(memory_format=torch.channels_last)
+    last = out_dir / "last.pt"
+    # The net's architecture: the run's own checkpoint's when resuming; else that of --init (a pruned
+    # checkpoint keeps its channel counts), which must be the one the settings ask for; else the settings'.
+    start = None
+    wanted = NetConfig.from_dict(asdict(cfg))
+    if last.exists():
+        net_config = NetConfig.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
+    elif cfg.init:
+        start = torch.load(cfg.init, map_location="cpu", weights_only=False)
+        net_config = replace(NetConfig.from_dict(start["config"]), dropout=cfg.dropout)  # dropout has no weights
+        if replace(net_config, channels=None, tag="", qat=False) != replace(wanted, tag="", qat=False):
+            raise ValueError(f"--init {cfg.init} is {net_config.name}, not {wanted.name} (another width or "
+                             f"architecture)")
+    else:
+        net_config = wanted
+    if cfg.qat and not net_config.qat:
+        net_config = replace(net_config, qat=True, tag="-".join(t for t in (net_config.tag, "qat") if t))
+    net = FaceNet.from_config(net_config)
+    if start is not None:
+        net.load_state_dict(start["ema"])
+        if net.emotion_bias.any():
+            # A post-hoc adjustment of the shipped model, not something to learn around: training
+            # goes on from the raw logits (footfall-export --emotion-bias sets it again).
+            log.info("initial weights carry emotion bias %s: training without it", net.emotion_bias.tolist())
+            net.emotion_bias.zero_()
+        log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
+    net = net.to(device).to(memory_format=torch.channels_last)
     criterion = MultiTaskLoss(cfg, net.age_bins.clone(), emotion_prior(train_set),
                               int((train_set.emotion >= 0).sum())).to(device)
     if cfg.sampling not in ("uniform", "balanced"):
@@ -406,22 +435,6 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     use_amp = device.type == "cuda"
     state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": -1, "history": []}
 
-    last = out_dir / "last.pt"
-    if cfg.init and not last.exists():
-        start = torch.load(cfg.init, map_location=device, weights_only=False)
-        start_net = NetConfig.from_dict(start["config"])
-        if replace(start_net, dropout=cfg.dropout) != net.config:  # dropout has no weights
-            raise ValueError(f"--init {cfg.init} is {start_net.name}, not {net.config.name} (another width or "
-                             f"architecture)")
-        net.load_state_dict(start["ema"])
-        ema.model.load_state_dict(start["ema"])
-        if net.emotion_bias.any():
-            # A post-hoc adjustment of the shipped model, not something to learn around: training
-            # goes on from the raw logits (footfall-export --emotion-bias sets it again).
-            log.info("initial weights carry emotion bias %s: training without it", net.emotion_bias.tolist())
-            net.emotion_bias.zero_()
-            ema.model.emotion_bias.zero_()
-        log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
     if last.exists():
         ckpt = torch.load(last, map_location=device, weights_only=False)
         net.load_state_dict(ckpt["model"])
@@ -492,10 +505,10 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
             state["best_score"], state["best_epoch"] = score, epoch + 1
         ckpt = {"model": net.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
                 "optimizer": opt.state_dict(), "criterion": criterion.state_dict(), "state": state,
-                "config": asdict(cfg)}
+                "config": {**asdict(cfg), **asdict(net.config)}}
         save_whole(ckpt, last)
         if improved:
-            save_whole({"ema": ema.model.state_dict(), "config": asdict(cfg), "metrics": metrics,
+            save_whole({"ema": ema.model.state_dict(), "config": ckpt["config"], "metrics": metrics,
                         "epoch": epoch + 1}, out_dir / "best.pt")
         print(f"epoch {epoch + 1} val {json.dumps(summary)} score={score:.4f}"
               f"{' (best)' if improved else ''} {time.time() - t0:.0f}s", flush=True)
