@@ -145,8 +145,9 @@ def npu_placement(fp32: Path) -> str:
     ops = [op for op in run.report.get("ops", []) if op["op_type"] not in IO_OPERATORS]
     if run.cpu_fallbacks:
         return "CPU fallback: " + ", ".join(f"{op['op_type']} {op['name']}" for op in run.cpu_fallbacks)
-    kinds = sorted({op["op_type"] for op in ops} & {"exSDPAttention", "HardSwish", "HardSigmoid", "exSwish", "Mul",
-                                                    "GlobalAveragePool", "MatMul", "Softmax"})
+    # the operators beyond MobileNetV2's (rknn fuses activations into their convolution: ConvHardSwish)
+    kinds = sorted({op["op_type"] for op in ops} & {"exSDPAttention", "ConvHardSwish", "ConvHardSigmoid", "HardSwish",
+                                                    "HardSigmoid", "Mul", "GlobalAveragePool", "MatMul"})
     return f"all {len(ops)} on the NPU" + (f" (incl. {', '.join(kinds)})" if kinds else "")
 
 

@@ -52,7 +52,9 @@ case ${1:-} in
     for run in "${RUNS[@]%%|*}" arch-mnv3-search-best; do
       [ -f "$CACHE/runs/$run/best.pt" ] && runs+=("$CACHE/runs/$run/best.pt") || echo "missing: $run" >&2
     done
-    python -m footfall_training.evaluate "${runs[@]}" --limit 1000 --no-robustness --threads 1 --markdown
+    # test splits (1000 faces of each dataset) and the cross-source set's val split (pipeline crops)
+    python -m footfall_training.evaluate "${runs[@]}" --limit 1000 --no-robustness --threads 1 --cross-source on \
+      --markdown
     python -m footfall_training.search "${SEARCH[@]}" --report
     ;;
   *) sed -n '2,12p' "$0"; exit 2 ;;
