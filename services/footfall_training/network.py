@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -268,6 +269,19 @@ class NetConfig:
         if self.name.startswith("footfall-mnv2-"):
             return self.name.replace("footfall-mnv2-", "footfall_").replace("-", "_")
         return self.name.replace("-", "_")
+
+    @classmethod
+    def from_name(cls, name: str) -> NetConfig:
+        """The config of a model name (``name`` above; dropout, which has no weights, at its default).
+
+        >>> NetConfig.from_name("footfall-mnv3-w060-mha-sd6")
+        NetConfig(width=0.6, dropout=0.2, arch='mnv3', attention='mha', shared_depth=6)
+        """
+        match = re.fullmatch(r"footfall-(\w+)-w(\d{3})(-mha)?(?:-sd(\d+))?", name)
+        if not match:
+            raise ValueError(f"not a model name: {name!r} (e.g. footfall-mnv2-w050, footfall-mnv3-w060-mha-sd6)")
+        arch, width, mha, depth = match.groups()
+        return cls(width=int(width) / 100, arch=arch, attention="mha" if mha else "none", shared_depth=int(depth or 0))
 
     @classmethod
     def from_dict(cls, config: dict) -> NetConfig:
