@@ -178,9 +178,11 @@ def test_l1_and_fpgm_rank_channels_differently():
     assert not torch.equal(kept["l1"], kept["fpgm"])  # ... different channels
 
 
-def test_pruned_checkpoint_fine_tunes_with_its_channels(shared_data, tmp_path, monkeypatch):
+def test_pruned_checkpoint_fine_tunes_with_its_channels_also_with_qat(shared_data, tmp_path, monkeypatch):
     from footfall_training import train as tr
+    from footfall_training.export import export_onnx, quantize_int8
     from footfall_training.prune import main
+    from footfall_training.qat import activation_quant_overrides
 
     monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
     pruned = tmp_path / "p.pt"
@@ -189,7 +191,14 @@ def test_pruned_checkpoint_fine_tunes_with_its_channels(shared_data, tmp_path, m
     train_set = load_split("train", data_dir=shared_data)
     val_set = load_split("val", data_dir=shared_data)
     train_set, val_set = train_set.subset(rng.permutation(len(train_set))[:32]), val_set.subset(np.arange(32))
-    cfg = tr.TrainConfig(run="p", width=0.5, epochs=1, batch_size=32, warmup_steps=1, threads=1, init=str(pruned))
+    cfg = tr.TrainConfig(run="p", width=0.5, epochs=1, batch_size=32, warmup_steps=1, threads=1, init=str(pruned),
+                         qat=True)
     net = load_checkpoint(tr.train(cfg, torch.device("cpu"), train_set, val_set))
     assert net.channel_plan() == list(load_checkpoint(pruned).config.channels) != default_channel_plan(0.5)
-    assert net.config.tag == "l1p50"
+    assert net.config.tag == "l1p50-qat" and net.config.qat
+    # The pruned QAT net exports with its learned ranges like the full one.
+    fp32 = export_onnx(net, tmp_path / f"{net.config.file_stem}.onnx", version="test")
+    overrides = activation_quant_overrides(net, onnx.load(str(fp32)))
+    int8 = quantize_int8(fp32, tmp_path / "p.int8.onnx", train_set.images[:8], activation_overrides=overrides)
+    quantize = [n for n in onnx.load(str(int8)).graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantize) == len(overrides) and all(n.input[0] in overrides for n in quantize)
