@@ -32,6 +32,15 @@ def faces(shared_data):
         test.images[np.sort(rng.choice(len(test), 96, replace=False))]
 
 
+@pytest.fixture(scope="module")
+def tiny_sets(shared_data):
+    """64 training and 64 validation faces for two-step fine-tunes."""
+    rng = np.random.default_rng(0)
+    train = load_split("train", data_dir=shared_data)
+    val = load_split("val", data_dir=shared_data)
+    return train.subset(rng.permutation(len(train))[:64]), val.subset(rng.permutation(len(val))[:64])
+
+
 def observe_ranges(net: FaceNet, images: np.ndarray) -> None:
     """Let a QAT net's fake quantizers observe ``images`` (train mode, no weight update, no dropout)."""
     from footfall_training.preprocess import normalize_batch
@@ -120,14 +129,11 @@ def test_qat_export_keeps_the_learned_activation_scales(qat_export):
     assert np.isclose(overrides["input"][0]["scale"], scale.item()) and zero_point.item() > 0
 
 
-def test_qat_training_runs_from_float_weights_and_checkpoints_a_qat_net(faces, shared_data, tmp_path, monkeypatch):
+def test_qat_training_runs_from_float_weights_and_checkpoints_a_qat_net(tiny_sets, tmp_path, monkeypatch):
     from footfall_training import train as tr
 
     monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
-    rng = np.random.default_rng(0)
-    train_set = load_split("train", data_dir=shared_data)
-    val_set = load_split("val", data_dir=shared_data)
-    train_set, val_set = train_set.subset(rng.permutation(len(train_set))[:64]), val_set.subset(np.arange(64))
+    train_set, val_set = tiny_sets
     cfg = tr.TrainConfig(run="q", width=0.5, epochs=1, batch_size=32, warmup_steps=1, lr=2e-4, threads=1,
                          qat=True, init=str(SHIPPED))
     best = tr.train(cfg, torch.device("cpu"), train_set, val_set)
@@ -178,18 +184,24 @@ def test_l1_and_fpgm_rank_channels_differently():
     assert not torch.equal(kept["l1"], kept["fpgm"])  # ... different channels
 
 
-def test_pruned_checkpoint_fine_tunes_with_its_channels(shared_data, tmp_path, monkeypatch):
+def test_pruned_checkpoint_fine_tunes_with_its_channels_also_with_qat(tiny_sets, tmp_path, monkeypatch):
     from footfall_training import train as tr
+    from footfall_training.export import export_onnx, quantize_int8
     from footfall_training.prune import main
+    from footfall_training.qat import activation_quant_overrides
 
     monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
     pruned = tmp_path / "p.pt"
     main([str(SHIPPED), "--method", "l1", "--amount", "0.5", "--out", str(pruned)])
-    rng = np.random.default_rng(0)
-    train_set = load_split("train", data_dir=shared_data)
-    val_set = load_split("val", data_dir=shared_data)
-    train_set, val_set = train_set.subset(rng.permutation(len(train_set))[:32]), val_set.subset(np.arange(32))
-    cfg = tr.TrainConfig(run="p", width=0.5, epochs=1, batch_size=32, warmup_steps=1, threads=1, init=str(pruned))
+    train_set, val_set = tiny_sets[0].subset(np.arange(32)), tiny_sets[1].subset(np.arange(32))
+    cfg = tr.TrainConfig(run="p", width=0.5, epochs=1, batch_size=32, warmup_steps=1, threads=1, init=str(pruned),
+                         qat=True)
     net = load_checkpoint(tr.train(cfg, torch.device("cpu"), train_set, val_set))
     assert net.channel_plan() == list(load_checkpoint(pruned).config.channels) != default_channel_plan(0.5)
-    assert net.config.tag == "l1p50"
+    assert net.config.tag == "l1p50-qat" and net.config.qat
+    # The pruned QAT net exports with its learned ranges like the full one.
+    fp32 = export_onnx(net, tmp_path / f"{net.config.file_stem}.onnx", version="test")
+    overrides = activation_quant_overrides(net, onnx.load(str(fp32)))
+    int8 = quantize_int8(fp32, tmp_path / "p.int8.onnx", train_set.images[:8], activation_overrides=overrides)
+    quantize = [n for n in onnx.load(str(int8)).graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantize) == len(overrides) and all(n.input[0] in overrides for n in quantize)
