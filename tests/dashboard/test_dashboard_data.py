@@ -160,14 +160,25 @@ def test_headline_and_camera_summary_equal_the_truth():
     rows = truth.select(KNOWN_ROWS, LAST_7.start, LAST_7.end)
     counts = pd.DataFrame(rows).rename(columns={"bucket_start": "time"})
     current, _ = data.comparison_ranges(LAST_7, NOW)
-    h = data.headline(counts, current, previous_total=70)
+    in_current = truth.by(truth.select(rows, LAST_7.start, current.end), lambda r: r["camera_id"])
+    h = data.headline(counts[["time", "visitors"]], counts[["gender", "visitors", "age_sum"]],
+                      sum(in_current.values()), previous_total=70)
     assert h.visitors == truth.total(rows)
+    assert h.current_visitors == truth.comparison(KNOWN_ROWS, LAST_7.start, LAST_7.end, NOW)[0]
     assert h.busiest_hour == truth.busiest_hour(rows)
     assert h.median_per_hour == truth.median_active_hour(rows)
     assert h.mean_age == pytest.approx(truth.mean_age(rows))
     assert h.by_gender["female"] == truth.by(rows, lambda r: r["gender"])["female"]
-    summary = data.camera_summary(counts, ["cam-a", "cam-z"], pd.Series({"cam-a": 70}), current).set_index("camera_id")
-    assert summary.loc["cam-a", "visitors"] == truth.by(rows, lambda r: r["camera_id"])["cam-a"]
+    hours = pd.DataFrame([(c, hour, v) for (c, hour), v in truth.by(
+        rows, lambda r: (r["camera_id"], r["bucket_start"].hour)).items()], columns=["camera_id", "hour", "visitors"])
+    summary = data.camera_summary(counts[["camera_id", "gender", "visitors", "age_sum"]], hours,
+                                  pd.Series(in_current), ["cam-a", "cam-z"], pd.Series({"cam-a": 70}),
+                                  ).set_index("camera_id")
+    cam_a = [r for r in rows if r["camera_id"] == "cam-a"]
+    assert summary.loc["cam-a", "visitors"] == truth.total(cam_a)
+    assert summary.loc["cam-a", "current"] == in_current["cam-a"]
+    assert summary.loc["cam-a", "female"] == truth.by(cam_a, lambda r: r["gender"])["female"]
+    assert summary.loc["cam-a", "busiest_hour"] == truth.busiest_hour(cam_a)
     assert summary.loc["cam-z", "visitors"] == 0 and summary.loc["cam-z", "busiest_hour"] is None
 
 
