@@ -294,7 +294,9 @@ def has_counts(engine: Engine) -> bool:
 
 def data_span(engine: Engine, tz: str = "UTC") -> tuple[datetime, datetime] | None:
     """(first, last) local bucket start in the database, or None when it is empty."""
-    rows = _query(engine, sa.select(sa.func.min(_COUNTS.c.bucket_start), sa.func.max(_COUNTS.c.bucket_start)))
+    # two scalar subqueries: each is one index seek (SQLite scans every row for min and max in one SELECT)
+    rows = _query(engine, sa.select(sa.select(sa.func.min(_COUNTS.c.bucket_start)).scalar_subquery(),
+                                    sa.select(sa.func.max(_COUNTS.c.bucket_start)).scalar_subquery()))
     if not rows or rows[0][0] is None:
         return None
     local = _to_local(pd.Series(list(rows[0])), tz)
@@ -317,12 +319,14 @@ def _counted_cameras(engine: Engine) -> list[str]:
 def first_counts(engine: Engine, cameras: list[str] | None = None, tz: str = "UTC") -> dict[str, datetime]:
     """{camera: local start of its first counted bucket}: before it a camera has no data, not zero visitors.
 
-    One primary-key seek per camera (MIN of bucket_start where camera_id = ...), not a scan of every cell."""
+    One primary-key seek per camera (MIN of bucket_start where camera_id = ..., alone in its subquery: SQLite
+    seeks only a bare MIN), not a scan of every cell."""
     cameras = _counted_cameras(engine) if cameras is None else list(cameras)
     if not cameras:
         return {}
-    seeks = [sa.select(sa.literal(cam, sa.String).label("camera_id"), sa.func.min(_COUNTS.c.bucket_start))
-             .where(_COUNTS.c.camera_id == cam) for cam in cameras]
+    seeks = [sa.select(sa.literal(cam, sa.String).label("camera_id"),
+                       sa.select(sa.func.min(_COUNTS.c.bucket_start)).where(_COUNTS.c.camera_id == cam)
+                       .scalar_subquery().label("first")) for cam in cameras]
     rows = [r for r in _query(engine, seeks[0] if len(seeks) == 1 else sa.union_all(*seeks)) if r[1] is not None]
     if not rows:
         return {}

@@ -71,6 +71,33 @@ def test_previous_period_and_span(filled):
     engine.dispose()
 
 
+def test_span_and_first_counts_are_index_seeks_not_scans(tmp_path):
+    """The first screen asks for the data's span and each camera's first count: SQLite's work for them
+    (virtual-machine steps) must not grow with the rows stored (a year of 50 cameras is 2 M cells)."""
+    from footfall.db.migrate import upgrade
+
+    def steps(rows: int) -> int:
+        url = f"sqlite:///{tmp_path / f'seek{rows}.db'}"
+        upgrade(url)
+        write_rows(url, [dict(KNOWN_ROWS[0], bucket_start=datetime(2024, 1, 1) + timedelta(minutes=i),
+                              camera_id=f"cam-{i % 2}") for i in range(rows)])
+        engine = data.open_engine(url)
+        counted = [0]
+
+        def count(dbapi_connection, _record):
+            dbapi_connection.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1) or 0, 1)
+
+        sa.event.listen(engine, "connect", count)
+        assert data.data_span(engine) == (datetime(2024, 1, 1), datetime(2024, 1, 1) + timedelta(minutes=rows - 1))
+        assert data.first_counts(engine, ["cam-0", "cam-1"]) == {"cam-0": datetime(2024, 1, 1),
+                                                                 "cam-1": datetime(2024, 1, 1, 0, 1)}
+        engine.dispose()
+        return counted[0]
+
+    few, many = steps(100), steps(4000)
+    assert many < few * 1.5, (few, many)
+
+
 def test_time_zone_shifts_hours(filled):
     engine = data.open_engine(filled)
     berlin = data.load_counts(engine, data.TimeRange(datetime(2024, 5, 8), datetime(2024, 5, 9)), None,
