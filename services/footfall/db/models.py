@@ -42,17 +42,23 @@ class Base(DeclarativeBase):
     pass
 
 
-class _VisitorCells:
-    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True,
+class _VisitorCellColumns:
+    """Camera, bucket and the sums of every visitor table; ``_VisitorCells`` and each narrow rollup add the
+    dimensions they keep (``sort_order``: camera_id and bucket_start lead the primary key, the sums come last)."""
+
+    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True, sort_order=-2)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True, sort_order=-1,
                                                    doc="UTC start of the time bucket")
+    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0, sort_order=1)
+    # Sum of the visitors' mean ages, so mean age per cell = age_sum / visitors.
+    age_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0, sort_order=1)
+
+
+class _VisitorCells(_VisitorCellColumns):
     age_band: Mapped[str] = mapped_column(String(8), primary_key=True)
     gender: Mapped[str] = mapped_column(String(8), primary_key=True)
     race: Mapped[str] = mapped_column(String(16), primary_key=True)
     emotion: Mapped[str] = mapped_column(String(16), primary_key=True)
-    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    # Sum of the visitors' mean ages, so mean age per cell = age_sum / visitors.
-    age_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
 
 
 class VisitorCount(_VisitorCells, Base):
@@ -149,59 +155,34 @@ ROLLUPS: dict[type[Base], dict[str, type[Base]]] = {
 }
 
 
-class VisitorTotalHourly(Base):
+class VisitorTotalHourly(_VisitorCellColumns, Base):
     __tablename__ = "visitor_totals_hourly"
     __table_args__ = (Index("ix_visitor_totals_hourly_bucket", "bucket_start"),)
 
-    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
-    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    age_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
 
-
-class VisitorGenderDaily(Base):
+class VisitorGenderDaily(_VisitorCellColumns, Base):
     __tablename__ = "visitor_genders_daily"
     __table_args__ = (Index("ix_visitor_genders_daily_bucket", "bucket_start"),)
-
-    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
     gender: Mapped[str] = mapped_column(String(8), primary_key=True)
-    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    age_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
 
 
-class VisitorAgeGenderDaily(Base):
+class VisitorAgeGenderDaily(_VisitorCellColumns, Base):
     __tablename__ = "visitor_age_genders_daily"
     __table_args__ = (Index("ix_visitor_age_genders_daily_bucket", "bucket_start"),)
-
-    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
     age_band: Mapped[str] = mapped_column(String(8), primary_key=True)
     gender: Mapped[str] = mapped_column(String(8), primary_key=True)
-    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    age_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
 
 
-class VisitorEmotionDaily(Base):
+class VisitorEmotionDaily(_VisitorCellColumns, Base):
     __tablename__ = "visitor_emotions_daily"
     __table_args__ = (Index("ix_visitor_emotions_daily_bucket", "bucket_start"),)
-
-    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
     emotion: Mapped[str] = mapped_column(String(16), primary_key=True)
-    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    age_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
 
 
-class VisitorRaceDaily(Base):
+class VisitorRaceDaily(_VisitorCellColumns, Base):
     __tablename__ = "visitor_races_daily"
     __table_args__ = (Index("ix_visitor_races_daily_bucket", "bucket_start"),)
-
-    camera_id: Mapped[str] = mapped_column(String(MAX_CAMERA_ID), primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=False), primary_key=True)
     race: Mapped[str] = mapped_column(String(16), primary_key=True)
-    visitors: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    age_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
 
 
 # fine table -> (grain, rollup) pairs whose keys are camera_id, bucket_start and a subset of the fine table's
