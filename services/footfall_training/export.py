@@ -14,6 +14,10 @@ no optimizer) ship too, so that training can continue from them on any machine
 written by ``python -m footfall_training.logit_adjust sweep ... --write-bias``) before export, so
 every file made here (and the RKNN model converted from the ONNX) carries it; the metadata
 records it.
+
+A quantization-aware-trained checkpoint (``footfall-train --qat``) exports its float weights, and its
+INT8 model takes the activation ranges learned in training (``footfall_training.qat``) instead of
+calibrated ones; a pruned checkpoint (``footfall-prune``) exports with its own channel counts.
 """
 
 from __future__ import annotations
@@ -68,8 +72,12 @@ def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
     """Write the FP32 ONNX model with metadata; returns its path.
 
     The graph always takes 112x112 faces (what the product feeds), so weights that learned at a
-    lower resolution are refused: finish them at 112 first.
+    lower resolution are refused: finish them at 112 first. A QAT net exports its float weights.
     """
+    if net.config.qat:
+        from footfall_training.qat import float_copy
+
+        net = float_copy(net)
     if net.image_size != INPUT_SIZE:
         raise ValueError(f"{net.config.name} learned at {net.image_size} px but the exported model takes "
                          f"{INPUT_SIZE} px faces: finish it at {INPUT_SIZE} first "
@@ -77,7 +85,9 @@ def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
     net = net.eval().to(memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    torch.onnx.export(ExportWrapper(net), (dummy,), str(path), input_names=["input"],
+    # The wrapper in eval mode: the exporter restores the mode of the module it is given, and a new
+    # wrapper is in training mode, which would leave ``net`` (its child) in training mode afterwards.
+    torch.onnx.export(ExportWrapper(net).eval(), (dummy,), str(path), input_names=["input"],
                       output_names=list(ExportWrapper.OUTPUT_NAMES), opset_version=17, dynamo=False,
                       dynamic_axes={"input": {0: "batch"}, **{k: {0: "batch"} for k in ExportWrapper.OUTPUT_NAMES}})
     model = onnx.load(str(path))
@@ -149,9 +159,12 @@ def emotion_bias_nodes(model: onnx.ModelProto) -> list[str]:
             if node.op_type == "Add" and any(name.endswith("emotion_bias") for name in node.input)]
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray, layout: Int8Layout = Int8Layout()) -> Path:
+def quantize_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray, layout: Int8Layout = Int8Layout(),
+                  activation_overrides: dict[str, list[dict]] | None = None) -> Path:
     """ONNX Runtime static INT8 quantization calibrated on ``faces``: by default QDQ, per-channel
-    symmetric INT8 weights, asymmetric UINT8 activations (``layout`` changes them)."""
+    symmetric INT8 weights, asymmetric UINT8 activations (``layout`` changes them).
+    ``activation_overrides`` (tensor name -> scale and zero point, e.g. learned by QAT) replace the
+    calibrated ranges of those tensors."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -178,7 +191,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray, layout: I
                     nodes_to_exclude=float_node_names(prepped_model, layout.float_nodes) + emotion_bias_nodes(prepped_model),
                     activation_type=QuantType.QUInt8 if layout.activations == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                   "TensorQuantOverrides": activation_overrides or {}})
     prepped.unlink(missing_ok=True)
     model = onnx.load(str(int8_path))
     meta_int8 = ModelMetadata(**{**meta.__dict__, "precision": "int8"})
@@ -212,7 +226,14 @@ def main(argv: list[str] | None = None) -> None:
         fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version)
     except ValueError as error:  # nothing written yet
         parser.error(f"{args.checkpoint}: {error}")
-    int8 = quantize_int8(fp32, args.out / f"{stem}.int8.onnx", calibration_faces(args.calibration))
+    overrides = None
+    if net.config.qat:
+        from footfall_training.qat import activation_quant_overrides
+
+        overrides = activation_quant_overrides(net, onnx.load(str(fp32)))
+        log.info("INT8 with the activation ranges learned in QAT (%d tensors)", len(overrides))
+    int8 = quantize_int8(fp32, args.out / f"{stem}.int8.onnx", calibration_faces(args.calibration),
+                         activation_overrides=overrides)
     weights = save_weights(checkpoint, args.out / f"{stem}.pt", args.version)
     for path in (fp32, int8, weights):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

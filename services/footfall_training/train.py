@@ -8,6 +8,7 @@ command again resumes. Validation every epoch on the EMA weights; early stopping
 selection score.
 
     footfall-train --width 0.5 --epochs 35 --run w050
+    footfall-train --arch mnv3 --width 0.6 --attention mha --shared-depth 6 --run mnv3-mha-sd6
 
 Loss (``--age-loss``, ``--emotion-target``, ``--weighting``):
 - age: ``ldl`` = KL to a Gaussian label distribution over 0..100 plus L1 on its expectation
@@ -35,7 +36,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ from torch import nn
 from footfall_training.augment import AugmentConfig, augment
 from footfall_training.data import FaceSet, load_split
 from footfall_training.metrics import head_metrics, selection_score
-from footfall_training.network import FaceNet
+from footfall_training.network import FaceNet, NetConfig
 from footfall_training.preprocess import INPUT_SIZE, normalize_batch
 from footfall.predictions import HEADS, Predictions
 
@@ -57,6 +58,13 @@ log = logging.getLogger("footfall.train")
 class TrainConfig:
     run: str = "w050"
     width: float = 0.5
+    # The network (footfall_training.network.NetConfig; the defaults build the shipped one): backbone
+    # mnv2 | mnv3, attention none | mha over the final map, backbone stages shared by all heads before
+    # the face attributes and emotion branch (0: all shared), dropout before the heads.
+    arch: str = "mnv2"
+    attention: str = "none"
+    shared_depth: int = 0
+    dropout: float = 0.2
     epochs: int = 35
     batch_size: int = 96
     lr: float = 2e-3
@@ -108,6 +116,9 @@ class TrainConfig:
     sampling: str = "uniform"  # uniform | balanced
     augment_strong: bool = False
     select_emotion: str = "acc"  # acc | macro_f1
+    # Quantization-aware training (footfall_training.qat): the forward pass rounds weights and activations
+    # as the INT8 export does; meant as a short fine-tune from --init (a float or pruned checkpoint).
+    qat: bool = False
 
     @property
     def head_names(self) -> tuple[str, ...]:
@@ -308,7 +319,7 @@ class EMA:
     """Exponential moving average of the weights with warm-up (decay rises from ~0.1)."""
 
     def __init__(self, net: FaceNet, decay: float) -> None:
-        self.model = FaceNet(width=net.config.width, dropout=net.config.dropout).to(next(net.parameters()).device)
+        self.model = FaceNet.from_config(net.config).to(next(net.parameters()).device)
         self.model.load_state_dict(net.state_dict())
         self.model.eval().requires_grad_(False)
         self.decay, self.updates = decay, 0
@@ -374,7 +385,33 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         train_set = train_set.subset(rng.permutation(len(train_set))[:cfg.limit])
         val_set = val_set.subset(rng.permutation(len(val_set))[:max(64, cfg.limit // 4)])
 
-    net = FaceNet(width=cfg.width).to(device).to(memory_format=torch.channels_last)
+    last = out_dir / "last.pt"
+    # The net's architecture: the run's own checkpoint's when resuming; else that of --init (a pruned
+    # checkpoint keeps its channel counts), which must be the one the settings ask for; else the settings'.
+    start = None
+    wanted = NetConfig.from_dict(asdict(cfg))
+    if last.exists():
+        net_config = NetConfig.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
+    elif cfg.init:
+        start = torch.load(cfg.init, map_location="cpu", weights_only=False)
+        net_config = replace(NetConfig.from_dict(start["config"]), dropout=cfg.dropout)  # dropout has no weights
+        if replace(net_config, channels=None, tag="", qat=False) != replace(wanted, tag="", qat=False):
+            raise ValueError(f"--init {cfg.init} is {net_config.name}, not {wanted.name} (another width or "
+                             f"architecture)")
+    else:
+        net_config = wanted
+    if cfg.qat and not net_config.qat:
+        net_config = replace(net_config, qat=True, tag="-".join(t for t in (net_config.tag, "qat") if t))
+    net = FaceNet.from_config(net_config)
+    if start is not None:
+        net.load_state_dict(start["ema"])
+        if net.emotion_bias.any():
+            # A post-hoc adjustment of the shipped model, not something to learn around: training
+            # goes on from the raw logits (footfall-export --emotion-bias sets it again).
+            log.info("initial weights carry emotion bias %s: training without it", net.emotion_bias.tolist())
+            net.emotion_bias.zero_()
+        log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
+    net = net.to(device).to(memory_format=torch.channels_last)
     criterion = MultiTaskLoss(cfg, net.age_bins.clone(), emotion_prior(train_set),
                               int((train_set.emotion >= 0).sum())).to(device)
     if cfg.sampling not in ("uniform", "balanced"):
@@ -398,20 +435,6 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     use_amp = device.type == "cuda"
     state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": -1, "history": []}
 
-    last = out_dir / "last.pt"
-    if cfg.init and not last.exists():
-        start = torch.load(cfg.init, map_location=device, weights_only=False)
-        if start["config"]["width"] != cfg.width:
-            raise ValueError(f"--init {cfg.init} has width {start['config']['width']}, not {cfg.width}")
-        net.load_state_dict(start["ema"])
-        ema.model.load_state_dict(start["ema"])
-        if net.emotion_bias.any():
-            # A post-hoc adjustment of the shipped model, not something to learn around: training
-            # goes on from the raw logits (footfall-export --emotion-bias sets it again).
-            log.info("initial weights carry emotion bias %s: training without it", net.emotion_bias.tolist())
-            net.emotion_bias.zero_()
-            ema.model.emotion_bias.zero_()
-        log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
     if last.exists():
         ckpt = torch.load(last, map_location=device, weights_only=False)
         net.load_state_dict(ckpt["model"])
@@ -482,10 +505,10 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
             state["best_score"], state["best_epoch"] = score, epoch + 1
         ckpt = {"model": net.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
                 "optimizer": opt.state_dict(), "criterion": criterion.state_dict(), "state": state,
-                "config": asdict(cfg)}
+                "config": {**asdict(cfg), **asdict(net.config)}}
         save_whole(ckpt, last)
         if improved:
-            save_whole({"ema": ema.model.state_dict(), "config": asdict(cfg), "metrics": metrics,
+            save_whole({"ema": ema.model.state_dict(), "config": ckpt["config"], "metrics": metrics,
                         "epoch": epoch + 1}, out_dir / "best.pt")
         print(f"epoch {epoch + 1} val {json.dumps(summary)} score={score:.4f}"
               f"{' (best)' if improved else ''} {time.time() - t0:.0f}s", flush=True)
@@ -511,7 +534,7 @@ def save_whole(obj: dict, path: Path) -> None:
 def load_checkpoint(path: Path, device: str = "cpu") -> FaceNet:
     """The EMA weights of a best/last checkpoint as an eval-mode FaceNet."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
-    net = FaceNet(width=ckpt["config"]["width"])
+    net = FaceNet.from_config(NetConfig.from_dict(ckpt["config"]))
     net.load_state_dict(ckpt["ema"])
     # The resolution it learned at (--image-size): scoring a 64 px model on 112 px faces would
     # measure the mismatch, not the model.
