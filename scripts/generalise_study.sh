@@ -3,9 +3,9 @@
 # sources"): every run fine-tunes the shipped weights (--init model/footfall_w050.pt) for the same
 # STEPS steps (one epoch capped by --max-steps, learning rate LR, dataset crops, 1 thread) and changes
 # one thing; the baseline run changes nothing, so what the short fine-tune does by itself is visible.
-#   bash scripts/generalise_study.sh train     # the runs one after another (STEPS=80: about 5 min each here)
-#   bash scripts/generalise_study.sh report    # FER+/UTKFace test (LIMIT faces each) and the cross-source set
-#   XS_LIMIT=3000 bash scripts/generalise_study.sh xs   # the cross-source part only
+#   bash scripts/generalise_study.sh train     # the runs one after another (STEPS=80: about 3 min each here)
+#   XS_LIMIT=3000 bash scripts/generalise_study.sh report  # FER+/UTKFace test (LIMIT faces each), cross-source set
+#   XS_LIMIT=3000 bash scripts/generalise_study.sh xs      # the cross-source part only
 # Checkpoints and logs stay in the cache directory (<cache_dir>/runs/gs-*, <cache_dir>/logs); the
 # report goes to .footfall/generalise-study/ (git-ignored). The cross-source set must be built first
 # (footfall-data crosssource); choose on its val split, report its test split.
@@ -57,5 +57,5 @@ case ${1:-} in
   train) train ;;
   report) report; xs ;;
   xs) xs ;;
-  *) sed -n '2,10p' "$0"; exit 2 ;;
+  *) sed -n '2,11p' "$0"; exit 2 ;;
 esac
