@@ -272,10 +272,11 @@ class NetConfig:
 
     @classmethod
     def from_name(cls, name: str) -> NetConfig:
-        """The config of a model name (``name`` above; dropout, which has no weights, at its default).
+        """The config of a model name (``name`` above; dropout, which has no weights, at its default). A pruned
+        or QAT variant's name (``-l1p25``, ``-qat``) does not say its channel counts: rebuild those from a checkpoint.
 
         >>> NetConfig.from_name("footfall-mnv3-w060-mha-sd6")
-        NetConfig(width=0.6, dropout=0.2, arch='mnv3', attention='mha', shared_depth=6)
+        NetConfig(width=0.6, dropout=0.2, arch='mnv3', attention='mha', shared_depth=6, channels=None, tag='', qat=False)
         """
         match = re.fullmatch(r"footfall-(\w+)-w(\d{3})(-mha)?(?:-sd(\d+))?", name)
         if not match:
