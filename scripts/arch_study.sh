@@ -18,7 +18,12 @@ RECIPE=(--image-size 64 --limit 9600 --epochs 2 --max-steps 100 --warmup-steps 5
 RUNS=("arch-mnv2-w050|--width 0.5"
       "arch-mnv3-w060|--arch mnv3 --width 0.6"
       "arch-mnv3-w060-mha|--arch mnv3 --width 0.6 --attention mha"
-      "arch-mnv3-w060-sd6|--arch mnv3 --width 0.6 --shared-depth 6")
+      "arch-mnv3-w060-sd6|--arch mnv3 --width 0.6 --shared-depth 6"
+      "arch-mnv3-w060-sd4|--arch mnv3 --width 0.6 --shared-depth 4"
+      "arch-mnv3-w060-sd7|--arch mnv3 --width 0.6 --shared-depth 7"
+      "arch-mnv3-w060-mha-sd6|--arch mnv3 --width 0.6 --attention mha --shared-depth 6"
+      "arch-mnv2-w050-seed1|--width 0.5 --seed 1"
+      "arch-mnv3-w060-seed1|--arch mnv3 --width 0.6 --seed 1")
 SEARCH=(--study arch-search --trials 5 --arch mnv3 --width-choices 0.5,0.6,0.75 --image-size 64 --limit 12000
         --epochs 2 --max-steps 60 --warmup-steps 30 --threads 1)
 
