@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The architecture study of model/README.md ("Architectures at an equal budget", issue 23): today's
-# network, MobileNetV3, + attention, branched variants and the search's best configuration, each
+# network, MobileNetV3, + attention, three branching points and the search's best configuration, each
 # trained from scratch at the same tiny proxy recipe (64 px faces, the same 9600 training faces,
-# 2 epochs of 100 steps of 96 faces, 1 thread) and scored on the test splits. They rank choices
-# roughly (one seed each, minutes of CPU); they are far weaker than the shipped model.
-#   bash scripts/arch_study.sh search   # footfall-search: 5 trials on the recipe of the runs (~2 min each)
+# 2 epochs of 100 steps of 96 faces, 1 thread; two of them with a second seed for the noise) and scored
+# on the test splits and the cross-source set's val split. Far weaker than the shipped model; at this
+# budget the seed moves a run more than the architecture does (model card).
+#   bash scripts/arch_study.sh search   # footfall-search: 5 trials at a smaller recipe (~1-2 min each)
 #   bash scripts/arch_study.sh train    # the runs, one after the other (~3 min each on an idle core)
-#   bash scripts/arch_study.sh report   # test-split table of the finished runs (1000 faces per dataset)
+#   bash scripts/arch_study.sh report   # test-split (1000 faces per dataset) and cross-source tables, search table
 # Checkpoints and logs stay in the cache directory (<cache_dir>/runs/arch-*, <cache_dir>/logs);
 # training again resumes. The search's SQLite study is <cache_dir>/search/arch-search.db.
 set -euo pipefail
@@ -62,5 +63,5 @@ case ${1:-} in
       --markdown
     python -m footfall_training.search "${SEARCH[@]}" --report
     ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac
