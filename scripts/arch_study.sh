@@ -63,5 +63,5 @@ case ${1:-} in
       --markdown
     python -m footfall_training.search "${SEARCH[@]}" --report
     ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
 esac
