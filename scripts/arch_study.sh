@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The architecture study of model/README.md ("Architectures at an equal budget", issue 23): today's
-# network, MobileNetV3, + attention, branched variants and the search's best configuration, each
+# network, MobileNetV3, + attention, three branching points and the search's best configuration, each
 # trained from scratch at the same tiny proxy recipe (64 px faces, the same 9600 training faces,
-# 2 epochs of 100 steps of 96 faces, 1 thread) and scored on the test splits. They rank choices
-# roughly (one seed each, minutes of CPU); they are far weaker than the shipped model.
-#   bash scripts/arch_study.sh search   # footfall-search: 5 trials on the recipe of the runs (~2 min each)
+# 2 epochs of 100 steps of 96 faces, 1 thread; two of them with a second seed for the noise) and scored
+# on the test splits and the cross-source set's val split. Far weaker than the shipped model; at this
+# budget the seed moves a run more than the architecture does (model card).
+#   bash scripts/arch_study.sh search   # footfall-search: 5 trials at a smaller recipe (~1-2 min each)
 #   bash scripts/arch_study.sh train    # the runs, one after the other (~3 min each on an idle core)
-#   bash scripts/arch_study.sh report   # test-split table of the finished runs (1000 faces per dataset)
+#   bash scripts/arch_study.sh report   # test-split (1000 faces per dataset) and cross-source tables, search table
 # Checkpoints and logs stay in the cache directory (<cache_dir>/runs/arch-*, <cache_dir>/logs);
 # training again resumes. The search's SQLite study is <cache_dir>/search/arch-search.db.
 set -euo pipefail
@@ -18,7 +19,12 @@ RECIPE=(--image-size 64 --limit 9600 --epochs 2 --max-steps 100 --warmup-steps 5
 RUNS=("arch-mnv2-w050|--width 0.5"
       "arch-mnv3-w060|--arch mnv3 --width 0.6"
       "arch-mnv3-w060-mha|--arch mnv3 --width 0.6 --attention mha"
-      "arch-mnv3-w060-sd6|--arch mnv3 --width 0.6 --shared-depth 6")
+      "arch-mnv3-w060-sd6|--arch mnv3 --width 0.6 --shared-depth 6"
+      "arch-mnv3-w060-sd4|--arch mnv3 --width 0.6 --shared-depth 4"
+      "arch-mnv3-w060-sd7|--arch mnv3 --width 0.6 --shared-depth 7"
+      "arch-mnv3-w060-mha-sd6|--arch mnv3 --width 0.6 --attention mha --shared-depth 6"
+      "arch-mnv2-w050-seed1|--width 0.5 --seed 1"
+      "arch-mnv3-w060-seed1|--arch mnv3 --width 0.6 --seed 1")
 SEARCH=(--study arch-search --trials 5 --arch mnv3 --width-choices 0.5,0.6,0.75 --image-size 64 --limit 12000
         --epochs 2 --max-steps 60 --warmup-steps 30 --threads 1)
 
