@@ -396,7 +396,7 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
     # camera-hour time line of a year of 50 cameras would be 300,000 rows.
     counts = read((f.stack_by,), data.coarsest_grain(resolution))
     hourly = read((), "hour")
-    totals = read(("camera_id", "gender"), "day", by_time=False)
+    totals = read(("camera_id", "gender"), "week", by_time=False)
     hours = cached_hours_of_day(f.url, f.start, f.end, f.cameras, f.tz, f.version)
     if resolution != f.resolution:
         notes.append(("warning", f"Too many points per {f.resolution} for this period: showing per {resolution}. "
@@ -422,14 +422,14 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
         "headline": views.headline_view(h, k, f.compare),
         "footfall": footfall,
         "heatmap": views.heatmap_view(hourly, rng, k, opening),
-        "pyramid": views.pyramid_view(read(("age_band", "gender"), "day", by_time=False), k),
+        "pyramid": views.pyramid_view(read(("age_band", "gender"), "week", by_time=False), k),
     }
     if f.emotion:
         emotions = read(("emotion",), data.coarsest_grain(resolution))
         shown["emotion"] = views.mix_view(emotions, rng, resolution, "emotion", k)
         shown["valence"] = views.mix_view(emotions, rng, resolution, "valence", k)
     if f.race:
-        shown["race"] = views.race_view(read(("race",), "day", by_time=False), k)
+        shown["race"] = views.race_view(read(("race",), "week", by_time=False), k)
     summary = data.camera_summary(totals, hours, current_by_camera, cameras, previous, comparable)
     shown["cameras"] = views.camera_view(summary, groups, k)
     if len({data.site_of(groups.get(c) or "Other") for c in cameras}) > 1 and any(groups.values()):

@@ -360,15 +360,15 @@ def data_version(engine: Engine) -> tuple:
 
 def rollup_grains(rng: TimeRange, tz: str) -> tuple[str, ...]:
     """Rollup grains whose UTC buckets fall whole into the local periods of ``rng``, coarsest first: hours
-    where the zone's offset is whole hours over the range, days only in UTC.
+    where the zone's offset is whole hours over the range, days and weeks (from Monday) only in UTC.
 
     >>> rollup_grains(TimeRange(datetime(2024, 5, 1), datetime(2024, 6, 1)), "UTC")
-    ('day', 'hour')
+    ('week', 'day', 'hour')
     >>> rollup_grains(TimeRange(datetime(2024, 5, 1), datetime(2024, 6, 1)), "Asia/Kolkata")
     ()
     """
     if tz == "UTC":
-        return ("day", "hour")
+        return ("week", "day", "hour")
     days = pd.date_range(rng.start.date(), rng.end.date() + timedelta(days=1), freq="D")
     offsets = days.tz_localize(tz, ambiguous=False, nonexistent="shift_forward").map(lambda t: t.utcoffset())
     whole_hours = all(o.total_seconds() % 3600 == 0 for o in offsets)
@@ -415,9 +415,14 @@ def plan_reads(start: datetime, end: datetime, grains: tuple[str, ...],
 
 
 def coarsest_grain(resolution: str) -> str:
-    """The coarsest stored grain a chart at ``resolution`` can be drawn from (UTC days make local days only
-    in UTC; ``rollup_grains`` checks that)."""
-    return {"minute": "minute", "hour": "hour"}.get(resolution, "day")
+    """The coarsest stored grain a chart at ``resolution`` can be drawn from (UTC days and weeks make local
+    ones only in UTC; ``rollup_grains`` checks that)."""
+    return {"minute": "minute", "hour": "hour", "day": "day"}.get(resolution, "week")
+
+
+def _has_rollup(model, grain: str, columns: list[str]) -> bool:
+    """Whether a rollup of ``grain`` holds ``columns`` (weekly ones are narrow only)."""
+    return any(g == grain and set(columns) <= set(cell_keys(r)) for g, r in rollups_of(model))
 
 
 def _table_for(model, grain: str | None, columns: list[str]) -> sa.Table:
@@ -463,7 +468,8 @@ def read_cells(engine: Engine, model, dims: list[str], rng: TimeRange, cameras: 
     ("minute", "hour", "day") that fits: ``plan_reads`` over the model's rollups, the narrowest rollup
     holding ``dims`` (``_table_for``); the database groups, one statement (UNION ALL of the pieces).
     ``cuts`` (local) are times the caller splits at."""
-    allowed = tuple(g for g in rollup_grains(rng, tz) if GRAINS[g] <= GRAINS.get(grain, timedelta(0)))
+    allowed = tuple(g for g in rollup_grains(rng, tz) if GRAINS[g] <= GRAINS.get(grain, timedelta(0))
+                    and _has_rollup(model, g, ["camera_id", *dims]))
     start, end = to_utc(rng.start, tz), to_utc(rng.end, tz)
     plan = plan_reads(start, end, allowed, tuple(to_utc(c, tz) for c in cuts))
     selects = _piece_selects(model, dims, plan, cameras, lambda table: [table.c.bucket_start] if by_time else [])
@@ -558,7 +564,7 @@ def load_counts(engine: Engine, rng: TimeRange, cameras: list[str] | None = None
 def visitors_by_camera(engine: Engine, rng: TimeRange, cameras: list[str] | None = None,
                        tz: str = "UTC") -> pd.Series:
     """Total visitors per camera in ``rng`` (used for the previous period)."""
-    frame = read_cells(engine, VisitorCount, ["camera_id"], rng, cameras, tz=tz, grain="day", by_time=False)
+    frame = read_cells(engine, VisitorCount, ["camera_id"], rng, cameras, tz=tz, grain="week", by_time=False)
     summed = frame.groupby("camera_id")["visitors"].sum()
     return pd.Series({c: int(v) for c, v in summed.items()}, dtype="int64", name="visitors")
 

@@ -74,7 +74,7 @@ def test_sums_through_the_rollups_equal_the_fine_cells(rolled_db, day, at, befor
     per_camera = data.visitors_by_camera(engine, rng, cameras, tz)
     assert per_camera.to_dict() == {c: v for c, v in truth.by(truth.select(utc, start, end, cameras),
                                                              lambda r: r["camera_id"]).items() if v}
-    for grain in ("hour", "day"):
+    for grain in ("hour", "day", "week"):
         counts = data.load_counts(engine, rng, cameras, tz=tz, dims=["camera_id", "gender"], grain=grain,
                                   cuts=(cut_at,))
         assert int(counts["visitors"].sum()) == truth.total(truth.select(utc, start, end, cameras))
@@ -86,9 +86,10 @@ def test_sums_through_the_rollups_equal_the_fine_cells(rolled_db, day, at, befor
     # the narrow rollups (each view's dimensions only) give the same sums per dimension and time
     selected = truth.select(utc, start, end, cameras)
     for dims, grain in ((["camera_id"], "hour"), ([], "hour"), (["camera_id", "gender"], "day"),
-                        (["age_band", "gender"], "day"), (["emotion"], "day")):
+                        (["age_band", "gender"], "day"), (["emotion"], "day"), (["emotion"], "week"),
+                        (["age_band", "gender"], "week"), (["camera_id"], "week"), (["race"], "week")):
         for by_time in (True, False):
-            narrow = data.load_counts(engine, rng, cameras, tz=tz, dims=dims, grain=grain, by_time=by_time)
+            narrow = data.read_cells(engine, VisitorCount, dims, rng, cameras, tz=tz, grain=grain, by_time=by_time)
             wide = data.read_cells(engine, VisitorCount, dims, rng, cameras, tz=tz, grain="minute", by_time=by_time)
             keys = dims + (["time"] if by_time else [])
             got = narrow.groupby(keys)["visitors"].sum().to_dict() if keys else {(): int(narrow["visitors"].sum())}

@@ -23,7 +23,7 @@ from footfall.db.models import (NARROW_ROLLUPS, ROLLUPS, DwellCount, FlowCount, 
 from footfall.db.records import VisitorRecord
 from footfall.db.store import count_visitors, floor_time, make_engine
 
-START = datetime(2026, 3, 28, 22, 0)  # buckets spread over three UTC days
+START = datetime(2026, 3, 28, 22, 0)  # buckets spread over three UTC days and two weeks (a Saturday)
 
 
 def _rows(conn, model) -> dict[tuple, tuple]:
@@ -118,8 +118,8 @@ def test_migration_backfills_rollups_from_stored_cells_and_counting_continues_th
                 {"camera_id": "a", "bucket_start": t, "zone": "", "dwell_band": "<10s", "visitors": 2} for t in when])
         upgrade(db_url)
         # 4 UTC hours and 2 days: visitors 2 cameras x 2 genders, flow 2 zones, dwell 1 band; narrow: per
-        # camera 4 hours, and 2 days of genders, age bands x genders, emotions (1), races (1)
-        rows = (2 * 2 + 2 + 1) * (4 + 2) + 2 * 4 + 2 * 2 * (2 + 2 + 1 + 1)
+        # camera 4 hours, and 2 days and 1 week of genders, age bands x genders, emotions (1), races (1)
+        rows = (2 * 2 + 2 + 1) * (4 + 2) + 2 * 4 + 2 * (2 + 1) * (2 + 2 + 1 + 1)
         assert assert_rollups_match(engine) == rows
         with engine.connect() as conn:
             hourly = conn.execute(sa.select(sa.func.sum(ROLLUPS[VisitorCount]["hour"].__table__.c.visitors))).scalar()

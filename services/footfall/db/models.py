@@ -17,9 +17,9 @@ Tables:
   the dashboard sums long ranges from fewer rows (each UTC day once, not every minute of it).
 - Narrow rollups of ``visitor_counts`` (``NARROW_ROLLUPS``): the same sums keyed by camera, bucket and
   only one view's dimensions (``visitor_totals_hourly``: no attribute; ``visitor_genders_daily``,
-  ``visitor_age_genders_daily``, ``visitor_emotions_daily``, ``visitor_races_daily``), written alike. A
-  year of 50 cameras holds 2.2 M hourly cells but 0.3 M camera-hour totals: the weekday x hour map and
-  the busiest hours read those.
+  ``visitor_age_genders_daily``, ``visitor_emotions_daily``, ``visitor_races_daily``, and the same four
+  ``_weekly``: UTC weeks from Monday), written alike. A year of 50 cameras holds 2.2 M hourly cells but
+  0.3 M camera-hour totals: the weekday x hour map and the busiest hours read those.
 
 The schema is created and upgraded by Alembic migrations (``footfall-migrate``); these models
 are its one definition (a test compares them with a migrated database, index included), and the
@@ -146,7 +146,8 @@ class DwellCountDaily(_DwellCells, Base):
     __table_args__ = (Index("ix_dwell_counts_daily_bucket", "bucket_start"),)
 
 
-GRAINS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}  # rollup time grains (UTC), finest first
+# rollup time grains (UTC; weeks from Monday), finest first
+GRAINS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}
 # fine table -> {grain: its rollup}; a rollup has the fine table's columns, bucket_start floored to the grain
 ROLLUPS: dict[type[Base], dict[str, type[Base]]] = {
     VisitorCount: {"hour": VisitorCountHourly, "day": VisitorCountDaily},
@@ -155,41 +156,24 @@ ROLLUPS: dict[type[Base], dict[str, type[Base]]] = {
 }
 
 
-class VisitorTotalHourly(_VisitorCellColumns, Base):
-    __tablename__ = "visitor_totals_hourly"
-    __table_args__ = (Index("ix_visitor_totals_hourly_bucket", "bucket_start"),)
-
-
-class VisitorGenderDaily(_VisitorCellColumns, Base):
-    __tablename__ = "visitor_genders_daily"
-    __table_args__ = (Index("ix_visitor_genders_daily_bucket", "bucket_start"),)
-    gender: Mapped[str] = mapped_column(String(8), primary_key=True)
-
-
-class VisitorAgeGenderDaily(_VisitorCellColumns, Base):
-    __tablename__ = "visitor_age_genders_daily"
-    __table_args__ = (Index("ix_visitor_age_genders_daily_bucket", "bucket_start"),)
-    age_band: Mapped[str] = mapped_column(String(8), primary_key=True)
-    gender: Mapped[str] = mapped_column(String(8), primary_key=True)
-
-
-class VisitorEmotionDaily(_VisitorCellColumns, Base):
-    __tablename__ = "visitor_emotions_daily"
-    __table_args__ = (Index("ix_visitor_emotions_daily_bucket", "bucket_start"),)
-    emotion: Mapped[str] = mapped_column(String(16), primary_key=True)
-
-
-class VisitorRaceDaily(_VisitorCellColumns, Base):
-    __tablename__ = "visitor_races_daily"
-    __table_args__ = (Index("ix_visitor_races_daily_bucket", "bucket_start"),)
-    race: Mapped[str] = mapped_column(String(16), primary_key=True)
+def _narrow_rollup(table: str, dims: dict[str, int]) -> type[Base]:
+    """A narrow rollup model: camera, bucket, the sums and ``dims`` ({column: string size}) as key columns."""
+    columns = {name: mapped_column(String(size), primary_key=True) for name, size in dims.items()}
+    name = "".join(part.capitalize() for part in table.split("_"))
+    return type(name, (_VisitorCellColumns, Base), {
+        "__tablename__": table, "__table_args__": (Index(f"ix_{table}_bucket", "bucket_start"),),
+        "__annotations__": dict.fromkeys(dims, Mapped[str]), **columns})
 
 
 # fine table -> (grain, rollup) pairs whose keys are camera_id, bucket_start and a subset of the fine table's
 # dimensions: the fine cells summed over the others (a reader takes the narrowest that has its dimensions)
+_NARROW = [("hour", "visitor_totals_hourly", {})] + [  # (grain, table, its dimensions: {column: size})
+    (grain, f"visitor_{what}_{suffix}", dims)
+    for grain, suffix in (("day", "daily"), ("week", "weekly"))
+    for what, dims in (("genders", {"gender": 8}), ("age_genders", {"age_band": 8, "gender": 8}),
+                       ("emotions", {"emotion": 16}), ("races", {"race": 16}))]
 NARROW_ROLLUPS: dict[type[Base], tuple[tuple[str, type[Base]], ...]] = {
-    VisitorCount: (("hour", VisitorTotalHourly), ("day", VisitorGenderDaily), ("day", VisitorAgeGenderDaily),
-                   ("day", VisitorEmotionDaily), ("day", VisitorRaceDaily)),
+    VisitorCount: tuple((grain, _narrow_rollup(table, dims)) for grain, table, dims in _NARROW),
 }
 
 

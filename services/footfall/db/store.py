@@ -85,15 +85,19 @@ def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> list[Vi
 
 
 def floor_time(when: datetime, grain: str) -> datetime:
-    """Start of the UTC hour or day holding ``when`` (a rollup's bucket).
+    """Start of the UTC hour, day or week (from Monday) holding ``when`` (a rollup's bucket).
 
-    >>> floor_time(datetime(2026, 1, 1, 13, 45), "hour"), floor_time(datetime(2026, 1, 1, 13, 45), "day")
-    (datetime.datetime(2026, 1, 1, 13, 0), datetime.datetime(2026, 1, 1, 0, 0))
+    >>> [floor_time(datetime(2026, 1, 1, 13, 45), g) for g in ("hour", "day", "week")]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [datetime.datetime(2026, 1, 1, 13, 0), datetime.datetime(2026, 1, 1, 0, 0),
+     datetime.datetime(2025, 12, 29, 0, 0)]
     """
     if grain == "hour":
         return when.replace(minute=0, second=0, microsecond=0)
     if grain == "day":
         return when.replace(hour=0, minute=0, second=0, microsecond=0)
+    if grain == "week":
+        return floor_time(when, "day") - timedelta(days=when.weekday())
     raise ValueError(f"unknown grain {grain!r}")
 
 
@@ -145,11 +149,16 @@ def _count_flow(flow: dict[tuple, dict], dwell: dict[tuple, dict], v: VisitorRec
 
 
 def _floor_sql(column, grain: str, dialect: str):
-    """SQL for the start of the UTC hour / day of ``column`` (constants inline: GROUP BY repeats the expression)."""
+    """SQL for the start of the UTC hour / day / week (from Monday) of ``column`` (constants inline: GROUP BY
+    repeats the expression)."""
     if dialect == "postgresql":
-        return sa.func.date_trunc(sa.literal_column(f"'{grain}'"), column)
+        return sa.func.date_trunc(sa.literal_column(f"'{grain}'"), column)  # PostgreSQL weeks start on Monday
     # SQLite holds SQLAlchemy's text 'YYYY-MM-DD HH:MM:SS.ffffff': cut and pad it to the same text that
     # Python datetimes are written as, so rows refilled here and rows upserted later share one key
+    if grain == "week":  # the Sunday on or after the day, less 6 days: that week's Monday
+        day = sa.func.date(sa.func.substr(column, sa.literal_column("1"), sa.literal_column("10")),
+                           sa.literal_column("'weekday 0'"), sa.literal_column("'-6 days'"), type_=sa.String)
+        return day + sa.literal_column("' 00:00:00.000000'", sa.String)
     keep, pad = {"hour": (13, ":00:00.000000"), "day": (10, " 00:00:00.000000")}[grain]
     return sa.func.substr(column, sa.literal_column("1"), sa.literal_column(str(keep)), type_=sa.String) + \
         sa.literal_column(f"'{pad}'", sa.String)
@@ -157,14 +166,16 @@ def _floor_sql(column, grain: str, dialect: str):
 
 def refill_rollups(connection: Connection, fine: sa.Table, rollups: dict[str, sa.Table], keys: Sequence[str],
                    sums: Sequence[str], start: datetime | None = None, end: datetime | None = None) -> None:
-    """Recompute ``rollups`` ({grain: table}) of ``fine`` from its cells: the whole UTC days that overlap
-    ``[start, end)``, or everything. ``keys`` are the rollups' key columns: the fine table's, or a subset
-    of them (a narrow rollup: the other dimensions summed away). One DELETE and one INSERT ... SELECT ...
-    GROUP BY per rollup, in the caller's transaction. Tables are passed in, so a migration can name its own (frozen) definitions."""
+    """Recompute ``rollups`` ({grain: table}) of ``fine`` from its cells: the whole UTC days (weeks for a
+    weekly rollup) that overlap ``[start, end)``, or everything. ``keys`` are the rollups' key columns: the
+    fine table's, or a subset of them (a narrow rollup: the other dimensions summed away). One DELETE and
+    one INSERT ... SELECT ... GROUP BY per rollup, in the caller's transaction. Tables are passed in, so a
+    migration can name its own (frozen) definitions."""
     dialect = connection.dialect.name
-    first = None if start is None else floor_time(start, "day")
-    last = None if end is None else floor_time(end - timedelta(microseconds=1), "day") + GRAINS["day"]
     for grain, rollup in rollups.items():
+        span = "week" if grain == "week" else "day"
+        first = None if start is None else floor_time(start, span)
+        last = None if end is None else floor_time(end - timedelta(microseconds=1), span) + GRAINS[span]
         delete = rollup.delete()
         where = []
         if first is not None:

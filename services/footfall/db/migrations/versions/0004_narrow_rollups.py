@@ -1,5 +1,6 @@
-"""Narrow rollups of visitor_counts: camera-hour totals and daily sums per gender, age band and gender,
-emotion and race, backfilled (issue 20 item 8: the dashboard's year of 50 cameras).
+"""Narrow rollups of visitor_counts: camera-hour totals and daily and weekly (UTC, from Monday) sums per
+gender, age band and gender, emotion and race, backfilled (issue 20 item 8: the dashboard's year of 50
+cameras).
 
 The dashboard's weekday x hour map, busiest hours and per-camera figures read these instead of the
 full rollups, which keep every attribute combination; the aggregator writes them in the transaction
@@ -26,6 +27,10 @@ NARROW = {
     "visitor_age_genders_daily": ("day", [("age_band", 8), ("gender", 8)]),
     "visitor_emotions_daily": ("day", [("emotion", 16)]),
     "visitor_races_daily": ("day", [("race", 16)]),
+    "visitor_genders_weekly": ("week", [("gender", 8)]),
+    "visitor_age_genders_weekly": ("week", [("age_band", 8), ("gender", 8)]),
+    "visitor_emotions_weekly": ("week", [("emotion", 16)]),
+    "visitor_races_weekly": ("week", [("race", 16)]),
 }
 SUMS = [("visitors", sa.Integer), ("age_sum", sa.Float)]
 FINE = sa.table("visitor_counts", *(sa.column(c) for c in ("camera_id", "bucket_start", "age_band", "gender", "race",
