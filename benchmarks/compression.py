@@ -132,7 +132,7 @@ def npu_placement(models: dict[str, dict[str, Path]], calibration: int) -> list[
     rows = []
     for name, files in models.items():
         if "fp32" not in files:
-            rows.append([name, "not built: no FP32 ONNX committed (its graph is that of the model it came from)"])
+            rows.append([name, "not built: no FP32 ONNX committed"])
             continue
         run = run_worker(files["fp32"], faces.images[:calibration])
         rows.append([name, run.placement_summary()])
