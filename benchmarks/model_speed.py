@@ -14,6 +14,9 @@ Accuracy columns of the Pareto table come from ``footfall-evaluate --json`` file
     python benchmarks/model_speed.py --random --widths 0.5,1.0,1.4
     # the trained files also flip-averaged (FOOTFALL_FLIP_AVERAGE: each face and its mirror image)
     python benchmarks/model_speed.py model/footfall_w050.onnx model/footfall_w050.int8.onnx --flip
+    # architectures (footfall_training.network.NetConfig names), untrained: size, INT8 speed and
+    # (--npu, with the rknn-toolkit2 venv) where rknn places their operators on the RK3588
+    python benchmarks/model_speed.py --nets footfall-mnv2-w050,footfall-mnv3-w060-mha --npu
 
 It prints figures; it asserts nothing. The 1-minute load average is printed first: timings
 taken while other work (e.g. a training run) shares the CPU are lower than on an idle machine.
@@ -60,15 +63,29 @@ def width_of(name: str) -> float | None:
     return int(match.group(1)) / 100 if match else None
 
 
-def export_random(width: float, out_dir: Path, seed: int = 0, stem: str | None = None) -> dict[str, Path]:
-    """FP32 and INT8 ONNX files of an untrained FaceNet of ``width`` (for speed only)."""
+def untrained_like_trained(net):
+    """``net`` with its attention blocks' output scale (zero at init, so that a new block starts as the
+    identity) set to one: a converter may drop a block whose output is constant, and a trained one is not."""
+    import torch
+
+    from footfall_training.network import SpatialSelfAttention
+
+    for m in net.modules():
+        if isinstance(m, SpatialSelfAttention):
+            torch.nn.init.ones_(m.proj[1].weight)
+    return net
+
+
+def export_random(width: float | NetConfig, out_dir: Path, seed: int = 0, stem: str | None = None) -> dict[str, Path]:
+    """FP32 and INT8 ONNX files of an untrained FaceNet of ``width`` (or of that config; for speed only)."""
     import torch
 
     from footfall_training.export import export_onnx, quantize_int8
     from footfall_training.network import FaceNet
 
     torch.manual_seed(seed)
-    net = FaceNet(width=width).eval()
+    config = width if isinstance(width, NetConfig) else NetConfig(width=width)
+    net = untrained_like_trained(FaceNet.from_config(config)).eval()
     stem = stem or net.config.name
     fp32 = export_onnx(net, out_dir / f"{stem}.onnx", version="random-init")
     # Calibration data only sets quantization ranges; random faces do for a speed measurement.
@@ -113,6 +130,50 @@ def size_table(widths: list[float]) -> list[dict]:
     return out
 
 
+def npu_placement(fp32: Path) -> str:
+    """Where rknn-toolkit2 places the model's operators for rk3588 (INT8 build, random calibration faces:
+    placement does not depend on them), or why it could not tell."""
+    from footfall_training.rknn_convert import IO_OPERATORS, RknnToolkitMissing, run_worker
+
+    faces = np.random.default_rng(0).integers(0, 256, (16, 112, 112, 3), dtype=np.uint8)
+    try:
+        run = run_worker(fp32, faces)
+    except RknnToolkitMissing:
+        return "- (no rknn-toolkit2 venv: scripts/setup_rknn_venv.sh)"
+    except RuntimeError as exc:
+        return f"build failed: {str(exc).splitlines()[0][:120]}"
+    ops = [op for op in run.report.get("ops", []) if op["op_type"] not in IO_OPERATORS]
+    if run.cpu_fallbacks:
+        return "CPU fallback: " + ", ".join(f"{op['op_type']} {op['name']}" for op in run.cpu_fallbacks)
+    # the operators beyond MobileNetV2's (rknn fuses activations into their convolution: ConvHardSwish)
+    kinds = sorted({op["op_type"] for op in ops} & {"exSDPAttention", "ConvHardSwish", "ConvHardSigmoid", "HardSwish",
+                                                    "HardSigmoid", "Mul", "GlobalAveragePool", "MatMul"})
+    return f"all {len(ops)} on the NPU" + (f" (incl. {', '.join(kinds)})" if kinds else "")
+
+
+def architecture_table(nets: list[str], batches: list[int], threads: int, seconds: float, rounds: int,
+                       npu: bool, out_dir: Path) -> tuple[str, list[dict]]:
+    """Parameters, multiply-adds, FP32 and INT8 faces/s per batch and (``npu``) operator placement of
+    untrained nets named like ``footfall-mnv3-w060-mha``."""
+    from footfall_training.network import FaceNet, count_macs, count_parameters
+
+    rows, out = [], []
+    for name in nets:
+        config = NetConfig.from_name(name)
+        net = FaceNet.from_config(config)
+        files = export_random(config, out_dir, stem=config.file_stem)
+        speed = {r["batch"]: r for r in speed_table({name: files}, batches, threads, seconds, rounds)}
+        placement = npu_placement(files["fp32"]) if npu else "-"
+        out.append({"name": name, "params": count_parameters(net), "macs": count_macs(net), "placement": placement,
+                    "speed": list(speed.values())})
+        rows.append([name, f"{out[-1]['params'] / 1e6:.2f} M", f"{out[-1]['macs'] / 1e6:.0f} M",
+                     *(f"{speed[b]['int8']:.0f}" for b in batches), *(f"{speed[b]['fp32']:.0f}" for b in batches),
+                     placement])
+    headers = (["model", "parameters", "multiply-adds", *(f"INT8 b{b}" for b in batches),
+                *(f"FP32 b{b}" for b in batches), "RK3588 operator placement (rknn simulator)"])
+    return md_table(headers, rows), out
+
+
 def accuracy_by_name(json_files: list[Path]) -> dict[str, dict]:
     """Head metrics per model name (``+ flip`` for flip-averaged results) from evaluate JSON files
     (INT8 preferred, then FP32, then PyTorch)."""
@@ -145,12 +206,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model, batch and precision")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measurement (best counts)")
     parser.add_argument("--flip", action="store_true", help="also time the given files flip-averaged")
+    parser.add_argument("--nets", default="", help="comma-separated net names (footfall-mnv3-w060-mha-sd6...): "
+                        "untrained, their own table only")
+    parser.add_argument("--npu", action="store_true", help="with --nets: rknn operator placement of each")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     widths = [float(w) for w in args.widths.split(",")]
 
     print(f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.threads} threads per model")
+    if args.nets:
+        with tempfile.TemporaryDirectory(prefix="footfall-speed-") as tmp:
+            text, figures = architecture_table(args.nets.split(","), batches, args.threads, args.seconds, args.rounds,
+                                               args.npu, Path(tmp))
+        print(f"\n### Architectures: size, faces/s through the onnxruntime backend ({args.threads} threads, "
+              f"random weights), operator placement\n")
+        print(text)
+        if args.json:
+            args.json.write_text(json.dumps({"loadavg": os.getloadavg()[0], "threads": args.threads,
+                                             "architectures": figures}, indent=1, default=str))
+        return
     models: dict[str, dict[str, Path]] = {}
     for path in args.models:
         name, precision = onnx_name_precision(path)

@@ -97,8 +97,10 @@ def export_four_single(width: float, path: Path, int8: bool) -> Path:
         def __init__(self) -> None:
             super().__init__()
             self.nets = nn.ModuleList(FaceNet(width=width) for _ in HEADS)
-            # What the exporter reads: the metadata's name and the face size the weights are for.
+            # What the exporter reads: the metadata's name, the face size the weights are for, the
+            # emotion bias (the emotion network's).
             self.config, self.image_size = self.nets[0].config, self.nets[0].image_size
+            self.emotion_bias = self.nets[HEADS.index("emotion")].emotion_bias
 
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {head: net(x)[head] for head, net in zip(HEADS, self.nets)}

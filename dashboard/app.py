@@ -11,6 +11,7 @@ import secrets
 import sys
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,7 +33,8 @@ from footfall_dash.privacy import POLICY  # noqa: E402
 
 LOG = logging.getLogger("footfall.dashboard")
 NOW_KEY = "footfall_now"  # optional session value (local naive datetime) that pins "now": tests, reports
-EXPORT_KEY = "footfall_export"  # the frame behind the CSV download (exactly what is shown)
+# A function that builds the frame behind the CSV download (exactly what is shown): built on the click only
+EXPORT_KEY = "footfall_export"
 STACK_LABELS = {"camera_id": "Camera", "gender": "Gender"}
 MAX_HIDDEN_SHARE = 0.2  # above this share of hidden visitors a time resolution is too fine to be useful
 SESSION_COOKIE = "footfall_session"  # signed login token (see footfall.dashboard_launcher.session_token)
@@ -181,15 +183,21 @@ def engine_for(url: str):
 # mode reads new counts while an unchanged database is served from the cache); the TTL bounds the memory.
 @st.cache_data(ttl=600, max_entries=64, show_spinner=False)
 def cached_counts(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str, dims: tuple[str, ...],
-                  grain: str, by_time: bool, cuts: tuple[datetime, ...], version: tuple) -> pd.DataFrame:
+                  grain: str, by_time: bool, version: tuple) -> pd.DataFrame:
     return data.load_counts(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz, dims=list(dims),
-                            grain=grain, by_time=by_time, cuts=cuts)
+                            grain=grain, by_time=by_time)
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
 def cached_by_camera(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str,
                      version: tuple) -> pd.Series:
     return data.visitors_by_camera(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz)
+
+
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def cached_hours_of_day(url: str, start: datetime, end: datetime, cameras: tuple[str, ...], tz: str,
+                        version: tuple) -> pd.DataFrame:
+    return data.hours_of_day(engine_for(url), data.TimeRange(start, end), list(cameras), tz=tz)
 
 
 @st.cache_data(ttl=600, max_entries=8, show_spinner=False)
@@ -371,20 +379,25 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
     """The views of one filter state, cached per filter; plus (kind, text) notes for the page."""
     notes: list[tuple[str, str]] = []
     rng = data.TimeRange(f.start, f.end)
-    current = data.TimeRange(f.start, f.current_end)
     cameras, groups, k = list(f.cameras), dict(f.groups), f.k
-    def read(dims: tuple[str, ...], grain: str, by_time: bool = True, cuts: tuple[datetime, ...] = ()) -> pd.DataFrame:
+    def read(dims: tuple[str, ...], grain: str, by_time: bool = True) -> pd.DataFrame:
         # the database sums away what a view does not show, from the coarsest table that serves it
-        return cached_counts(f.url, f.start, f.end, f.cameras, f.tz, dims, grain, by_time, cuts, f.version)
+        return cached_counts(f.url, f.start, f.end, f.cameras, f.tz, dims, grain, by_time, f.version)
 
     previous = cached_by_camera(f.url, f.previous_start, f.previous_end, f.cameras, f.tz, f.version)
+    current_by_camera = cached_by_camera(f.url, f.start, f.current_end, f.cameras, f.tz, f.version)
     first = cached_first_counts(f.url, f.cameras, f.tz, f.version)
     comparable = {cam: start <= f.previous_start for cam, start in first.items()}
     series = len(cameras) if f.stack_by == "camera_id" else len(GENDERS)
     resolution = data.coarsest_needed(rng, f.resolution, series=series)
-    # the time line of every per-camera and per-hour figure: hourly sums at most (weekday x hour, busiest
-    # and median hour), cut where the comparable span ends ("now" never falls inside a rollup bucket)
-    counts = read(("camera_id", "gender"), "minute" if resolution == "minute" else "hour", cuts=(f.current_end,))
+    # Each figure reads only what it shows, summed by the database from the narrowest rollup that holds
+    # it: the chart's series at its resolution, the hourly totals of all cameras (weekday x hour, busiest
+    # and median hour), each camera's visitors per gender and per hour of day (the camera table). The
+    # camera-hour time line of a year of 50 cameras would be 300,000 rows.
+    counts = read((f.stack_by,), data.coarsest_grain(resolution))
+    hourly = read((), "hour")
+    totals = read(("camera_id", "gender"), "day", by_time=False)
+    hours = cached_hours_of_day(f.url, f.start, f.end, f.cameras, f.tz, f.version)
     if resolution != f.resolution:
         notes.append(("warning", f"Too many points per {f.resolution} for this period: showing per {resolution}. "
                                  "Choose a shorter period for a finer resolution."))
@@ -403,11 +416,12 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
     except ValueError as exc:
         notes.append(("warning", f"{exc}: ignored, every hour counts as open."))
         opening = None
-    h = data.headline(counts, current, int(previous.sum()), comparable=all(comparable.values()), opening=opening)
+    h = data.headline(hourly, totals, int(current_by_camera.sum()), int(previous.sum()),
+                      comparable=all(comparable.values()), opening=opening)
     shown = {
         "headline": views.headline_view(h, k, f.compare),
         "footfall": footfall,
-        "heatmap": views.heatmap_view(counts, rng, k, opening),
+        "heatmap": views.heatmap_view(hourly, rng, k, opening),
         "pyramid": views.pyramid_view(read(("age_band", "gender"), "day", by_time=False), k),
     }
     if f.emotion:
@@ -416,17 +430,17 @@ def build_views(f: Filters) -> tuple[dict[str, views.View], list[tuple[str, str]
         shown["valence"] = views.mix_view(emotions, rng, resolution, "valence", k)
     if f.race:
         shown["race"] = views.race_view(read(("race",), "day", by_time=False), k)
-    summary = data.camera_summary(counts, cameras, previous, current, comparable)
+    summary = data.camera_summary(totals, hours, current_by_camera, cameras, previous, comparable)
     shown["cameras"] = views.camera_view(summary, groups, k)
     if len({data.site_of(groups.get(c) or "Other") for c in cameras}) > 1 and any(groups.values()):
-        shown["sites"] = views.site_view(counts, cameras, groups, previous, current, comparable, k)
+        shown["sites"] = views.site_view(totals, hours, current_by_camera, cameras, groups, previous, comparable,
+                                         k)
     shown.update(flow.flow_views(engine_for(f.url), rng, cameras, f.tz, resolution, k))
     return shown, notes
 
 
-@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
 def page_export(f: Filters) -> pd.DataFrame:
-    """The CSV export's frame of one filter state: exactly the views shown."""
+    """The CSV export's frame of one filter state: exactly the views shown (from the per-filter cache)."""
     return views.export_frame(list(build_views(f)[0].values()), f.k)
 
 
@@ -585,14 +599,14 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
     if not data.has_counts(engine):
         st.info("The database holds no visitor counts yet. They appear here once the aggregator has counted "
                 "the first visitors (start the pipeline, e.g. `footfall-local`).")
-        st.session_state[EXPORT_KEY] = views.export_frame([], settings.k_anonymity)
+        st.session_state[EXPORT_KEY] = partial(views.export_frame, [], settings.k_anonymity)
         return
     present = cached_by_camera(url, rng.start, rng.end, tuple(selection), tz, version)
     if present.empty:
         span = data.data_span(engine, tz)
         hint = f" The database has counts from {span[0]:%Y-%m-%d %H:%M} to {span[1]:%Y-%m-%d %H:%M}." if span else ""
         st.info(f"No visitors counted in {rng.label()} for the selected cameras.{hint}")
-        st.session_state[EXPORT_KEY] = views.export_frame([], settings.k_anonymity)
+        st.session_state[EXPORT_KEY] = partial(views.export_frame, [], settings.k_anonymity)
         return
     silent = [c for c in selection if c not in set(present.index)]
     if silent:
@@ -607,8 +621,7 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
     shown, notes = build_views(filters)
     for kind, text in notes:
         (st.warning if kind == "warning" else st.info)(text)
-    export = page_export(filters)
-    st.session_state[EXPORT_KEY] = export
+    st.session_state[EXPORT_KEY] = partial(page_export, filters)  # built on the click, not on every run
     if not printable:
         left, right = st.columns([3, 1], vertical_alignment="bottom")
         left.caption(f"{rng.label()} · {len(selection)} of {len(cameras)} cameras · times in {tz}"
@@ -617,7 +630,7 @@ def render_analytics(settings: DashboardSettings, url: str, cameras: list[str], 
         # Deferred: the CSV is made only when a signed-in session clicks (nothing is stored before), and
         # its random export id makes the one-off /media/<hash>.csv URL unguessable (see the README).
         def csv_bytes() -> bytes:
-            return views.export_csv(export, {**header, "export id": secrets.token_hex(16)})
+            return views.export_csv(page_export(filters), {**header, "export id": secrets.token_hex(16)})
 
         right.download_button("Download CSV", csv_bytes,
                               file_name=f"footfall_{rng.start:%Y%m%d}_{rng.end:%Y%m%d}.csv", mime="text/csv",

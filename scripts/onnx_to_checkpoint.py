@@ -44,6 +44,10 @@ def net_from_onnx(path: Path, faces: np.ndarray) -> FaceNet:
     model = onnx.load(str(path))
     meta = ModelMetadata.from_onnx(model)
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    # The exporter keeps one copy of identical initializers (e.g. a zero head bias and a zero
+    # emotion bias) and names the others through Identity nodes.
+    weights.update({n.output[0]: weights[n.input[0]] for n in model.graph.node
+                    if n.op_type == "Identity" and n.input[0] in weights})
     net = FaceNet(width=width_from_name(meta.name)).eval()
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -68,6 +72,8 @@ def net_from_onnx(path: Path, faces: np.ndarray) -> FaceNet:
             head = heads[torch.Size(w.shape)]
             head.weight.copy_(torch.from_numpy(w.copy()))
             head.bias.copy_(torch.from_numpy(weights[node.input[2]].copy()))
+        if meta.emotion_bias:  # an Add after the emotion head's Gemm, recorded in the metadata
+            net.emotion_bias.copy_(torch.tensor(meta.emotion_bias))
 
         stats = []
 

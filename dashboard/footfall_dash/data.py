@@ -12,7 +12,7 @@ Example (an in-memory frame shaped like ``load_counts`` output):
     >>> rng = TimeRange(datetime(2024, 5, 6), datetime(2024, 5, 8))
     >>> over_time(counts, rng, "day", "camera_id", ["a", "b"]).visitors.tolist()
     [16, 0, 0, 4]
-    >>> h = headline(counts, rng, previous_total=10)
+    >>> h = headline(counts, counts, current_visitors=20, previous_total=10)
     >>> h.visitors, h.change_pct, h.busiest_hour, h.mean_age
     (20, 100.0, 9, 33.0)
 """
@@ -32,7 +32,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from footfall.db.models import GRAINS, ROLLUPS, CameraHealth, VisitorCount, cell_sums
+from footfall.db.models import GRAINS, ROLLUPS, CameraHealth, VisitorCount, cell_keys, cell_sums, rollups_of
 from footfall.db.store import floor_time
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES, VALENCE
 
@@ -294,7 +294,9 @@ def has_counts(engine: Engine) -> bool:
 
 def data_span(engine: Engine, tz: str = "UTC") -> tuple[datetime, datetime] | None:
     """(first, last) local bucket start in the database, or None when it is empty."""
-    rows = _query(engine, sa.select(sa.func.min(_COUNTS.c.bucket_start), sa.func.max(_COUNTS.c.bucket_start)))
+    # two scalar subqueries: each is one index seek (SQLite scans every row for min and max in one SELECT)
+    rows = _query(engine, sa.select(sa.select(sa.func.min(_COUNTS.c.bucket_start)).scalar_subquery(),
+                                    sa.select(sa.func.max(_COUNTS.c.bucket_start)).scalar_subquery()))
     if not rows or rows[0][0] is None:
         return None
     local = _to_local(pd.Series(list(rows[0])), tz)
@@ -317,12 +319,14 @@ def _counted_cameras(engine: Engine) -> list[str]:
 def first_counts(engine: Engine, cameras: list[str] | None = None, tz: str = "UTC") -> dict[str, datetime]:
     """{camera: local start of its first counted bucket}: before it a camera has no data, not zero visitors.
 
-    One primary-key seek per camera (MIN of bucket_start where camera_id = ...), not a scan of every cell."""
+    One primary-key seek per camera (MIN of bucket_start where camera_id = ..., alone in its subquery: SQLite
+    seeks only a bare MIN), not a scan of every cell."""
     cameras = _counted_cameras(engine) if cameras is None else list(cameras)
     if not cameras:
         return {}
-    seeks = [sa.select(sa.literal(cam, sa.String).label("camera_id"), sa.func.min(_COUNTS.c.bucket_start))
-             .where(_COUNTS.c.camera_id == cam) for cam in cameras]
+    seeks = [sa.select(sa.literal(cam, sa.String).label("camera_id"),
+                       sa.select(sa.func.min(_COUNTS.c.bucket_start)).where(_COUNTS.c.camera_id == cam)
+                       .scalar_subquery().label("first")) for cam in cameras]
     rows = [r for r in _query(engine, seeks[0] if len(seeks) == 1 else sa.union_all(*seeks)) if r[1] is not None]
     if not rows:
         return {}
@@ -416,35 +420,115 @@ def coarsest_grain(resolution: str) -> str:
     return {"minute": "minute", "hour": "hour"}.get(resolution, "day")
 
 
+def _table_for(model, grain: str | None, columns: list[str]) -> sa.Table:
+    """The table a piece of ``grain`` is read from: the fine cells, or the narrowest rollup of that grain that
+    has ``columns`` (a narrow one has fewer rows: the other dimensions summed away)."""
+    if grain is None:
+        return model.__table__
+    fits = [r for g, r in rollups_of(model) if g == grain and set(columns) <= set(cell_keys(r))]
+    return min(fits, key=lambda r: len(cell_keys(r))).__table__
+
+
+def _piece_selects(model, dims: list[str], plan, cameras: list[str] | None, time_keys, constants=()) -> list:
+    """One grouped SELECT per planned piece: sums of ``model``'s summed columns per ``dims`` and the columns
+    ``time_keys(table)`` returns (the bucket, an hour of day, ...), after the ``constants`` (not grouped:
+    SQLite reads a number in GROUP BY as a column's position)."""
+    selects = []
+    for piece in plan:
+        table = _table_for(model, piece[0], ["camera_id", *dims])
+        keys = [table.c[d] for d in dims] + time_keys(table)
+        statement = (sa.select(*keys, *constants, *(sa.func.sum(table.c[c]).label(c) for c in cell_sums(model)))
+                     .where(table.c.bucket_start >= piece[1], table.c.bucket_start < piece[2]).group_by(*keys))
+        if cameras is not None:
+            statement = statement.where(table.c.camera_id.in_(list(cameras)))
+        selects.append(statement)
+    return selects
+
+
+def _sum_frame(engine: Engine, model, selects: list, names: list[str]) -> pd.DataFrame:
+    """The rows of ``selects`` (one statement: UNION ALL) as a frame, the summed columns typed."""
+    rows = _query(engine, selects[0] if len(selects) == 1 else sa.union_all(*selects)) if selects else []
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=names + list(cell_sums(model)))
+    for column in cell_sums(model):
+        kind = "float64" if isinstance(model.__table__.c[column].type, sa.Float) else "int64"
+        frame[column] = frame[column].fillna(0).astype(kind)
+    return frame
+
+
 def read_cells(engine: Engine, model, dims: list[str], rng: TimeRange, cameras: list[str] | None = None, *,
                tz: str = "UTC", grain: str = "minute", by_time: bool = True,
                cuts: tuple[datetime, ...] = ()) -> pd.DataFrame:
     """Sums of ``model``'s counts (all its summed columns) per ``dims`` (and bucket: column ``time``, local)
     in ``rng`` for ``cameras`` (None: all), read from the coarsest table no coarser than ``grain``
-    ("minute", "hour", "day") that fits: ``plan_reads`` over the model's rollups; the database groups,
-    one statement (UNION ALL of the pieces). ``cuts`` (local) are times the caller splits at."""
-    fine, sums = model.__table__, list(cell_sums(model))
+    ("minute", "hour", "day") that fits: ``plan_reads`` over the model's rollups, the narrowest rollup
+    holding ``dims`` (``_table_for``); the database groups, one statement (UNION ALL of the pieces).
+    ``cuts`` (local) are times the caller splits at."""
     allowed = tuple(g for g in rollup_grains(rng, tz) if GRAINS[g] <= GRAINS.get(grain, timedelta(0)))
     start, end = to_utc(rng.start, tz), to_utc(rng.end, tz)
     plan = plan_reads(start, end, allowed, tuple(to_utc(c, tz) for c in cuts))
-    selects = []
-    for piece_grain, a, b in plan:
-        table = fine if piece_grain is None else ROLLUPS[model][piece_grain].__table__
-        keys = [table.c[d] for d in dims] + ([table.c.bucket_start] if by_time else [])
-        statement = (sa.select(*keys, *(sa.func.sum(table.c[c]).label(c) for c in sums))
-                     .where(table.c.bucket_start >= a, table.c.bucket_start < b).group_by(*keys))
-        if cameras is not None:
-            statement = statement.where(table.c.camera_id.in_(list(cameras)))
-        selects.append(statement)
-    names = dims + (["bucket_start"] if by_time else []) + sums
-    rows = _query(engine, selects[0] if len(selects) == 1 else sa.union_all(*selects)) if selects else []
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=names)
-    for column in sums:
-        kind = "float64" if isinstance(fine.c[column].type, sa.Float) else "int64"
-        frame[column] = frame[column].fillna(0).astype(kind)
+    selects = _piece_selects(model, dims, plan, cameras, lambda table: [table.c.bucket_start] if by_time else [])
+    frame = _sum_frame(engine, model, selects, dims + (["bucket_start"] if by_time else []))
     if by_time:
         frame.insert(len(dims), "time", _to_local(frame.pop("bucket_start"), tz).astype("datetime64[us]"))
     return frame
+
+
+def offset_spans(start: datetime, end: datetime, tz: str) -> list[tuple[datetime, datetime, int]]:
+    """The UTC range ``[start, end)`` cut where ``tz``'s offset from UTC changes: (from, to, offset in minutes).
+
+    >>> [(f"{a:%m-%d %H:%M}", f"{b:%m-%d %H:%M}", o) for a, b, o in offset_spans(
+    ...     datetime(2024, 3, 30), datetime(2024, 4, 2), "Europe/Berlin")]
+    [('03-30 00:00', '03-31 01:00', 60), ('03-31 01:00', '04-02 00:00', 120)]
+    """
+    if tz == "UTC" or start >= end:
+        return [(start, end, 0)] if start < end else []
+
+    def offsets(times: pd.DatetimeIndex) -> np.ndarray:  # minutes ahead of UTC at each (naive UTC) time
+        local = times.tz_localize("UTC").tz_convert(tz).tz_localize(None)
+        return ((local - times) // pd.Timedelta(minutes=1)).to_numpy()
+
+    hours = pd.date_range(pd.Timestamp(start).floor("h"), end, freq="h")
+    per_hour = offsets(hours)
+    bounds = [start]
+    for i in np.flatnonzero(per_hour[1:] != per_hour[:-1]) + 1:  # a change within hour i-1: find its minute
+        minutes = pd.date_range(hours[i - 1], hours[i], freq="min")
+        change = minutes[int(np.argmax(offsets(minutes) != per_hour[i - 1]))].to_pydatetime()
+        if start < change < end:
+            bounds.append(change)
+    bounds.append(end)
+    return [(a, b, int(offsets(pd.DatetimeIndex([a]))[0])) for a, b in zip(bounds, bounds[1:])]
+
+
+def _utc_time_of_day(column, width: int, dialect: str):
+    """SQL for the UTC hour ("HH", width 2) or hour and minute ("HH:MM", width 5) of ``column`` (constants
+    inline: GROUP BY repeats the expression)."""
+    if dialect == "postgresql":
+        return sa.func.to_char(column, sa.literal_column("'HH24:MI'" if width == 5 else "'HH24'"), type_=sa.String)
+    return sa.func.substr(column, sa.literal_column("12"), sa.literal_column(str(width)), type_=sa.String)
+
+
+def hours_of_day(engine: Engine, rng: TimeRange, cameras: list[str] | None = None, *, tz: str = "UTC",
+                 dims: tuple[str, ...] = ("camera_id",)) -> pd.DataFrame:
+    """Visitors per ``dims`` and local hour of day (``hour``, 0..23) in ``rng``, summed in the database:
+    per span of one UTC offset (``offset_spans``) the rows are grouped by their UTC hour (by hour and
+    minute where the zone's offset is not whole hours), then shifted by the offset. A year of 50 cameras
+    returns 1,200 rows, not the 300,000 camera-hours of the time line."""
+    whole_hours = bool(rollup_grains(rng, tz))  # offsets whole hours: hourly rollups and the UTC hour serve
+    width = 2 if whole_hours else 5
+    start, end = to_utc(rng.start, tz), to_utc(rng.end, tz)
+    spans = offset_spans(start, end, tz)
+    selects = []
+    for a, b, offset in spans:
+        plan = plan_reads(a, b, ("hour",) if whole_hours else ())
+        selects += _piece_selects(VisitorCount, list(dims), plan, cameras, lambda table: [
+            _utc_time_of_day(table.c.bucket_start, width, engine.dialect.name).label("utc_time")],
+            [sa.literal_column(str(offset), sa.Integer).label("offset")])
+    frame = _sum_frame(engine, VisitorCount, selects, [*dims, "utc_time", "offset"])
+    minutes = frame["utc_time"].str[:2].astype("int64") * 60 + (
+        frame["utc_time"].str[3:5].astype("int64") if width == 5 else 0)
+    frame["hour"] = ((minutes + frame["offset"]) % (24 * 60)) // 60
+    summed = frame.groupby([*dims, "hour"], as_index=False)[list(cell_sums(VisitorCount))].sum()
+    return summed.astype({"hour": "int64"})
 
 
 def load_counts(engine: Engine, rng: TimeRange, cameras: list[str] | None = None, *, tz: str = "UTC",
@@ -660,51 +744,54 @@ class Headline:
     mean_age: float | None
 
 
-def headline(counts: pd.DataFrame, current: TimeRange, previous_total: int, comparable: bool = True,
-             opening: frozenset[int] | None = None) -> Headline:
-    """Headline figures of ``counts``; ``current`` is the comparable span of the range.
+def headline(hourly: pd.DataFrame, totals: pd.DataFrame, current_visitors: int, previous_total: int,
+             comparable: bool = True, opening: frozenset[int] | None = None) -> Headline:
+    """Headline figures: ``hourly`` holds visitors per ``time`` (hours or finer; any other columns are summed
+    away), ``totals`` the range's visitors and ``age_sum`` per ``gender``; ``current_visitors`` are those of
+    the comparable span (see ``comparison_ranges``).
 
     ``comparable`` False (the earlier span reaches back before a camera's first data) gives no
     change: a period half without data is not "fewer visitors".
     """
-    visitors = int(counts["visitors"].sum())
-    in_current = counts["time"] < pd.Timestamp(current.end)
-    current_visitors = int(counts.loc[in_current, "visitors"].sum())
+    visitors = int(totals["visitors"].sum())
     change = (None if previous_total == 0 or not comparable
               else 100.0 * (current_visitors - previous_total) / previous_total)
-    by_hour_of_day = counts.groupby(counts["time"].dt.hour)["visitors"].sum()
+    by_hour_of_day = hourly.groupby(hourly["time"].dt.hour)["visitors"].sum()
     busiest = int(by_hour_of_day.idxmax()) if visitors else None  # ties: the earliest hour
-    hourly = counts.groupby(counts["time"].dt.floor("h"))["visitors"].sum()
-    hourly = hourly[(hourly > 0) & (True if opening is None else hourly.index.hour.isin(opening))]
-    by_gender = {g: int(counts.loc[counts["gender"] == g, "visitors"].sum()) for g in GENDERS}
+    per_hour = hourly.groupby(hourly["time"].dt.floor("h"))["visitors"].sum()
+    per_hour = per_hour[(per_hour > 0) & (True if opening is None else per_hour.index.hour.isin(opening))]
+    by_gender = {g: int(totals.loc[totals["gender"] == g, "visitors"].sum()) for g in GENDERS}
     return Headline(
-        visitors=visitors, current_visitors=current_visitors, previous_visitors=int(previous_total),
+        visitors=visitors, current_visitors=int(current_visitors), previous_visitors=int(previous_total),
         change_pct=change, comparable=comparable, busiest_hour=busiest,
-        median_per_hour=float(np.median(hourly.to_numpy())) if len(hourly) else None,
+        median_per_hour=float(np.median(per_hour.to_numpy())) if len(per_hour) else None,
         by_gender=by_gender,
-        mean_age=float(counts["age_sum"].sum() / visitors) if visitors else None)
+        mean_age=float(totals["age_sum"].sum() / visitors) if visitors else None)
 
 
-def camera_summary(counts: pd.DataFrame, cameras: list[str], previous: pd.Series, current: TimeRange,
-                   comparable: dict[str, bool] | None = None) -> pd.DataFrame:
-    """Per-camera figures before suppression.
+def camera_summary(totals: pd.DataFrame, hours: pd.DataFrame, current: pd.Series, cameras: list[str],
+                   previous: pd.Series, comparable: dict[str, bool] | None = None) -> pd.DataFrame:
+    """Per-camera figures before suppression, from ``totals`` (visitors and ``age_sum`` per camera_id and
+    gender over the range), ``hours`` (visitors per camera_id and local ``hour`` of day: ``hours_of_day``)
+    and the visitors per camera in the comparable span (``current``) and the earlier one (``previous``).
 
-    Columns: camera_id, visitors, current (visitors in the comparable span), previous, comparable
-    (the camera had data through the whole earlier span), female, male, age_sum, busiest_hour.
+    Columns: camera_id, visitors, current, previous, comparable (the camera had data through the whole
+    earlier span), female, male, age_sum, busiest_hour.
     """
-    grouped = counts.groupby("camera_id")
+    def per_camera(values: pd.Series, kind: str = "int64") -> pd.Series:
+        return values.reindex(cameras, fill_value=0).astype(kind)
+
+    grouped = totals.groupby("camera_id")
     table = pd.DataFrame(index=pd.Index(cameras, name="camera_id"))
-    table["visitors"] = grouped["visitors"].sum().reindex(cameras, fill_value=0).astype("int64")
-    in_current = counts[counts["time"] < pd.Timestamp(current.end)]
-    table["current"] = in_current.groupby("camera_id")["visitors"].sum().reindex(cameras, fill_value=0).astype("int64")
-    table["previous"] = previous.reindex(cameras, fill_value=0).astype("int64")
+    table["visitors"] = per_camera(grouped["visitors"].sum())
+    table["current"] = per_camera(current)
+    table["previous"] = per_camera(previous)
     table["comparable"] = [bool((comparable or {}).get(c, True)) for c in cameras]
     for g in GENDERS:
-        table[g] = (counts[counts["gender"] == g].groupby("camera_id")["visitors"].sum()
-                    .reindex(cameras, fill_value=0).astype("int64"))
-    table["age_sum"] = grouped["age_sum"].sum().reindex(cameras, fill_value=0.0)
-    hours = counts.groupby(["camera_id", counts["time"].dt.hour])["visitors"].sum()
-    with_data = set(hours.index.get_level_values(0))
-    table["busiest_hour"] = pd.Series([int(hours[c].idxmax()) if c in with_data else None for c in cameras],
-                                      index=table.index, dtype="object")
+        table[g] = per_camera(totals[totals["gender"] == g].groupby("camera_id")["visitors"].sum())
+    table["age_sum"] = per_camera(grouped["age_sum"].sum(), "float64")
+    by_hour = hours[hours["visitors"] > 0].groupby(["camera_id", "hour"])["visitors"].sum()
+    with_data = set(by_hour.index.get_level_values(0))
+    table["busiest_hour"] = pd.Series([int(by_hour[c].idxmax()) if c in with_data else None for c in cameras],
+                                      index=table.index, dtype="object")  # ties: the earliest hour
     return table.reset_index()

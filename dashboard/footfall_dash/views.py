@@ -210,15 +210,19 @@ def camera_view(summary: pd.DataFrame, groups: dict[str, str], k: int) -> View:
     return View("cameras", "Camera comparison", table, ("camera_id", "metric"))
 
 
-def site_view(counts: pd.DataFrame, cameras: list[str], groups: dict[str, str], previous: pd.Series,
-              current: data.TimeRange, comparable: dict[str, bool], k: int) -> View:
+def site_view(totals: pd.DataFrame, hours: pd.DataFrame, current: pd.Series, cameras: list[str],
+              groups: dict[str, str], previous: pd.Series, comparable: dict[str, bool], k: int) -> View:
     """Site against site: the camera table's figures summed over each site's (counting) cameras."""
     site = {cam: data.site_of(groups.get(cam) or "Other") for cam in cameras}
     sites = sorted(set(site.values()))
-    by_site = counts.assign(camera_id=counts["camera_id"].map(site))
-    previous_by_site = previous.groupby(previous.index.map(lambda c: site.get(c, "Other"))).sum()
+
+    def by_site(per_camera: pd.Series) -> pd.Series:
+        return per_camera.groupby(per_camera.index.map(lambda c: site.get(c, "Other"))).sum()
+
     site_comparable = {s: all(comparable.get(c, True) for c in cameras if site[c] == s) for s in sites}
-    summary = data.camera_summary(by_site, sites, previous_by_site, current, site_comparable)
+    summary = data.camera_summary(totals.assign(camera_id=totals["camera_id"].map(site)),
+                                  hours.assign(camera_id=hours["camera_id"].map(site)), by_site(current), sites,
+                                  by_site(previous), site_comparable)
     view = camera_view(summary, {}, k)
     view.table = view.table.rename(columns={"Camera": "Site"})
     view.key, view.title = "sites", "Site comparison"

@@ -37,6 +37,9 @@ class ModelMetadata:
     emotions: tuple[str, ...]
     outputs: tuple[str, ...] = HEADS
     precision: str = "fp32"  # fp32 / int8
+    # The constant the graph adds to the emotion logits before the softmax (EMOTIONS order; empty:
+    # none), recorded for people: it is inside the weights already, so no backend adds it again.
+    emotion_bias: tuple[float, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -44,8 +47,9 @@ class ModelMetadata:
     @staticmethod
     def from_json(text: str) -> ModelMetadata:
         d = json.loads(text)
-        for key in ("mean", "std", "races", "emotions", "outputs"):
-            d[key] = tuple(d[key])
+        for key in ("mean", "std", "races", "emotions", "outputs", "emotion_bias"):
+            if key in d:  # emotion_bias: absent in files exported before it existed
+                d[key] = tuple(d[key])
         return ModelMetadata(**d)
 
     @staticmethod

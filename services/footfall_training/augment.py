@@ -39,6 +39,8 @@ class AugmentConfig:
     noise: float = 0.15
     noise_std: float = 0.04
     erase: float = 0.25
+    # Horizontal squeeze of up to this fraction (a face turned sideways looks narrower); 0: none.
+    squeeze: float = 0.0
 
     # What each name of ``without`` switches off (for ablations: footfall-train --augment-off).
     GROUPS: ClassVar[dict[str, dict]] = {
@@ -50,7 +52,18 @@ class AugmentConfig:
         "blur": {"blur": 0.0},
         "noise": {"noise": 0.0},
         "erase": {"erase": 0.0},
+        "squeeze": {"squeeze": 0.0},
     }
+
+    @classmethod
+    def strong(cls) -> AugmentConfig:
+        """``footfall-train --augment-strong``: more grayscale photos, tilt and turned faces (the
+        cross-source set's grayscale news photos and profiles; issue 18).
+
+        >>> AugmentConfig.strong().grayscale, AugmentConfig.strong().squeeze
+        (0.4, 0.25)
+        """
+        return cls(grayscale=0.4, max_rotate_deg=25.0, squeeze=0.25)
 
     def without(self, groups: list[str]) -> AugmentConfig:
         """This config with the named augmentation groups switched off.
@@ -79,6 +92,9 @@ def augment(x: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig = AugmentC
     tx, ty = ((_rand(n, gen, dev) * 2 - 1) * cfg.max_translate * 2 for _ in range(2))
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    if cfg.squeeze > 0:  # drawn only when on, so the default's random stream stays as it was
+        narrow = 1 - _rand(n, gen, dev) * cfg.squeeze
+        theta[:, 0] = theta[:, 0] / narrow.view(n, 1)  # a wider source span: a narrower face
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 

@@ -8,6 +8,12 @@ no optimizer) ship too, so that training can continue from them on any machine
 (``footfall-train --init model/footfall_w050.pt``) and evaluation can compare against them.
 
     footfall-export ~/.cache/footfall/runs/w050/best.pt --out model/ --version 2026.11.25
+    footfall-export model/footfall_w050.pt --out model/ --version V --emotion-bias bias.json
+
+``--emotion-bias`` sets the network's ``emotion_bias`` (a constant added to the emotion logits,
+written by ``python -m footfall_training.logit_adjust sweep ... --write-bias``) before export, so
+every file made here (and the RKNN model converted from the ONNX) carries it; the metadata
+records it.
 
 A quantization-aware-trained checkpoint (``footfall-train --qat``) exports its float weights, and its
 INT8 model takes the activation ranges learned in training (``footfall_training.qat``) instead of
@@ -17,6 +23,7 @@ calibrated ones; a pruned checkpoint (``footfall-prune``) exports with its own c
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +43,22 @@ log = logging.getLogger("footfall.export")
 def model_metadata(net: FaceNet, version: str, precision: str = "fp32") -> ModelMetadata:
     return ModelMetadata(name=net.config.name, version=version, input_size=INPUT_SIZE,
                          channel_order=CHANNEL_ORDER, mean=MEAN, std=STD, races=RACES, emotions=EMOTIONS,
-                         outputs=ExportWrapper.OUTPUT_NAMES, precision=precision)
+                         outputs=ExportWrapper.OUTPUT_NAMES, precision=precision,
+                         emotion_bias=tuple(float(v) for v in net.emotion_bias) if net.emotion_bias.any() else ())
+
+
+def read_emotion_bias(path: Path) -> torch.Tensor:
+    """The emotion bias of a JSON file ``{"emotion_bias": {emotion: value, ...}, ...}`` in EMOTIONS order."""
+    values = json.loads(Path(path).read_text())["emotion_bias"]
+    if set(values) != set(EMOTIONS):
+        raise ValueError(f"{path}: emotion_bias needs exactly the emotions {', '.join(EMOTIONS)}, got {', '.join(values)}")
+    return torch.tensor([float(values[e]) for e in EMOTIONS])
+
+
+def set_emotion_bias(net: FaceNet, checkpoint: dict, bias: torch.Tensor) -> None:
+    """Give the network and the checkpoint's EMA weights (what ships as ``<stem>.pt``) this bias."""
+    net.emotion_bias.copy_(bias)
+    checkpoint["ema"] = {**checkpoint["ema"], "emotion_bias": bias.clone()}
 
 
 def _set_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
@@ -63,7 +85,9 @@ def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
     net = net.eval().to(memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    torch.onnx.export(ExportWrapper(net), (dummy,), str(path), input_names=["input"],
+    # The wrapper in eval mode: the exporter restores the mode of the module it is given, and a new
+    # wrapper is in training mode, which would leave ``net`` (its child) in training mode afterwards.
+    torch.onnx.export(ExportWrapper(net).eval(), (dummy,), str(path), input_names=["input"],
                       output_names=list(ExportWrapper.OUTPUT_NAMES), opset_version=17, dynamo=False,
                       dynamic_axes={"input": {0: "batch"}, **{k: {0: "batch"} for k in ExportWrapper.OUTPUT_NAMES}})
     model = onnx.load(str(path))
@@ -129,6 +153,12 @@ def float_node_names(model: onnx.ModelProto, kinds: tuple[str, ...]) -> list[str
     return names
 
 
+def emotion_bias_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes adding ``FaceNet.emotion_bias`` (an initializer) to the emotion logits."""
+    return [node.name for node in model.graph.node
+            if node.op_type == "Add" and any(name.endswith("emotion_bias") for name in node.input)]
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray, layout: Int8Layout = Int8Layout(),
                   activation_overrides: dict[str, list[dict]] | None = None) -> Path:
     """ONNX Runtime static INT8 quantization calibrated on ``faces``: by default QDQ, per-channel
@@ -152,11 +182,13 @@ def quantize_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray, layout: I
 
     prepped = int8_path.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+    prepped_model = onnx.load(str(prepped))
     # The body is INT8; the heads' softmax/sigmoid and the age expectation stay float so the
-    # outputs are not rounded to 1/255 steps (and the layout's float nodes, for speed).
+    # outputs are not rounded to 1/255 steps (and the layout's float nodes, for speed); the emotion
+    # bias's Add too, so the emotion logits are rounded once (the Gemm's output), as without a bias.
     quantize_static(str(prepped), str(int8_path), Reader(), quant_format=QuantFormat.from_string(layout.quant_format),
                     per_channel=layout.per_channel, op_types_to_quantize=["Conv", "Gemm", "Add", "Clip", "Relu"],
-                    nodes_to_exclude=float_node_names(onnx.load(str(prepped)), layout.float_nodes),
+                    nodes_to_exclude=float_node_names(prepped_model, layout.float_nodes) + emotion_bias_nodes(prepped_model),
                     activation_type=QuantType.QUInt8 if layout.activations == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
@@ -177,9 +209,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("model"))
     parser.add_argument("--version", required=True)
     parser.add_argument("--calibration", type=int, default=512, help="number of training faces for INT8")
+    parser.add_argument("--emotion-bias", type=Path, help="JSON file of the constant added to the emotion logits "
+                                                          "(footfall_training.logit_adjust sweep --write-bias)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     net = load_checkpoint(args.checkpoint)
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if args.emotion_bias:
+        try:
+            set_emotion_bias(net, checkpoint, read_emotion_bias(args.emotion_bias))
+        except (OSError, ValueError, KeyError) as error:
+            parser.error(f"--emotion-bias: {error}")
+        log.info("emotion bias %s", ", ".join(f"{e} {float(v):+.4f}" for e, v in zip(EMOTIONS, net.emotion_bias)))
     stem = net.config.file_stem
     try:
         fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version)
@@ -193,8 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("INT8 with the activation ranges learned in QAT (%d tensors)", len(overrides))
     int8 = quantize_int8(fp32, args.out / f"{stem}.int8.onnx", calibration_faces(args.calibration),
                          activation_overrides=overrides)
-    weights = save_weights(torch.load(args.checkpoint, map_location="cpu", weights_only=False),
-                           args.out / f"{stem}.pt", args.version)
+    weights = save_weights(checkpoint, args.out / f"{stem}.pt", args.version)
     for path in (fp32, int8, weights):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

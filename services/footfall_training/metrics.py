@@ -70,15 +70,22 @@ def head_metrics(p: Predictions, age: np.ndarray, gender: np.ndarray, race: np.n
     return out
 
 
-def selection_score(m: dict, heads: tuple[str, ...] = HEADS) -> float:
+def selection_score(m: dict, heads: tuple[str, ...] = HEADS, emotion: str = "acc") -> float:
     """One number to pick the best checkpoint: accuracies up, age error down (10 years = 1 point).
 
     Only the ``heads`` a model is trained for count (a single-task model's other heads are untrained).
+    ``emotion="macro_f1"`` counts the emotion head's macro-F1 instead of its accuracy, so that a
+    checkpoint is not chosen for calling the frequent classes more often.
 
     >>> round(selection_score({"age_mae": 5.0, "gender_acc": 0.9, "race_acc": 0.8}, ("age", "gender")), 2)
     0.4
+    >>> selection_score({"emotion_acc": 0.8, "emotion_macro_f1": 0.6}, ("emotion",), emotion="macro_f1")
+    0.6
     """
-    return (sum(m.get(f"{h}_acc", 0) for h in ("gender", "race", "emotion") if h in heads)
+    if emotion not in ("acc", "macro_f1"):
+        raise ValueError(f"emotion selection must be acc or macro_f1, not {emotion!r}")
+    return (sum(m.get(f"{h}_{emotion if h == 'emotion' else 'acc'}", 0) for h in ("gender", "race", "emotion")
+                if h in heads)
             - (m.get("age_mae", 0) / 10.0 if "age" in heads else 0.0))
 
 

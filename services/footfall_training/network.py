@@ -1,5 +1,11 @@
 """The multi-task face network: a MobileNetV2-style backbone with four heads.
 
+``NetConfig`` also builds the variants of issue 23: a MobileNetV3-Large-style backbone (``arch="mnv3"``:
+hard-swish, squeeze-excite, 5x5 depthwise), multi-head self-attention over the final map's spatial
+tokens (``attention="mha"``) and a net that branches after ``shared_depth`` backbone stages, one copy
+of the later stages for the face attributes (age, gender, race) and one for emotion. The defaults
+build exactly the shipped network (its checkpoint keys, ONNX graph and file names).
+
 Channel plan and strides follow MobileNetV2 (Sandler et al. 2018) scaled by a width
 multiplier; at width 1.4 it is the Orange Pi paper's plan (conv1 48, blocks 24x1, 32x2,
 48x3, 88x4, 136x3, 224x3, 448x1, 1x1 conv to 1792). At 112x112 input the last feature map
@@ -15,6 +21,11 @@ Outputs (the exported ONNX keeps these names whatever the heads do inside):
 - ``race``: probabilities over RACES, shape (N, 5).
 - ``emotion``: probabilities over EMOTIONS, shape (N, 7).
 
+``emotion_bias`` is a constant added to the emotion logits (zeros unless set, e.g. by
+``footfall-export --emotion-bias``: post-hoc logit adjustment, ``footfall_training.logit_adjust``).
+It is a buffer saved with the weights, so the .pt, ONNX, INT8 and RKNN files all carry it and
+every backend applies it identically; checkpoints saved before it existed load with zeros.
+
 Example:
     >>> import torch
     >>> net = FaceNet(width=0.5).eval()
@@ -27,7 +38,9 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import re
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,32 +69,58 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
-def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+def _activation(kind: str) -> nn.Module:
+    # ReLU6 quantizes well (bounded range) and is native on the RK3588 NPU; hard-swish (MobileNetV3)
+    # exports as ONNX HardSwish, which rknn also runs on the NPU.
+    return nn.Hardswish() if kind == "hswish" else nn.ReLU6(inplace=True)
+
+
+def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True,
+                 activation: str = "relu6") -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
     ]
     if act:
-        # ReLU6 quantizes well (bounded range) and is native on the RK3588 NPU.
-        layers.append(nn.ReLU6(inplace=True))
+        layers.append(_activation(activation))
     return nn.Sequential(*layers)
 
 
-class InvertedResidual(nn.Module):
-    """MobileNetV2 block; ``hidden`` and ``residual`` are given for pruned nets (channel counts that
-    no longer follow the plan; the residual follows the unpruned plan, not the pruned counts)."""
+class SqueezeExcite(nn.Module):
+    """Channel attention of MobileNetV3: global average pool, 1x1 reduce (ReLU), 1x1 expand, hard-sigmoid,
+    multiply. Exports as GlobalAveragePool, Conv, Relu, HardSigmoid, Mul: all RK3588 NPU operators."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expansion: int, hidden: int | None = None,
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        squeezed = _make_divisible(channels / 4)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, squeezed, 1)
+        self.expand = nn.Conv2d(squeezed, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.expand(F.relu(self.reduce(self.pool(x)), inplace=True))
+        return x * F.hardsigmoid(scale)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block (3x3, ReLU6); with ``kernel``/``se``/``activation`` the MobileNetV3 one.
+    ``hidden`` (expanded channels) defaults to ``cin * expansion``; ``expand`` (a 1x1 expansion conv
+    first) to ``hidden != cin``. Pruned nets give ``hidden``, ``expand`` and ``residual``: their channel
+    counts no longer follow the plan, the block's structure does."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int = 6, kernel: int = 3, se: bool = False,
+                 activation: str = "relu6", hidden: int | None = None, expand: bool | None = None,
                  residual: bool | None = None) -> None:
         super().__init__()
         hidden = hidden if hidden is not None else cin * expansion
+        expand = hidden != cin if expand is None else expand
         layers: list[nn.Module] = []
-        if expansion != 1:
-            layers.append(_conv_bn_act(cin, hidden, 1))
-        layers += [
-            _conv_bn_act(hidden, hidden, 3, stride, groups=hidden),
-            _conv_bn_act(hidden, cout, 1, act=False),
-        ]
+        if expand:
+            layers.append(_conv_bn_act(cin, hidden, 1, activation=activation))
+        layers.append(_conv_bn_act(hidden, hidden, kernel, stride, groups=hidden, activation=activation))
+        if se:
+            layers.append(SqueezeExcite(hidden))
+        layers.append(_conv_bn_act(hidden, cout, 1, act=False))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and cin == cout if residual is None else residual
         # Fake quantization of the residual sum in quantization-aware training (footfall_training.qat).
@@ -91,12 +130,127 @@ class InvertedResidual(nn.Module):
         return self.out_fq(x + self.block(x)) if self.use_residual else self.block(x)
 
 
+# MobileNetV3-Large (Howard et al. 2019, table 1) grouped into stages of equal output channels:
+# per block (kernel, expanded channels, output channels, squeeze-excite, activation, first stride).
+_MNV3_STAGES = (
+    ((3, 16, 16, False, "relu6", 1),),
+    ((3, 64, 24, False, "relu6", 2), (3, 72, 24, False, "relu6", 1)),
+    ((5, 72, 40, True, "relu6", 2), (5, 120, 40, True, "relu6", 1), (5, 120, 40, True, "relu6", 1)),
+    ((3, 240, 80, False, "hswish", 2), (3, 200, 80, False, "hswish", 1), (3, 184, 80, False, "hswish", 1),
+     (3, 184, 80, False, "hswish", 1)),
+    ((3, 480, 112, True, "hswish", 1), (3, 672, 112, True, "hswish", 1)),
+    ((5, 672, 160, True, "hswish", 2), (5, 960, 160, True, "hswish", 1), (5, 960, 160, True, "hswish", 1)),
+)
+
+ARCHS = ("mnv2", "mnv3")
+ATTENTIONS = ("none", "mha")
+#: Head groups that get their own late backbone stages when the net branches (``shared_depth``):
+#: the face attributes learn from UTKFace, emotion from FER+, so they are the natural split.
+HEAD_GROUPS = (("age", "gender", "race"), ("emotion",))
+
+
+def _backbone_stages(arch: str, width: float, channels: tuple[int, ...] | None = None) -> tuple[list[nn.Module], int]:
+    """The backbone as a list of stages (the stem, one per channel group, the final 1x1 conv), and the
+    final conv's output channels (the embedding size). ``channels``: a pruned mnv2 net's counts
+    (``default_channel_plan``'s order)."""
+    if arch == "mnv2":
+        full = default_channel_plan(width)
+        plan = list(channels) if channels is not None else full
+        if len(plan) != len(full):
+            raise ValueError(f"channels has {len(plan)} entries, the plan of width {width} has {len(full)}")
+        stages: list[nn.Module] = [_conv_bn_act(3, plan[0], 3, stride=2)]
+        cin, full_cin, k = plan[0], full[0], 1
+        for t, _c, n, s in _INVERTED_RESIDUAL_PLAN:
+            blocks = []
+            for i in range(n):
+                stride = s if i == 0 else 1
+                hidden, cout = plan[k], plan[k + 1]
+                # The residual and the expansion conv follow the unpruned plan, not the pruned counts.
+                blocks.append(InvertedResidual(cin, cout, stride, t, hidden=hidden, expand=t != 1,
+                                               residual=stride == 1 and full_cin == full[k + 1]))
+                cin, full_cin, k = cout, full[k + 1], k + 2
+            stages.append(nn.Sequential(*blocks))
+        # Like MobileNetV2, the last conv never shrinks below 1280 channels (the plan's last entry).
+        stages.append(_conv_bn_act(cin, plan[-1], 1))
+        return stages, plan[-1]
+    if channels is not None:
+        raise ValueError(f"pruned channel counts are for arch mnv2, not {arch}")
+    if arch == "mnv3":
+        stem = _make_divisible(16 * width)
+        stages = [_conv_bn_act(3, stem, 3, stride=2, activation="hswish")]
+        cin = stem
+        for plan in _MNV3_STAGES:
+            blocks = []
+            for k, exp, c, se, act, s in plan:
+                cout = _make_divisible(c * width)
+                blocks.append(InvertedResidual(cin, cout, s, kernel=k, se=se, activation=act,
+                                               hidden=_make_divisible(exp * width)))
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+        # MobileNetV3's last 1x1 conv (960 at width 1); its 1280-unit classifier layer is left out:
+        # the GDC and the heads follow, as in the mnv2 net.
+        embedding = _make_divisible(960 * width)
+        stages.append(_conv_bn_act(cin, embedding, 1, activation="hswish"))
+        return stages, embedding
+    raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+
+
+class SpatialSelfAttention(nn.Module):
+    """Multi-head self-attention over the final feature map's spatial tokens (4x4 at 112 px), residual.
+
+    Queries, keys and values are 1x1 convolutions down to ``dim`` channels (the embedding has 960-1280,
+    full-width attention would cost millions of parameters); the heads' output is projected back by a
+    1x1 conv with batch norm (zero-initialised scale, so a new block starts as the identity). No position
+    encoding: the GDC after it weighs positions, and the block stays resolution-independent (64 px training).
+    """
+
+    def __init__(self, channels: int, dim: int = 128, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.qkv = nn.Conv2d(channels, 3 * dim, 1)
+        self.proj = nn.Sequential(nn.Conv2d(dim, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.proj[1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        q, k, v = self.qkv(x).reshape(n, 3, self.heads, self.dim // self.heads, h * w).unbind(1)
+        # (n, heads, tokens, head_dim) x (n, heads, head_dim, tokens)
+        attn = torch.softmax(q.transpose(-2, -1) @ k * (self.dim // self.heads) ** -0.5, dim=-1)
+        out = (v @ attn.transpose(-2, -1)).reshape(n, self.dim, h, w)
+        return x + self.proj(out)
+
+    def extra_macs(self, tokens: int) -> int:
+        """Multiply-adds of the two attention matrix products (not convolutions, so not hooked)."""
+        return 2 * tokens * tokens * self.dim
+
+
+class Branch(nn.Module):
+    """The late stages of one head group when the net branches: its own copy of the stages after the
+    shared ones, attention (if any) and GDC."""
+
+    def __init__(self, stages: list[nn.Module], attention: nn.Module | None, gdc: nn.Module) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*stages)
+        self.attention = attention if attention is not None else nn.Identity()
+        self.gdc = gdc
+
+
 @dataclass(frozen=True)
 class NetConfig:
+    """What builds a FaceNet. The defaults are the shipped network (``footfall-mnv2-w050`` at width 0.5).
+
+    ``shared_depth``: backbone stages all heads share (stage 0 is the stem, then one per channel group, the
+    last is the final 1x1 conv: mnv2 has 9, mnv3 8); the later ones are duplicated per head group
+    (``HEAD_GROUPS``). 0 means all shared (one trunk, today's net).
+    """
+
     width: float = 1.0
     dropout: float = 0.2
-    # Channel counts of a pruned net (``channel_plan``'s order; None: the width's plan) and a tag that
-    # names the variant (``l1p25``: 25 % of the channels pruned by L1 magnitude, ``qat``: fake-quant trained).
+    arch: str = "mnv2"
+    attention: str = "none"
+    shared_depth: int = 0
+    # Channel counts of a pruned net (``default_channel_plan``'s order; None: the width's plan) and a tag
+    # that names the variant (``l1p25``: 25 % of the channels pruned by L1 magnitude, ``qat``: fake-quant trained).
     channels: tuple[int, ...] | None = None
     tag: str = ""
     # Fake quantization in the forward pass (quantization-aware training, footfall_training.qat).
@@ -104,12 +258,39 @@ class NetConfig:
 
     @property
     def name(self) -> str:
-        return f"footfall-mnv2-w{int(round(self.width * 100)):03d}" + (f"-{self.tag}" if self.tag else "")
+        suffix = ("-mha" if self.attention == "mha" else "") + (f"-sd{self.shared_depth}" if self.shared_depth else "")
+        suffix += f"-{self.tag}" if self.tag else ""
+        return f"footfall-{self.arch}-w{int(round(self.width * 100)):03d}{suffix}"
 
     @property
     def file_stem(self) -> str:
-        """Stem of the model's files in model/ (``footfall_w050``.onnx, .int8.onnx, .pt, .rknn)."""
-        return self.name.replace("footfall-mnv2-", "footfall_").replace("-", "_")
+        """Stem of the model's files in model/ (``footfall_w050``.onnx, .int8.onnx, .pt, .rknn for the default
+        arch, e.g. ``footfall_mnv3_w060_mha`` for others)."""
+        if self.name.startswith("footfall-mnv2-"):
+            return self.name.replace("footfall-mnv2-", "footfall_").replace("-", "_")
+        return self.name.replace("-", "_")
+
+    @classmethod
+    def from_name(cls, name: str) -> NetConfig:
+        """The config of a model name (``name`` above; dropout, which has no weights, at its default). A pruned
+        or QAT variant's name (``-l1p25``, ``-qat``) does not say its channel counts: rebuild those from a checkpoint.
+
+        >>> NetConfig.from_name("footfall-mnv3-w060-mha-sd6")
+        NetConfig(width=0.6, dropout=0.2, arch='mnv3', attention='mha', shared_depth=6, channels=None, tag='', qat=False)
+        """
+        match = re.fullmatch(r"footfall-(\w+)-w(\d{3})(-mha)?(?:-sd(\d+))?", name)
+        if not match:
+            raise ValueError(f"not a model name: {name!r} (e.g. footfall-mnv2-w050, footfall-mnv3-w060-mha-sd6)")
+        arch, width, mha, depth = match.groups()
+        return cls(width=int(width) / 100, arch=arch, attention="mha" if mha else "none", shared_depth=int(depth or 0))
+
+    @classmethod
+    def from_dict(cls, config: dict) -> NetConfig:
+        """The net's part of a run's config (``TrainConfig`` as a dict; older runs lack the newer keys)."""
+        values = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
+        if values.get("channels") is not None:
+            values["channels"] = tuple(values["channels"])
+        return cls(**values)
 
 
 def default_channel_plan(width: float) -> list[int]:
@@ -131,45 +312,60 @@ def default_channel_plan(width: float) -> list[int]:
 
 
 class FaceNet(nn.Module):
-    """MobileNetV2-style multi-task network for 112x112 RGB faces."""
+    """Multi-task network for 112x112 RGB faces: MobileNetV2- or V3-style backbone, optional attention,
+    optionally branched per head group (see ``NetConfig``)."""
 
     #: The face size the weights learned at (``footfall-train --image-size``; set by ``load_checkpoint``).
     image_size: int = INPUT_SIZE
 
-    def __init__(self, width: float = 1.0, dropout: float = 0.2, channels: tuple[int, ...] | None = None,
-                 tag: str = "", qat: bool = False) -> None:
+    def __init__(self, width: float = 1.0, dropout: float = 0.2, arch: str = "mnv2", attention: str = "none",
+                 shared_depth: int = 0, channels: tuple[int, ...] | None = None, tag: str = "",
+                 qat: bool = False) -> None:
         super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, not {attention!r}")
         channels = tuple(channels) if channels is not None else None
-        self.config = NetConfig(width=width, dropout=dropout, channels=channels, tag=tag, qat=qat)
-        # Like MobileNetV2, the last conv never shrinks below 1280 channels (the plan's last entry).
-        full = default_channel_plan(width)
-        plan = list(channels) if channels is not None else full
-        if len(plan) != len(full):
-            raise ValueError(f"channels has {len(plan)} entries, the plan of width {width} has {len(full)}")
-        stem = plan[0]
-        layers: list[nn.Module] = [_conv_bn_act(3, stem, 3, stride=2)]
-        cin, full_cin, k = stem, full[0], 1
-        for t, _c, n, s in _INVERTED_RESIDUAL_PLAN:
-            for i in range(n):
-                hidden, cout = plan[k], plan[k + 1]
-                residual = (s if i == 0 else 1) == 1 and full_cin == full[k + 1]
-                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t, hidden=hidden, residual=residual))
-                cin, full_cin, k = cout, full[k + 1], k + 2
-        self.embedding_dim = plan[-1]
-        layers.append(_conv_bn_act(cin, self.embedding_dim, 1))
-        self.features = nn.Sequential(*layers)
+        if (channels is not None or qat) and (arch != "mnv2" or shared_depth or attention != "none"):
+            # footfall-prune and footfall_training.qat know the plain MobileNetV2 trunk only.
+            raise ValueError("pruned channels and fake quantization need arch mnv2 without attention or branching")
+        stages, self.embedding_dim = _backbone_stages(arch, width, channels)
+        if shared_depth >= len(stages) or shared_depth < 0:
+            raise ValueError(f"shared_depth must be 1..{len(stages) - 1} (0: all shared) for {arch}, not {shared_depth}")
+        self.config = NetConfig(width=width, dropout=dropout, arch=arch, attention=attention,
+                                shared_depth=shared_depth, channels=channels, tag=tag, qat=qat)
         final_map = INPUT_SIZE // 32 + (1 if INPUT_SIZE % 32 else 0)  # 112 -> 4
-        # Global depthwise conv over the final 4x4 map replaces average pooling.
-        self.gdc = nn.Sequential(
-            nn.Conv2d(self.embedding_dim, self.embedding_dim, final_map, groups=self.embedding_dim, bias=False),
-            nn.BatchNorm2d(self.embedding_dim),
-        )
+
+        def gdc() -> nn.Sequential:
+            # Global depthwise conv over the final 4x4 map replaces average pooling.
+            return nn.Sequential(
+                nn.Conv2d(self.embedding_dim, self.embedding_dim, final_map, groups=self.embedding_dim, bias=False),
+                nn.BatchNorm2d(self.embedding_dim),
+            )
+
+        def attention_block() -> nn.Module | None:
+            return SpatialSelfAttention(self.embedding_dim) if attention == "mha" else None
+
+        if shared_depth:
+            # The mnv2 stages are flattened into features as before, so unbranched keys stay those of
+            # the shipped checkpoint (features.N for the Nth block).
+            self.features = nn.Sequential(*stages[:shared_depth])
+            self.branches = nn.ModuleList(
+                Branch(stages[shared_depth:] if i == 0 else copy.deepcopy(stages[shared_depth:]),
+                       attention_block(), gdc()) for i in range(len(HEAD_GROUPS)))
+        else:
+            # flat list of blocks: the shipped checkpoint's keys (features.0 ... features.18, gdc)
+            blocks = [stages[0]] + [b for stage in stages[1:-1] for b in stage] + [stages[-1]]
+            self.features = nn.Sequential(*blocks)
+            if attention == "mha":
+                self.attention = attention_block()
+            self.gdc = gdc()
         self.dropout = nn.Dropout(dropout)
         self.age_head = nn.Linear(self.embedding_dim, len(AGE_BINS))
         self.gender_head = nn.Linear(self.embedding_dim, 1)
         self.race_head = nn.Linear(self.embedding_dim, len(RACES))
         self.emotion_head = nn.Linear(self.embedding_dim, len(EMOTIONS))
         self.register_buffer("age_bins", torch.tensor(AGE_BINS, dtype=torch.float32), persistent=False)
+        self.register_buffer("emotion_bias", torch.zeros(len(EMOTIONS)))
         # Fake quantization of the normalised input in quantization-aware training.
         self.input_fq: nn.Module = nn.Identity()
         self._init_weights()
@@ -193,33 +389,57 @@ class FaceNet(nn.Module):
             state_dict = with_fake_quant_state(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Weights saved before the emotion bias existed mean no bias.
+        state_dict.setdefault(prefix + "emotion_bias", torch.zeros(len(EMOTIONS)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: NetConfig) -> FaceNet:
+        return cls(**asdict(config))
+
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, SpatialSelfAttention):
+                nn.init.zeros_(m.proj[1].weight)  # the attention block starts as the identity (again)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.features(self.input_fq(x))
-        kernel = self.gdc[0].kernel_size
+    @staticmethod
+    def _pool(fmap: torch.Tensor, attention: nn.Module | None, gdc: nn.Sequential) -> torch.Tensor:
+        if attention is not None:
+            fmap = attention(fmap)
+        kernel = gdc[0].kernel_size
         if not torch.jit.is_tracing() and tuple(fmap.shape[-2:]) != kernel:
             # Low-resolution training (footfall-train --image-size 64): the GDC's kernel covers
             # the 112x112 map, so the smaller final map is stretched to it. Never true at 112,
             # and the ONNX export (a trace at 112) leaves the check out of the graph.
             fmap = F.interpolate(fmap, size=kernel, mode="bilinear", align_corners=False)
-        return self.dropout(torch.flatten(self.gdc(fmap), 1))
+        return torch.flatten(gdc(fmap), 1)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One embedding per head group (``HEAD_GROUPS``; the same tensor for all when nothing branches)."""
+        fmap = self.features(self.input_fq(x))
+        if self.config.shared_depth:
+            return tuple(self.dropout(self._pool(b.features(fmap), b.attention, b.gdc)) for b in self.branches)
+        z = self.dropout(self._pool(fmap, getattr(self, "attention", None), self.gdc))
+        return (z,) * len(HEAD_GROUPS)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.embed(x)
-        age_logits = self.age_head(z)
-        gender_logit = self.gender_head(z).squeeze(1)
-        race_logits = self.race_head(z)
-        emotion_logits = self.emotion_head(z)
+        z_face, z_emotion = self.embed(x)
+        age_logits = self.age_head(z_face)
+        gender_logit = self.gender_head(z_face).squeeze(1)
+        race_logits = self.race_head(z_face)
+        emotion_logits = self.emotion_head(z_emotion) + self.emotion_bias
         return {
             "age": (torch.softmax(age_logits, dim=1) * self.age_bins).sum(dim=1),
             "gender": torch.sigmoid(gender_logit),
@@ -230,20 +450,6 @@ class FaceNet(nn.Module):
             "race_logits": race_logits,
             "emotion_logits": emotion_logits,
         }
-
-
-def net_from_config(config: dict) -> FaceNet:
-    """An untrained FaceNet of the architecture a checkpoint's ``config`` describes (width, pruned channels,
-    tag, fake quantization)."""
-    channels = config.get("channels")
-    return FaceNet(width=config["width"], channels=tuple(channels) if channels else None,
-                   tag=config.get("tag", ""), qat=bool(config.get("qat", False)))
-
-
-def architecture(net: FaceNet) -> dict:
-    """What a checkpoint's config stores so that ``net_from_config`` rebuilds ``net``."""
-    return {"width": net.config.width, "channels": list(net.config.channels) if net.config.channels else None,
-            "tag": net.config.tag, "qat": net.config.qat}
 
 
 class ExportWrapper(nn.Module):
@@ -265,7 +471,7 @@ def count_parameters(net: nn.Module) -> int:
 
 
 def count_macs(net: FaceNet, size: int = INPUT_SIZE) -> int:
-    """Multiply-accumulates of one forward pass (convolutions and linear layers)."""
+    """Multiply-accumulates of one forward pass (convolutions, linear layers, attention products)."""
     macs = 0
 
     def conv_hook(module: nn.Conv2d, _inp, out: torch.Tensor) -> None:
@@ -277,8 +483,13 @@ def count_macs(net: FaceNet, size: int = INPUT_SIZE) -> int:
         nonlocal macs
         macs += module.in_features * module.out_features
 
+    def attention_hook(module: SpatialSelfAttention, inp, _out) -> None:
+        nonlocal macs
+        macs += module.extra_macs(inp[0].shape[-2] * inp[0].shape[-1])
+
     hooks = [m.register_forward_hook(conv_hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
     hooks += [m.register_forward_hook(linear_hook) for m in net.modules() if isinstance(m, nn.Linear)]
+    hooks += [m.register_forward_hook(attention_hook) for m in net.modules() if isinstance(m, SpatialSelfAttention)]
     was_training = net.training
     net.eval()
     with torch.no_grad():

@@ -24,11 +24,12 @@ block. The heads' outputs are never pruned. The checkpoint written keeps the cha
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from footfall_training.network import FaceNet, architecture, count_macs, count_parameters
+from footfall_training.network import FaceNet, count_macs, count_parameters
 from footfall_training.preprocess import INPUT_SIZE
 
 METHODS = ("l1", "fpgm")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     net = prune(net, args.method, args.amount, args.round_to)
     after = count_parameters(net), count_macs(net)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_whole({"ema": net.state_dict(), "config": {**source["config"], **architecture(net)},
+    save_whole({"ema": net.state_dict(), "config": {**source["config"], **asdict(net.config)},
                 "epoch": source.get("epoch"), "pruned_from": str(args.checkpoint)}, args.out)
     print(f"wrote {args.out}: {net.config.name}, parameters {before[0] / 1e6:.2f} M -> {after[0] / 1e6:.2f} M, "
           f"multiply-adds {before[1] / 1e6:.0f} M -> {after[1] / 1e6:.0f} M\nchannels {list(net.config.channels)}")

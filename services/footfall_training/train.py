@@ -8,6 +8,7 @@ command again resumes. Validation every epoch on the EMA weights; early stopping
 selection score.
 
     footfall-train --width 0.5 --epochs 35 --run w050
+    footfall-train --arch mnv3 --width 0.6 --attention mha --shared-depth 6 --run mnv3-mha-sd6
 
 Loss (``--age-loss``, ``--emotion-target``, ``--weighting``):
 - age: ``ldl`` = KL to a Gaussian label distribution over 0..100 plus L1 on its expectation
@@ -15,6 +16,17 @@ Loss (``--age-loss``, ``--emotion-target``, ``--weighting``):
 - gender: BCE; race: CE; emotion: CE on FER+ vote shares (``soft``) or the majority (``hard``);
 - heads weighted ``fixed`` (paper weights by default) or learned (``uncertainty``, Kendall et al.).
 Samples without a label for a head contribute nothing to it.
+
+Levers against what goes wrong on faces from other sources (issue 18; measured at an equal
+budget by ``scripts/generalise_study.sh``):
+- ``--emotion-loss la``: logit-adjusted loss (Menon et al. 2021), the emotion logits plus
+  log(prior of the training labels) inside the loss, so the raw logits learn the balanced rule;
+  ``balanced``: each face's emotion loss weighted by its label's class-balanced weight (effective
+  number of samples, Cui et al. 2019, beta 0.999);
+- ``--sampling balanced``: UTKFace faces drawn with weight 1/sqrt(faces in their age band x gender
+  cell) (more infants, teens and women over 60; FER's faces keep their share);
+- ``--augment-strong``: more grayscale, tilt and horizontally squeezed (turned) faces;
+- ``--select-emotion macro_f1``: checkpoints chosen on the emotion head's macro-F1, not accuracy.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +47,7 @@ from torch import nn
 from footfall_training.augment import AugmentConfig, augment
 from footfall_training.data import FaceSet, load_split
 from footfall_training.metrics import head_metrics, selection_score
-from footfall_training.network import FaceNet, architecture, net_from_config
+from footfall_training.network import FaceNet, NetConfig
 from footfall_training.preprocess import INPUT_SIZE, normalize_batch
 from footfall.predictions import HEADS, Predictions
 
@@ -46,6 +58,13 @@ log = logging.getLogger("footfall.train")
 class TrainConfig:
     run: str = "w050"
     width: float = 0.5
+    # The network (footfall_training.network.NetConfig; the defaults build the shipped one): backbone
+    # mnv2 | mnv3, attention none | mha over the final map, backbone stages shared by all heads before
+    # the face attributes and emotion branch (0: all shared), dropout before the heads.
+    arch: str = "mnv2"
+    attention: str = "none"
+    shared_depth: int = 0
+    dropout: float = 0.2
     epochs: int = 35
     batch_size: int = 96
     lr: float = 2e-3
@@ -92,6 +111,11 @@ class TrainConfig:
     # a CPU step runs 2-3x the images/s of 112 (FER's faces are 48 px anyway), so a CPU run can
     # spend its first epochs there and finish at 112 with --init from the low-resolution best.pt.
     image_size: int = INPUT_SIZE
+    # Levers for faces from other sources (see the module's docstring).
+    emotion_loss: str = "ce"  # ce | la | balanced
+    sampling: str = "uniform"  # uniform | balanced
+    augment_strong: bool = False
+    select_emotion: str = "acc"  # acc | macro_f1
     # Quantization-aware training (footfall_training.qat): the forward pass rounds weights and activations
     # as the INT8 export does; meant as a short fine-tune from --init (a float or pruned checkpoint).
     qat: bool = False
@@ -107,11 +131,36 @@ def _age_targets(age: torch.Tensor, bins: torch.Tensor, sigma: float) -> torch.T
     return torch.softmax(d, dim=1)
 
 
+EFFECTIVE_NUMBER_BETA = 0.999
+
+
+def class_balanced_weights(prior: torch.Tensor, faces: int, beta: float = EFFECTIVE_NUMBER_BETA) -> torch.Tensor:
+    """Per-class loss weights (1 - beta) / (1 - beta^n) for n = faces x prior (Cui et al. 2019),
+    scaled so that the average face's weight is 1.
+
+    >>> [round(w, 2) for w in class_balanced_weights(torch.tensor([0.9, 0.1]), 10000).tolist()]
+    [0.95, 1.49]
+    """
+    weights = (1 - beta) / (1 - beta ** (prior * faces).clamp(min=1))
+    return weights / (prior * weights).sum()
+
+
 class MultiTaskLoss(nn.Module):
-    def __init__(self, cfg: TrainConfig, bins: torch.Tensor) -> None:
+    def __init__(self, cfg: TrainConfig, bins: torch.Tensor, emotion_prior: torch.Tensor | None = None,
+                 emotion_faces: int = 0) -> None:
+        """``emotion_prior``: share of each emotion among the training labels (``--emotion-loss la`` and
+        ``balanced``), ``emotion_faces``: how many training faces carry one (``balanced``)."""
         super().__init__()
         self.cfg = cfg
         self.register_buffer("bins", bins)
+        if cfg.emotion_loss not in ("ce", "la", "balanced"):
+            raise ValueError(f"emotion_loss must be ce, la or balanced, not {cfg.emotion_loss!r}")
+        if cfg.emotion_loss != "ce" and emotion_prior is None:
+            raise ValueError(f"--emotion-loss {cfg.emotion_loss} needs the training labels' emotion prior")
+        # (a class absent from a small subset would make its adjustment -inf)
+        self.emotion_adjust = torch.log(emotion_prior.clamp(min=1e-4)) if cfg.emotion_loss == "la" else None
+        self.emotion_weights = class_balanced_weights(emotion_prior, emotion_faces) \
+            if cfg.emotion_loss == "balanced" else None
         self.heads = cfg.head_names
         # log variances for uncertainty weighting (Kendall, Gal & Cipolla 2018)
         self.log_vars = nn.Parameter(torch.zeros(4)) if cfg.weighting == "uncertainty" else None
@@ -137,10 +186,16 @@ class MultiTaskLoss(nn.Module):
         m = batch["emotion"] >= 0
         if "emotion" in self.heads and m.any():
             logits = out["emotion_logits"][m]
+            if self.emotion_adjust is not None:
+                logits = logits + self.emotion_adjust.to(logits.device)
+            labels = batch["emotion"][m].long()
             if cfg.emotion_target == "soft":
-                terms["emotion"] = -(batch["emotion_votes"][m] * torch.log_softmax(logits, 1)).sum(1).mean()
+                per_face = -(batch["emotion_votes"][m] * torch.log_softmax(logits, 1)).sum(1)
             else:
-                terms["emotion"] = F.cross_entropy(logits, batch["emotion"][m].long(), label_smoothing=0.05)
+                per_face = F.cross_entropy(logits, labels, label_smoothing=0.05, reduction="none")
+            if self.emotion_weights is not None:
+                per_face = per_face * self.emotion_weights.to(logits.device)[labels]
+            terms["emotion"] = per_face.mean()
         names = HEADS
         weights = (cfg.w_age, cfg.w_gender, cfg.w_race, cfg.w_emotion)
         total = out["age"].new_zeros(())
@@ -199,6 +254,41 @@ def to_batch(faces: FaceSet, index: np.ndarray, device: torch.device,
     return batch
 
 
+def emotion_prior(faces: FaceSet) -> torch.Tensor:
+    """Share of each emotion (EMOTIONS order) among the faces' emotion labels."""
+    from footfall_training.logit_adjust import label_prior
+
+    return torch.from_numpy(label_prior(faces.emotion)).float()
+
+
+def sampling_weights(faces: FaceSet) -> np.ndarray:
+    """Probabilities of drawing each face for ``--sampling balanced``: a UTKFace face's weight is
+    1/sqrt(faces in its age band x gender cell), so rare cells (infants, women over 60) come up more
+    often without repeating their few faces as often as full balancing would; FER's faces keep
+    their overall share.
+
+    >>> from footfall.labels import EMOTIONS
+    >>> n = 5
+    >>> faces = FaceSet(np.zeros((n, 1, 1, 3), np.uint8), np.array([1, 1, 1, 70, np.nan], np.float32),
+    ...                 np.array([0, 0, 0, 1, -1], np.int8), np.zeros(n, np.int8), np.full(n, -1, np.int8),
+    ...                 np.zeros((n, len(EMOTIONS)), np.float32), np.array([0, 0, 0, 0, 1], np.int8))
+    >>> sampling_weights(faces).round(3).tolist()  # the lone woman of 70 weighs sqrt(3) x each infant
+    [0.169, 0.169, 0.169, 0.293, 0.2]
+    """
+    from footfall.labels import AGE_BANDS
+
+    weights = np.ones(len(faces))
+    utk = (faces.dataset == 0) & ~np.isnan(faces.age) & (faces.gender >= 0)
+    band = np.zeros(len(faces), int)
+    for i, (_, lo, hi) in enumerate(AGE_BANDS):
+        band[(faces.age >= lo) & (faces.age < hi)] = i
+    cell = band * 2 + faces.gender.astype(int)
+    counts = np.bincount(cell[utk], minlength=2 * len(AGE_BANDS))
+    weights[utk] = 1 / np.sqrt(counts[cell[utk]])
+    weights[utk] *= utk.sum() / weights[utk].sum()  # the UTKFace faces' total share is unchanged
+    return weights / weights.sum()
+
+
 def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
     """NCHW images resized to ``size`` pixels (antialiased), unchanged when already that size."""
     if x.shape[-1] == size:
@@ -229,9 +319,7 @@ class EMA:
     """Exponential moving average of the weights with warm-up (decay rises from ~0.1)."""
 
     def __init__(self, net: FaceNet, decay: float) -> None:
-        c = net.config  # the same architecture (pruned channels, fake quantization)
-        self.model = FaceNet(width=c.width, dropout=c.dropout, channels=c.channels, tag=c.tag, qat=c.qat).to(
-            next(net.parameters()).device)
+        self.model = FaceNet.from_config(net.config).to(next(net.parameters()).device)
         self.model.load_state_dict(net.state_dict())
         self.model.eval().requires_grad_(False)
         self.decay, self.updates = decay, 0
@@ -298,27 +386,37 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         val_set = val_set.subset(rng.permutation(len(val_set))[:max(64, cfg.limit // 4)])
 
     last = out_dir / "last.pt"
-    # The net's architecture comes from --init (a pruned checkpoint keeps its channel counts) or, when
-    # resuming, from the run's own checkpoint.
+    # The net's architecture: the run's own checkpoint's when resuming; else that of --init (a pruned
+    # checkpoint keeps its channel counts), which must be the one the settings ask for; else the settings'.
     start = None
+    wanted = NetConfig.from_dict(asdict(cfg))
     if last.exists():
-        arch = torch.load(last, map_location="cpu", weights_only=False)["config"]
+        net_config = NetConfig.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
     elif cfg.init:
         start = torch.load(cfg.init, map_location="cpu", weights_only=False)
-        if start["config"]["width"] != cfg.width:
-            raise ValueError(f"--init {cfg.init} has width {start['config']['width']}, not {cfg.width}")
-        arch = start["config"]
+        net_config = replace(NetConfig.from_dict(start["config"]), dropout=cfg.dropout)  # dropout has no weights
+        if replace(net_config, channels=None, tag="", qat=False) != replace(wanted, tag="", qat=False):
+            raise ValueError(f"--init {cfg.init} is {net_config.name}, not {wanted.name} (another width or "
+                             f"architecture)")
     else:
-        arch = {"width": cfg.width}
-    tag = arch.get("tag", "")
-    if cfg.qat and "qat" not in tag.split("-"):
-        tag = "-".join(t for t in (tag, "qat") if t)
-    net = net_from_config({**arch, "tag": tag, "qat": cfg.qat})
+        net_config = wanted
+    if cfg.qat and not net_config.qat:
+        net_config = replace(net_config, qat=True, tag="-".join(t for t in (net_config.tag, "qat") if t))
+    net = FaceNet.from_config(net_config)
     if start is not None:
         net.load_state_dict(start["ema"])
+        if net.emotion_bias.any():
+            # A post-hoc adjustment of the shipped model, not something to learn around: training
+            # goes on from the raw logits (footfall-export --emotion-bias sets it again).
+            log.info("initial weights carry emotion bias %s: training without it", net.emotion_bias.tolist())
+            net.emotion_bias.zero_()
         log.info("initialised from %s (epoch %s of its run)", cfg.init, start.get("epoch"))
     net = net.to(device).to(memory_format=torch.channels_last)
-    criterion = MultiTaskLoss(cfg, net.age_bins.clone()).to(device)
+    criterion = MultiTaskLoss(cfg, net.age_bins.clone(), emotion_prior(train_set),
+                              int((train_set.emotion >= 0).sum())).to(device)
+    if cfg.sampling not in ("uniform", "balanced"):
+        raise ValueError(f"sampling must be uniform or balanced, not {cfg.sampling!r}")
+    draw = sampling_weights(train_set) if cfg.sampling == "balanced" else None
     decay, no_decay = [], []
     for p in list(net.parameters()) + list(criterion.parameters()):
         (decay if p.ndim > 1 else no_decay).append(p)
@@ -332,7 +430,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     teacher = None
     if cfg.teacher:
         teacher = load_checkpoint(Path(cfg.teacher)).to(device).to(memory_format=torch.channels_last)
-    augment_config = AugmentConfig().without(cfg.augment_off.split(",") if cfg.augment_off else [])
+    augment_config = (AugmentConfig.strong() if cfg.augment_strong else AugmentConfig()).without(
+        cfg.augment_off.split(",") if cfg.augment_off else [])
     use_amp = device.type == "cuda"
     state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": -1, "history": []}
 
@@ -354,7 +453,9 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
             log.info("early stop: no improvement since epoch %d", state["best_epoch"])
             break
         net.train()
-        order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train_set))
+        epoch_rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+        order = epoch_rng.permutation(len(train_set)) if draw is None else \
+            epoch_rng.choice(len(train_set), size=len(train_set), p=draw)
         t0, seen, running = time.time(), 0, {}
         for b in range(steps_per_epoch):
             idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
@@ -395,7 +496,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
                       f"{rate:.0f} img/s loss " + " ".join(f"{k}={v:.3f}" for k, v in running.items()),
                       flush=True)
         metrics = evaluate_faces(ema.model, val_set, device, cfg.image_size)
-        score = selection_score(metrics, heads)
+        score = selection_score(metrics, heads, cfg.select_emotion)
         summary = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         state["history"].append({"epoch": epoch + 1, "score": score, "seconds": time.time() - t0, **summary})
         state["epoch"] = epoch + 1
@@ -404,7 +505,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
             state["best_score"], state["best_epoch"] = score, epoch + 1
         ckpt = {"model": net.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
                 "optimizer": opt.state_dict(), "criterion": criterion.state_dict(), "state": state,
-                "config": {**asdict(cfg), **architecture(net)}}
+                "config": {**asdict(cfg), **asdict(net.config)}}
         save_whole(ckpt, last)
         if improved:
             save_whole({"ema": ema.model.state_dict(), "config": ckpt["config"], "metrics": metrics,
@@ -433,7 +534,7 @@ def save_whole(obj: dict, path: Path) -> None:
 def load_checkpoint(path: Path, device: str = "cpu") -> FaceNet:
     """The EMA weights of a best/last checkpoint as an eval-mode FaceNet."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
-    net = net_from_config(ckpt["config"])
+    net = FaceNet.from_config(NetConfig.from_dict(ckpt["config"]))
     net.load_state_dict(ckpt["ema"])
     # The resolution it learned at (--image-size): scoring a 64 px model on 112 px faces would
     # measure the mismatch, not the model.

@@ -51,7 +51,8 @@ def texts(at) -> str:
 
 
 def export(at) -> pd.DataFrame:
-    return at.session_state["footfall_export"]
+    """The CSV export's frame: the session holds the function that builds it on the download click."""
+    return at.session_state["footfall_export"]()
 
 
 def assert_no_crash(at) -> None:
@@ -104,9 +105,17 @@ def test_camera_table_equals_the_truth(known_db, app_test):
     assert f"No data in this period for camera: {SILENT_CAMERA}" in texts(at)
 
 
-def test_export_holds_exactly_what_is_shown(known_db, app_test):
+def test_export_holds_exactly_what_is_shown(known_db, app_test, monkeypatch):
+    from footfall_dash import views
+
+    built = []
+    monkeypatch.setattr(views, "export_frame", lambda *a, real=views.export_frame: built.append(1) or real(*a))
     at = app_test(known_db)
-    frame = export(at)
+    at.selectbox(key="f_preset").set_value("Last 30 days").run()
+    assert built == []  # the CSV frame is built on the download click only, not on every run (speed)
+    at.selectbox(key="f_preset").set_value("Last 7 days").run()
+    frame = export(at)  # what the click builds
+    assert built == [1]
     headline = dict(zip(frame.loc[frame.view == "headline", "metric"], frame.loc[frame.view == "headline", "value"]))
     shown = metrics(at)
     assert headline["Visitors"] == shown["Visitors"].value

@@ -71,6 +71,33 @@ def test_previous_period_and_span(filled):
     engine.dispose()
 
 
+def test_span_and_first_counts_are_index_seeks_not_scans(tmp_path):
+    """The first screen asks for the data's span and each camera's first count: SQLite's work for them
+    (virtual-machine steps) must not grow with the rows stored (a year of 50 cameras is 2 M cells)."""
+    from footfall.db.migrate import upgrade
+
+    def steps(rows: int) -> int:
+        url = f"sqlite:///{tmp_path / f'seek{rows}.db'}"
+        upgrade(url)
+        write_rows(url, [dict(KNOWN_ROWS[0], bucket_start=datetime(2024, 1, 1) + timedelta(minutes=i),
+                              camera_id=f"cam-{i % 2}") for i in range(rows)])
+        engine = data.open_engine(url)
+        counted = [0]
+
+        def count(dbapi_connection, _record):
+            dbapi_connection.set_progress_handler(lambda: counted.__setitem__(0, counted[0] + 1) or 0, 1)
+
+        sa.event.listen(engine, "connect", count)
+        assert data.data_span(engine) == (datetime(2024, 1, 1), datetime(2024, 1, 1) + timedelta(minutes=rows - 1))
+        assert data.first_counts(engine, ["cam-0", "cam-1"]) == {"cam-0": datetime(2024, 1, 1),
+                                                                 "cam-1": datetime(2024, 1, 1, 0, 1)}
+        engine.dispose()
+        return counted[0]
+
+    few, many = steps(100), steps(4000)
+    assert many < few * 1.5, (few, many)
+
+
 def test_time_zone_shifts_hours(filled):
     engine = data.open_engine(filled)
     berlin = data.load_counts(engine, data.TimeRange(datetime(2024, 5, 8), datetime(2024, 5, 9)), None,
@@ -160,14 +187,25 @@ def test_headline_and_camera_summary_equal_the_truth():
     rows = truth.select(KNOWN_ROWS, LAST_7.start, LAST_7.end)
     counts = pd.DataFrame(rows).rename(columns={"bucket_start": "time"})
     current, _ = data.comparison_ranges(LAST_7, NOW)
-    h = data.headline(counts, current, previous_total=70)
+    in_current = truth.by(truth.select(rows, LAST_7.start, current.end), lambda r: r["camera_id"])
+    h = data.headline(counts[["time", "visitors"]], counts[["gender", "visitors", "age_sum"]],
+                      sum(in_current.values()), previous_total=70)
     assert h.visitors == truth.total(rows)
+    assert h.current_visitors == truth.comparison(KNOWN_ROWS, LAST_7.start, LAST_7.end, NOW)[0]
     assert h.busiest_hour == truth.busiest_hour(rows)
     assert h.median_per_hour == truth.median_active_hour(rows)
     assert h.mean_age == pytest.approx(truth.mean_age(rows))
     assert h.by_gender["female"] == truth.by(rows, lambda r: r["gender"])["female"]
-    summary = data.camera_summary(counts, ["cam-a", "cam-z"], pd.Series({"cam-a": 70}), current).set_index("camera_id")
-    assert summary.loc["cam-a", "visitors"] == truth.by(rows, lambda r: r["camera_id"])["cam-a"]
+    hours = pd.DataFrame([(c, hour, v) for (c, hour), v in truth.by(
+        rows, lambda r: (r["camera_id"], r["bucket_start"].hour)).items()], columns=["camera_id", "hour", "visitors"])
+    summary = data.camera_summary(counts[["camera_id", "gender", "visitors", "age_sum"]], hours,
+                                  pd.Series(in_current), ["cam-a", "cam-z"], pd.Series({"cam-a": 70}),
+                                  ).set_index("camera_id")
+    cam_a = [r for r in rows if r["camera_id"] == "cam-a"]
+    assert summary.loc["cam-a", "visitors"] == truth.total(cam_a)
+    assert summary.loc["cam-a", "current"] == in_current["cam-a"]
+    assert summary.loc["cam-a", "female"] == truth.by(cam_a, lambda r: r["gender"])["female"]
+    assert summary.loc["cam-a", "busiest_hour"] == truth.busiest_hour(cam_a)
     assert summary.loc["cam-z", "visitors"] == 0 and summary.loc["cam-z", "busiest_hour"] is None
 
 

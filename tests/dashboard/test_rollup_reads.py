@@ -2,13 +2,16 @@
 
 ``data.plan_reads`` splits a range into rollup buckets and fine edges; these tests check that the
 sums read that way equal the fine cells for arbitrary minute boundaries and "now" cuts (hypothesis,
-SQLite and PostgreSQL), that the page asks the rollup tables (the statements are observed), and
-that the first load of a generated 40-camera database sends under 500 KB of charts.
+SQLite and PostgreSQL), from the full rollups and the narrow ones, that the visitors per hour of
+day summed in the database equal the rows' local hours (time zones with DST and half-hour offsets),
+that the page asks the narrow rollup tables (the statements are observed), and that the first load
+of a generated 40-camera database sends under 500 KB of charts.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
@@ -80,6 +83,24 @@ def test_sums_through_the_rollups_equal_the_fine_cells(rolled_db, day, at, befor
         assert before == truth.total(truth.select(utc, start, data.to_utc(cut_at, tz), cameras))
         assert counts["age_sum"].sum() == pytest.approx(sum(r["age_sum"] for r in truth.select(utc, start, end,
                                                                                               cameras)))
+    # the narrow rollups (each view's dimensions only) give the same sums per dimension and time
+    selected = truth.select(utc, start, end, cameras)
+    for dims, grain in ((["camera_id"], "hour"), ([], "hour"), (["camera_id", "gender"], "day"),
+                        (["age_band", "gender"], "day"), (["emotion"], "day")):
+        for by_time in (True, False):
+            narrow = data.load_counts(engine, rng, cameras, tz=tz, dims=dims, grain=grain, by_time=by_time)
+            wide = data.read_cells(engine, VisitorCount, dims, rng, cameras, tz=tz, grain="minute", by_time=by_time)
+            keys = dims + (["time"] if by_time else [])
+            got = narrow.groupby(keys)["visitors"].sum().to_dict() if keys else {(): int(narrow["visitors"].sum())}
+            if by_time:  # the minute cells summed into the narrow read's buckets
+                wide["time"] = wide["time"].apply(lambda t: max(b for b in narrow["time"] if b <= t))
+            assert got == (wide.groupby(keys)["visitors"].sum().to_dict() if keys
+                           else {(): truth.total(selected)}), (dims, grain, by_time)
+    hours = data.hours_of_day(engine, rng, cameras, tz=tz)
+    zone = ZoneInfo(tz)
+    local_hour = lambda r: r["bucket_start"].replace(tzinfo=timezone.utc).astimezone(zone).hour  # noqa: E731
+    assert {(c, h): v for c, h, v in hours[["camera_id", "hour", "visitors"]].itertuples(index=False)} == \
+        {(r_c, r_h): v for (r_c, r_h), v in truth.by(selected, lambda r: (r["camera_id"], local_hour(r))).items()}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -106,11 +127,16 @@ def test_the_page_reads_the_rollups_for_a_month(known_db, app_test, statements):
     at = app_test(known_db, run=False)
     at.run()
     at.selectbox(key="f_preset").set_value("Last 30 days").run()
+    month_per_hour = len(statements)  # the emotion mix per hour reads the full hourly rollup
     at.radio(key="f_resolution").set_value("day").run()
     assert_no_crash(at)
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    assert any("FROM visitor_counts_daily" in s for s in reads)  # pyramid, per-camera totals, emotions per day
-    assert any("FROM visitor_counts_hourly" in s for s in reads)  # the hourly time line (weekday x hour)
+    per_day = [s for s in statements[month_per_hour:] if s.lstrip().upper().startswith("SELECT")]
+    # the narrow rollups: hourly totals (weekday x hour, busiest hours), per-camera genders, the pyramid, emotions
+    for table in ("visitor_totals_hourly", "visitor_genders_daily", "visitor_age_genders_daily",
+                  "visitor_emotions_daily"):
+        assert any(f"FROM {table}" in s for s in reads), table
+    assert not any("FROM visitor_counts_hourly" in s for s in per_day)  # per day nothing needs every attribute
     # whatever reads the fine cells reads a ragged edge or the data version, never the month: the rows
     # fetched from visitor_counts stay few (the fixture holds 18 fine rows; a month has 30 x 24 hours)
     assert not any("GROUP BY visitor_counts.camera_id, visitor_counts.bucket_start" in s and "daily" not in s

@@ -23,6 +23,30 @@ def test_subset(shared_data, accuracy_floor):
     return faces
 
 
+def with_varied_outputs(net):
+    """``net`` (random init) in eval mode, made to answer differently for different faces.
+
+    A freshly initialised net answers the same for every input (BatchNorm statistics 0/1, tiny head
+    weights, zero-initialised residual branches); give it data-driven statistics, non-zero BatchNorm
+    scales and larger heads so that the outputs vary with the face and comparisons between formats
+    mean something.
+    """
+    import torch
+
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None  # cumulative average over the batches below
+                if not m.weight.any():  # e.g. the attention block's output, zero at init
+                    torch.nn.init.uniform_(m.weight, 0.5, 1.0)
+        net.train()
+        for _ in range(3):
+            net(torch.randn(16, 3, 112, 112))
+        for head in (net.age_head, net.gender_head, net.race_head, net.emotion_head):
+            torch.nn.init.normal_(head.weight, 0.0, 3.0 / head.in_features ** 0.5)
+    return net.eval()
+
+
 @pytest.fixture(scope="session")
 def random_model(tmp_path_factory):
     """A random-init FaceNet (width 0.25, fast), saved as a training checkpoint and exported to ONNX FP32."""
@@ -32,20 +56,7 @@ def random_model(tmp_path_factory):
     from footfall_training.network import FaceNet
 
     torch.manual_seed(0)
-    net = FaceNet(width=0.25)
-    # A freshly initialised net answers the same for every input (BatchNorm statistics 0/1 and
-    # tiny head weights); give it data-driven statistics and larger heads so that the outputs
-    # vary with the face and comparisons between formats mean something.
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = None  # cumulative average over the batches below
-        net.train()
-        for _ in range(3):
-            net(torch.randn(16, 3, 112, 112))
-        for head in (net.age_head, net.gender_head, net.race_head, net.emotion_head):
-            torch.nn.init.normal_(head.weight, 0.0, 3.0 / head.in_features ** 0.5)
-    net.eval()
+    net = with_varied_outputs(FaceNet(width=0.25))
     root = tmp_path_factory.mktemp("random_model")
     pt = root / "random.pt"
     torch.save({"ema": net.state_dict(), "config": {"width": 0.25}, "epoch": 0}, pt)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -149,3 +151,58 @@ def test_int8_layouts_fuse_into_integer_kernels_and_keep_the_float_nodes_asked_f
     assert float_ends.count("Gemm") == 4 and "QGemm" not in float_ends
     # (How close INT8 stays to FP32 is checked on the committed model, whose weights are trained:
     # tests/model/test_committed_model.py; a random net's activations quantize arbitrarily.)
+
+
+def test_an_emotion_bias_reaches_the_onnx_int8_and_pt_files_identically(random_model, tmp_path):
+    """``footfall-export --emotion-bias``: the bias is inside every file made, and the metadata says so."""
+    from footfall_training.export import main
+    from footfall_training.train import load_checkpoint
+
+    net, pt, plain_onnx = random_model
+    bias = {e: 0.3 * i - 0.9 for i, e in enumerate(EMOTIONS)}
+    bias_file = tmp_path / "bias.json"
+    bias_file.write_text(json.dumps({"tau": 0.5, "emotion_bias": bias}))
+    out = tmp_path / "out"
+    main([str(pt), "--out", str(out), "--version", "biased", "--emotion-bias", str(bias_file), "--calibration", "32"])
+    want_bias = torch.tensor([bias[e] for e in EMOTIONS])
+    faces = np.random.default_rng(2).integers(0, 256, (6, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    fp32, int8 = out / "footfall_w025.onnx", out / "footfall_w025.int8.onnx"
+    meta = ModelMetadata.from_onnx_file(fp32)
+    assert meta.emotion_bias == pytest.approx(want_bias.tolist()) and ModelMetadata.from_onnx_file(int8).emotion_bias
+    x = normalize_nchw(faces, meta)
+    with torch.no_grad():
+        logits = net.eval()(torch.from_numpy(x))["emotion_logits"]
+        want = torch.softmax(logits + want_bias, 1).numpy()
+    np.testing.assert_allclose(load_backend("onnxruntime", fp32, threads=1).predict(faces).emotion, want, atol=1e-4)
+    shipped = load_checkpoint(out / "footfall_w025.pt")
+    torch.testing.assert_close(shipped.emotion_bias, want_bias)
+    with torch.no_grad():
+        np.testing.assert_allclose(shipped(torch.from_numpy(x))["emotion"].numpy(), want, atol=1e-5)
+    # The bias moved the predictions (so the comparisons above can fail) ...
+    assert (want.argmax(1) != session(plain_onnx).run(["emotion"], {"input": x})[0].argmax(1)).any()
+    # ... and the INT8 graph adds it in float after the head, exactly as in FP32: its output is the
+    # unbiased INT8 model's (same calibration) shifted by the bias in logit space.
+    main([str(pt), "--out", str(tmp_path / "plain"), "--version", "plain", "--calibration", "32"])
+    plain = load_backend("onnxruntime", tmp_path / "plain" / "footfall_w025.int8.onnx", threads=1).predict(faces).emotion
+    shifted = plain * np.exp(want_bias.numpy())
+    np.testing.assert_allclose(load_backend("onnxruntime", int8, threads=1).predict(faces).emotion,
+                               shifted / shifted.sum(1, keepdims=True), atol=1e-5)
+    assert ModelMetadata.from_onnx_file(tmp_path / "plain" / "footfall_w025.onnx").emotion_bias == ()
+
+
+def test_checkpoints_saved_before_the_emotion_bias_still_load(random_model, tmp_path):
+    from footfall_training.train import load_checkpoint
+
+    net, pt, _ = random_model
+    old = torch.load(pt, weights_only=False)
+    old["ema"] = {k: v for k, v in old["ema"].items() if k != "emotion_bias"}
+    torch.save(old, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert not loaded.emotion_bias.any()
+    x = torch.randn(2, 3, INPUT_SIZE, INPUT_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["emotion"], net.eval()(x)["emotion"])
+    # Metadata written before the field existed reads as "no bias".
+    legacy = json.loads(ModelMetadata.from_onnx_file(REPO / "model" / "footfall_w050.onnx").to_json())
+    del legacy["emotion_bias"]
+    assert ModelMetadata.from_json(json.dumps(legacy)).emotion_bias == ()

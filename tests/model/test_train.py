@@ -247,3 +247,70 @@ def test_low_resolution_training_runs_and_finished_at_112_exports_without_resize
     onnx_file = export_onnx(net, tmp_path / "lr.onnx", "test")
     ops = {node.op_type for node in onnx.load(onnx_file).graph.node}
     assert set(seen) == {112} and "Resize" not in ops and "GlobalAveragePool" not in ops
+
+
+@pytest.mark.parametrize("lever", [{"emotion_loss": "la"}, {"emotion_loss": "balanced"}, {"sampling": "balanced"},
+                                   {"augment_strong": True}, {"select_emotion": "macro_f1"}],
+                         ids=lambda lever: "-".join(f"{k}={v}" for k, v in lever.items()))
+def test_each_generalisation_lever_trains_a_step(tiny_sets, tmp_path, monkeypatch, lever):
+    monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
+    train_set, val_set = tiny_sets
+    cfg = tr.TrainConfig(run="lever", width=0.25, epochs=1, batch_size=32, max_steps=1, warmup_steps=1, threads=1,
+                         **lever)
+    best = tr.train(cfg, torch.device("cpu"), train_set, val_set)
+    saved = torch.load(best, weights_only=False)
+    assert all(saved["config"][k] == v for k, v in lever.items())
+    state = torch.load(tmp_path / "lever" / "last.pt", weights_only=False)["state"]
+    assert state["step"] == 1 and np.isfinite(state["history"][0]["score"])
+    if "select_emotion" in lever:  # the score counts macro-F1 where it would count accuracy
+        m = saved["metrics"]
+        assert state["history"][0]["score"] == pytest.approx(
+            m["gender_acc"] + m["race_acc"] + m["emotion_macro_f1"] - m["age_mae"] / 10)
+
+
+def test_emotion_losses_favour_the_rare_classes():
+    """The logit-adjusted loss asks a rare class's face for a larger margin, the class-balanced one
+    weighs it more: for the same logits both cost more on a rare face than on a frequent one, where
+    plain CE costs the same."""
+    prior = torch.tensor([0.05, 0.05, 0.05, 0.25, 0.1, 0.1, 0.4])
+    out = {"emotion_logits": torch.zeros(1, 7), "age": torch.zeros(1)}
+
+    def loss_of(loss: str, emotion: int) -> float:
+        batch = {"age": torch.tensor([float("nan")]), "gender": torch.tensor([-1]), "race": torch.tensor([-1]),
+                 "emotion": torch.tensor([emotion]), "emotion_votes": torch.eye(7)[[emotion]]}
+        criterion = tr.MultiTaskLoss(tr.TrainConfig(emotion_loss=loss), torch.zeros(3), prior, 1000)
+        return criterion(out, batch)[1]["emotion"]
+
+    disgust, neutral = 1, 6
+    assert loss_of("ce", disgust) == pytest.approx(loss_of("ce", neutral))
+    for loss in ("la", "balanced"):
+        assert loss_of(loss, disgust) > loss_of(loss, neutral) + 0.1, loss
+    with pytest.raises(ValueError, match="emotion_loss"):
+        tr.MultiTaskLoss(tr.TrainConfig(emotion_loss="focal"), torch.zeros(3), prior, 1000)
+
+
+def test_balanced_sampling_draws_rare_age_gender_cells_more_often(tiny_sets, shared_data):
+    train = load_split("train", data_dir=shared_data)
+    p = tr.sampling_weights(train)
+    assert p.sum() == pytest.approx(1.0)
+    utk = train.dataset == 0
+    assert p[~utk].sum() == pytest.approx((~utk).mean())  # FER's faces keep their share
+    infants = utk & (train.age < 3)
+    women_over_60 = utk & (train.age >= 65) & (train.gender == 1)
+    twenties = utk & (train.age >= 25) & (train.age < 35)
+    assert p[infants].mean() > p[twenties].mean() and p[women_over_60].mean() > p[twenties].mean()
+
+
+def test_strong_augmentation_squeezes_faces_and_keeps_the_default_stream():
+    from footfall_training.augment import AugmentConfig, augment
+
+    x = torch.rand(4, 3, 112, 112)
+    default = augment(x.clone(), torch.Generator().manual_seed(0), AugmentConfig())
+    # A squeeze of 0 draws nothing: the default augmentation is what it was before the lever existed.
+    torch.testing.assert_close(augment(x.clone(), torch.Generator().manual_seed(0), AugmentConfig(squeeze=0.0)),
+                               default)
+    only_squeeze = AugmentConfig(squeeze=0.5).without([g for g in AugmentConfig.GROUPS if g != "squeeze"])
+    bar = torch.zeros(1, 3, 112, 112)
+    bar[..., 40:72] = 1.0  # a vertical bright band 32 px wide
+    squeezed = augment(bar, torch.Generator().manual_seed(0), only_squeeze)
+    assert squeezed[0, 0, 56].sum() < 32 - 1  # narrower, as a turned face is

@@ -177,3 +177,38 @@ def test_report_is_json_serialisable(simulated):
     result, *_ = simulated
     json.dumps(result)
     assert result["rknn"]["target_platform"] == "rk3588" and result["rknn"]["calibration_faces"] == CALIBRATION_FACES
+
+
+def test_an_emotion_bias_reaches_the_npu_model(rknn_venv, fp32_model, shared_data, tmp_path):
+    """``footfall-export --emotion-bias``: the RKNN model converted from the biased ONNX adds the
+    bias as the ONNX models do (logit adjustment, footfall_training.logit_adjust), and its sidecar
+    records it."""
+    import torch
+
+    from footfall.labels import EMOTIONS
+    from footfall_training.evaluate import load_predictor, load_test_faces
+    from footfall_training.export import export_onnx, set_emotion_bias
+    from footfall_training.logit_adjust import emotion_bias, model_emotion_bias, training_prior
+    from footfall_training.train import load_checkpoint
+
+    checkpoint = fp32_model.with_suffix(".pt")
+    net = load_checkpoint(checkpoint)
+    # a strong bias (tau 1 from the model's raw logits), so that many decisions move
+    bias = torch.from_numpy(emotion_bias(training_prior(), 1.0)).float()
+    set_emotion_bias(net, torch.load(checkpoint, weights_only=False), bias)
+    biased = export_onnx(net, tmp_path / "biased.onnx", version="biased")
+    faces, _ = load_test_faces("dataset", limit=60, seed=3)
+    faces = faces.subset(np.flatnonzero(faces.emotion >= 0))  # the FER+ faces
+    result, predictions = simulate(biased, faces, calibration=faces.images, out=tmp_path / "biased.rknn",
+                                   venv=rknn_venv)
+    assert ModelMetadata.from_sidecar(tmp_path / "biased.rknn").emotion_bias == pytest.approx(bias.tolist())
+    raw = load_predictor(fp32_model)[0](faces.images).emotion
+    shifted = raw * np.exp(bias.numpy() - model_emotion_bias(fp32_model))
+    want = shifted / shifted.sum(1, keepdims=True)
+    np.testing.assert_allclose(predictions["onnx-fp32"].emotion, want, atol=1e-4)  # ONNX FP32 carries it
+    moved = want.argmax(1) != raw.argmax(1)
+    assert moved.sum() >= 3, "the bias should move some decisions"
+    sim = predictions["rknn-int8-sim"].emotion.argmax(1)
+    assert (sim == want.argmax(1)).mean() >= 0.85  # the NPU follows the biased model ...
+    assert (sim[moved] == want.argmax(1)[moved]).mean() >= 0.7  # ... where the bias changed the answer
+    assert (sim == EMOTIONS.index("neutral")).mean() < (raw.argmax(1) == EMOTIONS.index("neutral")).mean()

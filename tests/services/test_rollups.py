@@ -1,7 +1,8 @@
-"""Rollups: the hourly and daily tables always equal the sum of their fine cells.
+"""Rollups: the hourly and daily tables (full and narrow) always equal the sum of their fine cells.
 
 ``count_visitors`` writes them in the transaction of the cells (hypothesis: random batches of
-visitors, redeliveries included), and migration 0003 backfills them from cells already stored;
+visitors, redeliveries included), and migrations 0003 (full) and 0004 (narrow) backfill them from
+cells already stored;
 SQLite and, when FOOTFALL_TEST_POSTGRES_URL is set, PostgreSQL (``db_url``).
 """
 
@@ -17,7 +18,8 @@ from hypothesis import strategies as st
 
 from footfall.counting import ENTRY, EXIT, PASSER_BY
 from footfall.db.migrate import upgrade
-from footfall.db.models import ROLLUPS, DwellCount, FlowCount, VisitorCount, cell_keys, cell_sums
+from footfall.db.models import (NARROW_ROLLUPS, ROLLUPS, DwellCount, FlowCount, VisitorCount, cell_keys,
+                                cell_sums, rollups_of)
 from footfall.db.records import VisitorRecord
 from footfall.db.store import count_visitors, floor_time, make_engine
 
@@ -31,14 +33,17 @@ def _rows(conn, model) -> dict[tuple, tuple]:
             for r in conn.execute(sa.select(*(table.c[k] for k in keys), *(table.c[s] for s in sums)))}
 
 
-def _expected(fine: dict[tuple, tuple], model, grain: str) -> dict[tuple, tuple]:
-    """The fine cells summed in Python per floored bucket (independent of the store's code path)."""
-    at = cell_keys(model).index("bucket_start")
-    out: dict[tuple, list] = defaultdict(lambda: [0] * len(cell_sums(model)))
+def _expected(fine: dict[tuple, tuple], model, grain: str, rollup) -> dict[tuple, tuple]:
+    """The fine cells summed in Python per floored bucket and the rollup's key columns (independent of the
+    store's code path)."""
+    keys, sums = cell_keys(model), cell_sums(model)
+    out: dict[tuple, list] = defaultdict(lambda: [0] * len(cell_sums(rollup)))
     for key, values in fine.items():
-        cell = out[key[:at] + (floor_time(key[at], grain),) + key[at + 1:]]
-        for i, v in enumerate(values):
-            cell[i] += v
+        named = {**dict(zip(keys, key)), **dict(zip(sums, values))}
+        named["bucket_start"] = floor_time(named["bucket_start"], grain)
+        cell = out[tuple(named[k] for k in cell_keys(rollup))]
+        for i, name in enumerate(cell_sums(rollup)):
+            cell[i] += named[name]
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -46,10 +51,10 @@ def assert_rollups_match(engine) -> int:
     """Every rollup row equals the sum of its fine cells (ints exactly, age_sum to float rounding)."""
     checked = 0
     with engine.connect() as conn:
-        for model, rollups in ROLLUPS.items():
+        for model in ROLLUPS:
             fine = _rows(conn, model)
-            for grain, rollup in rollups.items():
-                stored, expected = _rows(conn, rollup), _expected(fine, model, grain)
+            for grain, rollup in rollups_of(model):
+                stored, expected = _rows(conn, rollup), _expected(fine, model, grain, rollup)
                 assert stored.keys() == expected.keys(), (rollup.__tablename__, set(stored) ^ set(expected))
                 for key, values in expected.items():
                     assert stored[key] == pytest.approx(values, rel=1e-9), (rollup.__tablename__, key)
@@ -59,8 +64,8 @@ def assert_rollups_match(engine) -> int:
 
 def _clear(engine) -> None:
     with engine.begin() as conn:
-        for model, rollups in ROLLUPS.items():
-            for table in (model, *rollups.values()):
+        for model in ROLLUPS:
+            for table in (model, *(rollup for _, rollup in rollups_of(model))):
                 conn.execute(table.__table__.delete())
         conn.execute(sa.text("DELETE FROM counted_tracks"))
 
@@ -97,8 +102,8 @@ def test_migration_backfills_rollups_from_stored_cells_and_counting_continues_th
     engine = make_engine(db_url)
     try:
         with engine.begin() as conn:
-            for model, rollups in ROLLUPS.items():  # back to revision 0002: no rollup tables
-                for rollup in rollups.values():
+            for model in ROLLUPS:  # back to revision 0002: no rollup tables
+                for _, rollup in rollups_of(model):
                     rollup.__table__.drop(conn)
             conn.execute(sa.text("UPDATE alembic_version SET version_num = '0002'"))
             when = [START + timedelta(minutes=m) for m in (0, 1, 59, 60, 125, 24 * 60 + 3)]
@@ -112,8 +117,9 @@ def test_migration_backfills_rollups_from_stored_cells_and_counting_continues_th
             conn.execute(DwellCount.__table__.insert(), [
                 {"camera_id": "a", "bucket_start": t, "zone": "", "dwell_band": "<10s", "visitors": 2} for t in when])
         upgrade(db_url)
-        # 4 UTC hours and 2 days: visitors 2 cameras x 2 genders, flow 2 zones, dwell 1 band
-        rows = (2 * 2 + 2 + 1) * (4 + 2)
+        # 4 UTC hours and 2 days: visitors 2 cameras x 2 genders, flow 2 zones, dwell 1 band; narrow: per
+        # camera 4 hours, and 2 days of genders, age bands x genders, emotions (1), races (1)
+        rows = (2 * 2 + 2 + 1) * (4 + 2) + 2 * 4 + 2 * 2 * (2 + 2 + 1 + 1)
         assert assert_rollups_match(engine) == rows
         with engine.connect() as conn:
             hourly = conn.execute(sa.select(sa.func.sum(ROLLUPS[VisitorCount]["hour"].__table__.c.visitors))).scalar()
@@ -121,5 +127,32 @@ def test_migration_backfills_rollups_from_stored_cells_and_counting_continues_th
         count_visitors(engine, [VisitorRecord("a", "late", START + timedelta(minutes=30), 0, 1, 2, 40.0, "25-34",
                                               "male", "", "happy")])
         assert assert_rollups_match(engine) == rows  # updated in place, no new row
+    finally:
+        engine.dispose()
+
+
+def test_migration_0004_backfills_the_narrow_rollups_of_a_database_at_0003(db_url):
+    """A database upgraded before the narrow rollups existed gets them filled from its cells."""
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            for _, rollup in NARROW_ROLLUPS[VisitorCount]:  # back to revision 0003
+                rollup.__table__.drop(conn)
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '0003'"))
+        with engine.begin() as conn:
+            conn.execute(VisitorCount.__table__.insert(), [
+                {"camera_id": f"cam-{i % 2}", "bucket_start": START + timedelta(minutes=37 * i),
+                 "age_band": ("18-24", "65+")[i % 2], "gender": ("male", "female")[i % 3 > 0], "race": "",
+                 "emotion": ("happy", "neutral", "")[i % 3], "visitors": 1 + i % 4, "age_sum": 25.5 * (1 + i % 4)}
+                for i in range(60)])
+        upgrade(db_url)
+        with engine.connect() as conn:
+            fine = _rows(conn, VisitorCount)
+            for grain, rollup in NARROW_ROLLUPS[VisitorCount]:
+                stored, expected = _rows(conn, rollup), _expected(fine, VisitorCount, grain, rollup)
+                assert stored.keys() == expected.keys(), rollup.__tablename__
+                for key, values in expected.items():
+                    assert stored[key] == pytest.approx(values, rel=1e-9), (rollup.__tablename__, key)
+                assert sum(v[0] for v in stored.values()) == sum(v[0] for v in fine.values())
     finally:
         engine.dispose()

@@ -4,7 +4,8 @@
 dwell and zones to ``flow_counts`` and ``dwell_counts``) in the same transaction that records
 its track id in ``counted_tracks``; a track already recorded is skipped, so a
 message processed twice (redelivery after a crash) is never counted twice. The same transaction adds
-the cells to the hourly and daily rollups (``footfall.db.models.ROLLUPS``), so a rollup always equals
+the cells to the hourly and daily rollups (``footfall.db.models.rollups_of``: the full ones and the narrow
+ones, which sum some dimensions away), so a rollup always equals
 the sum of its fine cells; ``refill_rollups`` recomputes them from the fine cells (the migration's
 backfill, and bulk loaders such as the demo data).
 
@@ -31,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from footfall.counting import ENTRY, EXIT, PASSER_BY
 from footfall.db.models import (GRAINS, ROLLUPS, CameraHealth, CountedTrack, DwellCount, FlowCount, VisitorCount,
-                                cell_keys, cell_sums)
+                                cell_keys, cell_sums, rollups_of)
 from footfall.db.records import VisitorRecord
 from footfall.labels import dwell_band
 
@@ -54,10 +55,10 @@ def _utcnow() -> datetime:
 def count_visitors(engine: Engine, visitors: Iterable[VisitorRecord]) -> list[VisitorRecord]:
     """Count the visitors not counted before, in one transaction; returns those newly counted.
 
-    Ten statements whatever the number of visitors: one multi-row insert of the track ids that
+    Fifteen statements whatever the number of visitors: one multi-row insert of the track ids that
     returns those not recorded before, then one multi-row upsert each of their visitor, flow and
-    dwell cells and of those cells' hourly and daily rollups (summed here first: a statement may
-    update a row only once).
+    dwell cells and of those cells' rollups (hourly and daily, and the visitors' narrow ones; summed
+    here first: a statement may update a row only once).
     """
     visitors = list({v.track_id: v for v in visitors}.values())
     if not visitors:
@@ -97,15 +98,20 @@ def floor_time(when: datetime, grain: str) -> datetime:
 
 
 def _upsert_cells(session: Session, insert, model, cells: dict[tuple, dict]) -> None:
-    """Add ``cells`` (keyed like ``model``'s primary key) to ``model`` and to each of its rollups."""
+    """Add ``cells`` (keyed like ``model``'s primary key) to ``model`` and to each of its rollups (a narrow
+    rollup keeps only its key columns: the cells that differ in the others add up)."""
     keys = cell_keys(model)
     _upsert_sums(session, insert, model, keys, cells)
-    at = keys.index("bucket_start")
-    for grain, rollup in ROLLUPS[model].items():
+    for grain, rollup in rollups_of(model):
+        rollup_keys = cell_keys(rollup)
+        picks = [keys.index(k) for k in rollup_keys]
+        at = rollup_keys.index("bucket_start")
         coarse: dict[tuple, dict] = {}
         for key, counts in cells.items():
-            _sum(coarse, key[:at] + (floor_time(key[at], grain),) + key[at + 1:], **counts)
-        _upsert_sums(session, insert, rollup, keys, coarse)
+            projected = [key[i] for i in picks]
+            projected[at] = floor_time(projected[at], grain)
+            _sum(coarse, tuple(projected), **{n: counts[n] for n in cell_sums(rollup)})
+        _upsert_sums(session, insert, rollup, rollup_keys, coarse)
 
 
 def _sum(cells: dict[tuple, dict], key: tuple, **counts) -> None:
@@ -152,8 +158,9 @@ def _floor_sql(column, grain: str, dialect: str):
 def refill_rollups(connection: Connection, fine: sa.Table, rollups: dict[str, sa.Table], keys: Sequence[str],
                    sums: Sequence[str], start: datetime | None = None, end: datetime | None = None) -> None:
     """Recompute ``rollups`` ({grain: table}) of ``fine`` from its cells: the whole UTC days that overlap
-    ``[start, end)``, or everything. One DELETE and one INSERT ... SELECT ... GROUP BY per rollup, in the
-    caller's transaction. Tables are passed in, so a migration can name its own (frozen) definitions."""
+    ``[start, end)``, or everything. ``keys`` are the rollups' key columns: the fine table's, or a subset
+    of them (a narrow rollup: the other dimensions summed away). One DELETE and one INSERT ... SELECT ...
+    GROUP BY per rollup, in the caller's transaction. Tables are passed in, so a migration can name its own (frozen) definitions."""
     dialect = connection.dialect.name
     first = None if start is None else floor_time(start, "day")
     last = None if end is None else floor_time(end - timedelta(microseconds=1), "day") + GRAINS["day"]
@@ -174,10 +181,11 @@ def refill_rollups(connection: Connection, fine: sa.Table, rollups: dict[str, sa
 
 
 def refresh_rollups(connection: Connection, start: datetime | None = None, end: datetime | None = None) -> None:
-    """``refill_rollups`` for every rolled-up table (after cells were written in bulk, not by ``count_visitors``)."""
-    for model, rollups in ROLLUPS.items():
-        refill_rollups(connection, model.__table__, {g: m.__table__ for g, m in rollups.items()},
-                       cell_keys(model), cell_sums(model), start, end)
+    """``refill_rollups`` for every rollup (after cells were written in bulk, not by ``count_visitors``)."""
+    for model in ROLLUPS:
+        for grain, rollup in rollups_of(model):
+            refill_rollups(connection, model.__table__, {grain: rollup.__table__}, cell_keys(rollup),
+                           cell_sums(rollup), start, end)
 
 
 def upsert_camera_health(engine: Engine, rows: list[dict]) -> None:
