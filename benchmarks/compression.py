@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         net = network_of(files["int8"])
         rows.append([name, f"{count_parameters(net) / 1e6:.2f} M", f"{count_macs(net) / 1e6:.1f} M",
                      *(f"{faces_per_s[(name, b)]:.0f}" for b in batches)])
-    print(f"\n### Compression: size and INT8 speed (onnxruntime backend, {args.threads} threads, faces/s)\n")
+    print(f"\n### Compression: size and INT8 speed (onnxruntime backend, {args.threads} threads, faces/s; 1-minute "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs after timing)\n")
     print(md_table(["model", "parameters", "multiply-adds per face", *(f"batch {b}" for b in batches)], rows))
 
     if not args.no_npu:
