@@ -22,6 +22,7 @@ load average is printed first): compare rows of one run, not runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -100,7 +101,7 @@ def accuracy_rows(models: dict[str, dict[str, Path]], limit: int, threads: int) 
             rows.append([name, precision.upper(), f"{m['age_mae']:.2f}", f"{100 * m['gender_acc']:.1f}",
                          f"{100 * m['race_acc']:.1f}", f"{100 * m['emotion_acc']:.1f}",
                          f"{100 * m['emotion_macro_f1']:.1f}"])
-            print(f"  accuracy {name} {precision}: {rows[-1][2:]}", flush=True)
+            print(f"  accuracy {name} {precision}: {rows[-1][2:]}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -117,7 +118,7 @@ def crosssource_rows(models: dict[str, dict[str, Path]], threads: int) -> list[l
         val = result["splits"]["val"]
         rows.append([name, str(result["photos"]["val"]), f"{100 * val['gender_acc']:.1f}",
                      f"{100 * val['emotion_acc']:.1f}", f"{100 * val['emotion_macro_f1']:.1f}"])
-        print(f"  cross-source {name}: {rows[-1][1:]}", flush=True)
+        print(f"  cross-source {name}: {rows[-1][1:]}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -132,11 +133,11 @@ def npu_placement(models: dict[str, dict[str, Path]], calibration: int) -> list[
     rows = []
     for name, files in models.items():
         if "fp32" not in files:
-            rows.append([name, "not built: no FP32 ONNX committed (its graph is that of the model it came from)"])
+            rows.append([name, "not built: no FP32 ONNX committed"])
             continue
         run = run_worker(files["fp32"], faces.images[:calibration])
         rows.append([name, run.placement_summary()])
-        print(f"  NPU {name}: {rows[-1][1]}", flush=True)
+        print(f"  NPU {name}: {rows[-1][1]}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration", type=int, default=64, help="training faces for the rknn INT8 build")
     args = parser.parse_args(argv)
     models = candidates(args.folder, args.match.split(",") if args.match else None)
-    print(f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.threads} threads per model")
+    print(f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.threads} threads per model",
+          file=sys.stderr)
 
     rows = accuracy_rows(models, args.limit, args.threads)
     print(f"\n### Compression: accuracy on the test splits (single pass, "
@@ -165,15 +167,17 @@ def main(argv: list[str] | None = None) -> None:
           md_table(["model", "photos", "gender %", "emotion %", "emotion F1 %"], cross))
 
     batches = [int(b) for b in args.batches.split(",")]
-    speed = speed_table({name: {"int8": files["int8"]} for name, files in models.items()}, batches, args.threads,
-                        args.seconds)
+    with contextlib.redirect_stdout(sys.stderr):  # its progress lines are not part of the tables
+        speed = speed_table({name: {"int8": files["int8"]} for name, files in models.items()}, batches,
+                            args.threads, args.seconds)
     faces_per_s = {(r["model"], r["batch"]): r["int8"] for r in speed}
     rows = []
     for name, files in models.items():
         net = network_of(files["int8"])
         rows.append([name, f"{count_parameters(net) / 1e6:.2f} M", f"{count_macs(net) / 1e6:.1f} M",
                      *(f"{faces_per_s[(name, b)]:.0f}" for b in batches)])
-    print(f"\n### Compression: size and INT8 speed (onnxruntime backend, {args.threads} threads, faces/s)\n")
+    print(f"\n### Compression: size and INT8 speed (onnxruntime backend, {args.threads} threads, faces/s; 1-minute "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs after timing)\n")
     print(md_table(["model", "parameters", "multiply-adds per face", *(f"batch {b}" for b in batches)], rows))
 
     if not args.no_npu:

@@ -205,3 +205,22 @@ def test_pruned_checkpoint_fine_tunes_with_its_channels_also_with_qat(tiny_sets,
     int8 = quantize_int8(fp32, tmp_path / "p.int8.onnx", train_set.images[:8], activation_overrides=overrides)
     quantize = [n for n in onnx.load(str(int8)).graph.node if n.op_type == "QuantizeLinear"]
     assert len(quantize) == len(overrides) and all(n.input[0] in overrides for n in quantize)
+
+
+def test_the_benchmark_reads_the_channel_counts_back_from_onnx_files(tmp_path):
+    """benchmarks/compression.py rebuilds each committed candidate from its ONNX graph for parameters and MACs."""
+    from footfall_training.export import export_onnx, quantize_int8
+    from footfall_training.prune import prune
+
+    from ..support import import_file
+
+    bench = import_file(REPO / "benchmarks" / "compression.py")
+    net = prune(load_checkpoint(SHIPPED), "fpgm", 0.25)
+    fp32 = export_onnx(net, tmp_path / "p.onnx", version="test")
+    faces = np.random.default_rng(0).integers(0, 256, (8, 112, 112, 3), dtype=np.uint8)
+    int8 = quantize_int8(fp32, tmp_path / "p.int8.onnx", faces)
+    for path in (fp32, int8):
+        assert bench.channel_plan_from_onnx(onnx.load(str(path))) == net.channel_plan()
+        assert bench.count_macs(bench.network_of(path)) == count_macs(net)
+    assert bench.channel_plan_from_onnx(onnx.load(str(REPO / "model" / "footfall_w050.int8.onnx"))) == \
+        default_channel_plan(0.5)
