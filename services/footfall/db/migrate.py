@@ -6,8 +6,10 @@ Example:
     >>> upgrade(url)
     >>> sorted(sa.inspect(sa.create_engine(url)).get_table_names())  # doctest: +NORMALIZE_WHITESPACE
     ['alembic_version', 'camera_health', 'counted_tracks', 'dwell_counts', 'dwell_counts_daily',
-     'dwell_counts_hourly', 'flow_counts', 'flow_counts_daily', 'flow_counts_hourly', 'visitor_counts',
-     'visitor_counts_daily', 'visitor_counts_hourly']
+     'dwell_counts_hourly', 'flow_counts', 'flow_counts_daily', 'flow_counts_hourly', 'visitor_age_genders_daily',
+     'visitor_age_genders_weekly', 'visitor_counts', 'visitor_counts_daily', 'visitor_counts_hourly',
+     'visitor_emotions_daily', 'visitor_emotions_weekly', 'visitor_genders_daily', 'visitor_genders_weekly',
+     'visitor_races_daily', 'visitor_races_weekly', 'visitor_totals_hourly']
 """
 
 from __future__ import annotations
