@@ -1,4 +1,4 @@
-"""Fixtures of the model tests: the accuracy floors and a fixed subset of real test faces."""
+"""Fixtures of the model tests: the accuracy floors, a fixed subset of real test faces and tiny training sets."""
 
 from __future__ import annotations
 
@@ -12,6 +12,19 @@ from .model_files import FLOOR_FILE
 def accuracy_floor() -> dict:
     assert FLOOR_FILE.exists(), f"{FLOOR_FILE} missing: it holds the accuracy thresholds of the committed model"
     return json.loads(FLOOR_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_sets(shared_data):
+    """96 training and 64 validation faces (fixed seed) for runs of a few steps."""
+    import numpy as np
+
+    from footfall_training.data import load_split
+
+    rng = np.random.default_rng(0)
+    train = load_split("train", data_dir=shared_data)
+    val = load_split("val", data_dir=shared_data)
+    return train.subset(rng.permutation(len(train))[:96]), val.subset(rng.permutation(len(val))[:64])
 
 
 @pytest.fixture(scope="session")

@@ -32,15 +32,6 @@ def faces(shared_data):
         test.images[np.sort(rng.choice(len(test), 96, replace=False))]
 
 
-@pytest.fixture(scope="module")
-def tiny_sets(shared_data):
-    """64 training and 64 validation faces for two-step fine-tunes."""
-    rng = np.random.default_rng(0)
-    train = load_split("train", data_dir=shared_data)
-    val = load_split("val", data_dir=shared_data)
-    return train.subset(rng.permutation(len(train))[:64]), val.subset(rng.permutation(len(val))[:64])
-
-
 def observe_ranges(net: FaceNet, images: np.ndarray) -> None:
     """Let a QAT net's fake quantizers observe ``images`` (train mode, no weight update, no dropout)."""
     from footfall_training.preprocess import normalize_batch
@@ -133,7 +124,7 @@ def test_qat_training_runs_from_float_weights_and_checkpoints_a_qat_net(tiny_set
     from footfall_training import train as tr
 
     monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
-    train_set, val_set = tiny_sets
+    train_set, val_set = tiny_sets[0].subset(np.arange(64)), tiny_sets[1]  # two steps of 32
     cfg = tr.TrainConfig(run="q", width=0.5, epochs=1, batch_size=32, warmup_steps=1, lr=2e-4, threads=1,
                          qat=True, init=str(SHIPPED))
     best = tr.train(cfg, torch.device("cpu"), train_set, val_set)

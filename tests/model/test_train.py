@@ -10,14 +10,6 @@ from footfall_training import train as tr
 from footfall_training.data import load_split
 
 
-@pytest.fixture(scope="module")
-def tiny_sets(shared_data):
-    rng = np.random.default_rng(0)
-    train = load_split("train", data_dir=shared_data)
-    val = load_split("val", data_dir=shared_data)
-    return train.subset(rng.permutation(len(train))[:96]), val.subset(rng.permutation(len(val))[:64])
-
-
 def test_training_checkpoints_and_resumes(tiny_sets, tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "run_dir", lambda cfg: tmp_path / cfg.run)
     train_set, val_set = tiny_sets
