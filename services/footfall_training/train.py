@@ -389,9 +389,10 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     # The net's architecture: the run's own checkpoint's when resuming; else that of --init (a pruned
     # checkpoint keeps its channel counts), which must be the one the settings ask for; else the settings'.
     start = None
+    resumed = torch.load(last, map_location=device, weights_only=False) if last.exists() else None
     wanted = NetConfig.from_dict(asdict(cfg))
-    if last.exists():
-        net_config = NetConfig.from_dict(torch.load(last, map_location="cpu", weights_only=False)["config"])
+    if resumed is not None:
+        net_config = NetConfig.from_dict(resumed["config"])
     elif cfg.init:
         start = torch.load(cfg.init, map_location="cpu", weights_only=False)
         net_config = replace(NetConfig.from_dict(start["config"]), dropout=cfg.dropout)  # dropout has no weights
@@ -435,14 +436,13 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     use_amp = device.type == "cuda"
     state = {"epoch": 0, "step": 0, "best_score": -1e9, "best_epoch": -1, "history": []}
 
-    if last.exists():
-        ckpt = torch.load(last, map_location=device, weights_only=False)
-        net.load_state_dict(ckpt["model"])
-        ema.model.load_state_dict(ckpt["ema"])
-        ema.updates = ckpt["ema_updates"]
-        opt.load_state_dict(ckpt["optimizer"])
-        criterion.load_state_dict(ckpt["criterion"])
-        state = ckpt["state"]
+    if resumed is not None:
+        net.load_state_dict(resumed["model"])
+        ema.model.load_state_dict(resumed["ema"])
+        ema.updates = resumed["ema_updates"]
+        opt.load_state_dict(resumed["optimizer"])
+        criterion.load_state_dict(resumed["criterion"])
+        state = resumed["state"]
         log.info("resumed %s at epoch %d (best %.4f at epoch %d)", last, state["epoch"], state["best_score"],
                  state["best_epoch"])
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
