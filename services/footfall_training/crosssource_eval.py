@@ -38,7 +38,7 @@ import numpy as np
 
 from footfall.labels import EMOTIONS, GENDERS
 from footfall_training.crosssource import CrossSourceSet, load_crosssource
-from footfall_training.metrics import confusion, macro_f1
+from footfall_training.metrics import class_recall, confusion, macro_f1
 from footfall.predictions import Predictions
 from footfall.vision import CROP_SIZE, FACE_TEMPLATE_112, FaceDetector, align_face
 
@@ -167,8 +167,7 @@ def group_report(p: Predictions, gender: np.ndarray, emotion: np.ndarray) -> dic
         out["emotion_faces"] = int(e.sum())
         out["emotion_acc"] = float(np.trace(cm) / cm.sum())
         out["emotion_macro_f1"] = macro_f1(cm)
-        out["emotion_recall"] = {name: float(cm[i, i] / cm[i].sum()) for i, name in enumerate(EMOTIONS)
-                                 if cm[i].sum()}
+        out["emotion_recall"] = class_recall(cm, EMOTIONS)
         out["emotion_confusion"] = cm.tolist()
         out["predicted_neutral"] = _share(predicted == NEUTRAL)
         out["truly_neutral"] = _share(emotion[e] == NEUTRAL)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from footfall.labels import EMOTIONS
-from footfall_training.metrics import confusion, macro_f1
+from footfall_training.metrics import class_recall, confusion, macro_f1
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
     """Accuracy, macro-F1, per-class recall and their mean (balanced accuracy: what a set with every
     class equally often would show), and the share predicted neutral."""
     cm = confusion(truth, predicted, len(EMOTIONS))
-    recall = {e: float(cm[i, i] / cm[i].sum()) for i, e in enumerate(EMOTIONS) if cm[i].sum()}
+    recall = class_recall(cm, EMOTIONS)
     return {"faces": int(len(truth)), "acc": float(np.trace(cm) / cm.sum()), "macro_f1": macro_f1(cm),
             "mean_recall": float(np.mean(list(recall.values()))), "recall": recall,
             "predicted_neutral": float((predicted == NEUTRAL).mean()),

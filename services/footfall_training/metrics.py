@@ -36,6 +36,15 @@ def macro_f1(cm: np.ndarray) -> float:
     return float(f1[present].mean()) if present.any() else float("nan")
 
 
+def class_recall(cm: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    """Recall of each class present in the confusion matrix (rows: truth), by name.
+
+    >>> class_recall(np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]]), ("a", "b", "c"))
+    {'a': 0.75, 'b': 1.0}
+    """
+    return {name: float(cm[i, i] / cm[i].sum()) for i, name in enumerate(names) if cm[i].sum()}
+
+
 def head_metrics(p: Predictions, age: np.ndarray, gender: np.ndarray, race: np.ndarray,
                  emotion: np.ndarray) -> dict:
     """Metrics on the samples that carry each label (NaN / -1 mean 'no label')."""
