@@ -34,7 +34,7 @@ import onnx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from model_speed import md_table, speed_table  # noqa: E402
+from model_speed import md_table, npu_placement, speed_table  # noqa: E402
 
 from footfall_training.evaluate import load_predictor, load_test_faces  # noqa: E402
 from footfall_training.metrics import head_metrics  # noqa: E402
@@ -122,21 +122,11 @@ def crosssource_rows(models: dict[str, dict[str, Path]], threads: int) -> list[l
     return rows
 
 
-def npu_placement(models: dict[str, dict[str, Path]], calibration: int) -> list[list[str]] | str:
-    from footfall_training.rknn_convert import RknnToolkitMissing, rknn_venv_python, run_worker
-
-    try:
-        rknn_venv_python()
-    except RknnToolkitMissing as exc:
-        return f"(no NPU placement: {exc})"
-    faces, _ = load_test_faces("dataset", calibration // 2, split="train")
+def npu_rows(models: dict[str, dict[str, Path]]) -> list[list[str]]:
+    """rknn-toolkit2's operator placement of each candidate's FP32 ONNX (``model_speed.npu_placement``)."""
     rows = []
     for name, files in models.items():
-        if "fp32" not in files:
-            rows.append([name, "not built: no FP32 ONNX committed"])
-            continue
-        run = run_worker(files["fp32"], faces.images[:calibration])
-        rows.append([name, run.placement_summary()])
+        rows.append([name, npu_placement(files["fp32"]) if "fp32" in files else "not built: no FP32 ONNX committed"])
         print(f"  NPU {name}: {rows[-1][1]}", file=sys.stderr, flush=True)
     return rows
 
@@ -150,7 +140,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model and batch")
     parser.add_argument("--no-npu", action="store_true", help="skip the rknn operator placement")
-    parser.add_argument("--calibration", type=int, default=64, help="training faces for the rknn INT8 build")
     args = parser.parse_args(argv)
     models = candidates(args.folder, args.match.split(",") if args.match else None)
     print(f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.threads} threads per model",
@@ -181,9 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     print(md_table(["model", "parameters", "multiply-adds per face", *(f"batch {b}" for b in batches)], rows))
 
     if not args.no_npu:
-        npu = npu_placement(models, args.calibration)
         print("\n### Compression: RK3588 NPU operator placement (rknn-toolkit2 build of the FP32 ONNX)\n")
-        print(npu if isinstance(npu, str) else md_table(["model", "placement"], npu))
+        print(md_table(["model", "placement"], npu_rows(models)))
 
 
 if __name__ == "__main__":
