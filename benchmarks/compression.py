@@ -70,9 +70,11 @@ def network_of(onnx_path: Path) -> FaceNet:
     """A FaceNet with the ONNX model's architecture (for parameters and multiply-adds)."""
     from footfall.model_file import ModelMetadata
 
-    name = ModelMetadata.from_onnx_file(onnx_path).name
-    width = int(re.search(r"-w(\d{3})", name).group(1)) / 100
-    return FaceNet(width=width, channels=tuple(channel_plan_from_onnx(onnx.load(str(onnx_path)))))
+    meta = ModelMetadata.from_onnx_file(onnx_path)
+    width = int(re.search(r"-w(\d{3})", meta.name).group(1)) / 100
+    net = FaceNet(width=width, channels=tuple(channel_plan_from_onnx(onnx.load(str(onnx_path)))))
+    net.image_size = meta.input_size  # multiply-adds at the faces it takes
+    return net
 
 
 def candidates(folder: Path, match: list[str] | None = None) -> dict[str, dict[str, Path]]:

@@ -132,13 +132,13 @@ class InProcessModel:
         rgb = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
                         for c in crops])
         self.batch = rgb[np.arange(batch) % len(rgb)]
-        self.backend.predict(self.batch)
+        self.backend.predict_faces(self.batch)
 
     def rate(self, seconds: float) -> tuple[float, float]:
         """Faces/s over ``seconds``, and CPU seconds per 1000 faces."""
         t0, cpu0, n = time.perf_counter(), time.process_time(), 0
         while time.perf_counter() - t0 < seconds:
-            self.backend.predict(self.batch)
+            self.backend.predict_faces(self.batch)
             n += len(self.batch)
         return n / (time.perf_counter() - t0), 1000 * (time.process_time() - cpu0) / n
 

@@ -2,8 +2,9 @@
 plus parameters and multiply-adds per width, joined into the Pareto table.
 
 Faces/s at batch 1, 8 and 32 with 2 threads (the inference worker's default), FP32 and INT8
-side by side with their ratio, measured in one run. The timed call is ``Backend.predict`` on
-uint8 faces, i.e. normalisation included, exactly what the inference worker pays per batch.
+side by side with their ratio, measured in one run. The timed call is ``Backend.predict_faces`` on
+112 px uint8 faces, i.e. the shrink to a smaller model's input and normalisation included, exactly
+what the inference worker pays per batch.
 Accuracy columns of the Pareto table come from ``footfall-evaluate --json`` files.
 
     # the committed models, with accuracy from an evaluation run
@@ -17,6 +18,8 @@ Accuracy columns of the Pareto table come from ``footfall-evaluate --json`` file
     # architectures (footfall_training.network.NetConfig names), untrained: size, INT8 speed and
     # (--npu, with the rknn-toolkit2 venv) where rknn places their operators on the RK3588
     python benchmarks/model_speed.py --nets footfall-mnv2-w050,footfall-mnv3-w060-mha --npu
+    # input resolution: the same net taking 56 px faces (timed on 112 px crops, the shrink included)
+    python benchmarks/model_speed.py --nets footfall-mnv2-w050,footfall-mnv2-w050-56px
 
 It prints figures; it asserts nothing. The 1-minute load average is printed first: timings
 taken while other work (e.g. a training run) shares the CPU are lower than on an idle machine.
@@ -76,8 +79,10 @@ def untrained_like_trained(net):
     return net
 
 
-def export_random(width: float | NetConfig, out_dir: Path, seed: int = 0, stem: str | None = None) -> dict[str, Path]:
-    """FP32 and INT8 ONNX files of an untrained FaceNet of ``width`` (or of that config; for speed only)."""
+def export_random(width: float | NetConfig, out_dir: Path, seed: int = 0, stem: str | None = None,
+                  image_size: int = 112) -> dict[str, Path]:
+    """FP32 and INT8 ONNX files of an untrained FaceNet of ``width`` (or of that config) taking faces of
+    ``image_size`` (for speed only)."""
     import torch
 
     from footfall_training.export import export_onnx, quantize_int8
@@ -86,7 +91,8 @@ def export_random(width: float | NetConfig, out_dir: Path, seed: int = 0, stem: 
     torch.manual_seed(seed)
     config = width if isinstance(width, NetConfig) else NetConfig(width=width)
     net = untrained_like_trained(FaceNet.from_config(config)).eval()
-    stem = stem or net.config.name
+    net.image_size = image_size
+    stem = stem or net.export_name
     fp32 = export_onnx(net, out_dir / f"{stem}.onnx", version="random-init")
     # Calibration data only sets quantization ranges; random faces do for a speed measurement.
     faces = np.random.default_rng(seed).integers(0, 256, (64, 112, 112, 3), dtype=np.uint8)
@@ -111,7 +117,7 @@ def speed_table(models: dict[str, dict[str, Path]], batches: list[int], threads:
             row = {"model": name, "batch": batch}
             for _ in range(rounds):
                 for prec, backend in backends.items():
-                    row[prec] = max(row.get(prec, 0.0), measure_faces_per_s(backend.predict, batch, seconds / rounds))
+                    row[prec] = max(row.get(prec, 0.0), measure_faces_per_s(backend.predict_faces, batch, seconds / rounds))
             if "fp32" in row and "int8" in row:
                 row["ratio"] = row["int8"] / row["fp32"]
             rows.append(row)
@@ -151,20 +157,32 @@ def npu_placement(fp32: Path) -> str:
     return f"all {len(ops)} on the NPU" + (f" (incl. {', '.join(kinds)})" if kinds else "")
 
 
+def parse_net_name(name: str) -> tuple[NetConfig, int]:
+    """The config and face size of a name like ``footfall-mnv3-w060-mha`` or ``footfall-mnv2-w050-64px``
+    (``FaceNet.export_name``; 112 px without the suffix).
+
+    >>> parse_net_name("footfall-mnv2-w050-64px")[1], parse_net_name("footfall-mnv2-w050")[1]
+    (64, 112)
+    """
+    match = re.fullmatch(r"(.+?)(?:-(\d+)px)?", name)
+    return NetConfig.from_name(match.group(1)), int(match.group(2) or 112)
+
+
 def architecture_table(nets: list[str], batches: list[int], threads: int, seconds: float, rounds: int,
                        npu: bool, out_dir: Path) -> tuple[str, list[dict]]:
     """Parameters, multiply-adds, FP32 and INT8 faces/s per batch and (``npu``) operator placement of
-    untrained nets named like ``footfall-mnv3-w060-mha``."""
+    untrained nets named like ``footfall-mnv3-w060-mha`` (``-64px``: taking 64 px faces, timed on the
+    112 px crops the worker receives, the resize included)."""
     from footfall_training.network import FaceNet, count_macs, count_parameters
 
     rows, out = [], []
     for name in nets:
-        config = NetConfig.from_name(name)
+        config, size = parse_net_name(name)
         net = FaceNet.from_config(config)
-        files = export_random(config, out_dir, stem=config.file_stem)
+        files = export_random(config, out_dir, stem=config.file_stem + f"_{size}", image_size=size)
         speed = {r["batch"]: r for r in speed_table({name: files}, batches, threads, seconds, rounds)}
         placement = npu_placement(files["fp32"]) if npu else "-"
-        out.append({"name": name, "params": count_parameters(net), "macs": count_macs(net), "placement": placement,
+        out.append({"name": name, "params": count_parameters(net), "macs": count_macs(net, size), "placement": placement,
                     "speed": list(speed.values())})
         rows.append([name, f"{out[-1]['params'] / 1e6:.2f} M", f"{out[-1]['macs'] / 1e6:.0f} M",
                      *(f"{speed[b]['int8']:.0f}" for b in batches), *(f"{speed[b]['fp32']:.0f}" for b in batches),

@@ -74,7 +74,7 @@ def bench_inference(face_model: Path, crops: list[bytes], batches=(1, 8, 32), se
     for b in batches:
         batch = [crops[i % len(crops)] for i in range(b)]
         x = rgb[np.arange(b) % len(rgb)]
-        direct = _rate(lambda: backend.predict(x), b, seconds)
+        direct = _rate(lambda: backend.predict_faces(x), b, seconds)
         client = InferenceClient(f"127.0.0.1:{server.port}")
         client.predict(batch)
         single = _rate(lambda: client.predict(batch), b, seconds)

@@ -13,7 +13,7 @@ version=${2:?model version, e.g. 2026.11.26-cpu}
 bias=${3:-}
 export PATH="$PWD/.venv/bin:$PATH"
 stem=$(python -c "import sys; from footfall_training.train import load_checkpoint
-print(load_checkpoint(sys.argv[1]).config.file_stem)" "$checkpoint")
+print(load_checkpoint(sys.argv[1]).export_stem)" "$checkpoint")
 footfall-export "$checkpoint" --out model --version "$version" ${bias:+--emotion-bias "$bias"}
 footfall-rknn convert "model/$stem.onnx"
 footfall-evaluate "model/$stem.onnx" "model/$stem.int8.onnx" --limit 300 --no-robustness --floor model/accuracy_floor.json

@@ -106,7 +106,7 @@ def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64,
     def run(images: np.ndarray) -> Predictions:
         if len(images) == 0:
             raise ValueError("no faces to predict")
-        return Predictions.concat([backend.predict(images[i:i + batch_size])
+        return Predictions.concat([backend.predict_faces(images[i:i + batch_size])
                                    for i in range(0, len(images), batch_size)])
 
     return run, backend.metadata.name

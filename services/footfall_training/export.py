@@ -35,13 +35,13 @@ import torch
 from footfall.model_file import METADATA_KEY, ModelMetadata
 from footfall.labels import EMOTIONS, RACES
 from footfall_training.network import ExportWrapper, FaceNet
-from footfall_training.preprocess import CHANNEL_ORDER, INPUT_SIZE, MEAN, STD
+from footfall_training.preprocess import CHANNEL_ORDER, MEAN, STD
 
 log = logging.getLogger("footfall.export")
 
 
 def model_metadata(net: FaceNet, version: str, precision: str = "fp32") -> ModelMetadata:
-    return ModelMetadata(name=net.config.name, version=version, input_size=INPUT_SIZE,
+    return ModelMetadata(name=net.export_name, version=version, input_size=net.image_size,
                          channel_order=CHANNEL_ORDER, mean=MEAN, std=STD, races=RACES, emotions=EMOTIONS,
                          outputs=ExportWrapper.OUTPUT_NAMES, precision=precision,
                          emotion_bias=tuple(float(v) for v in net.emotion_bias) if net.emotion_bias.any() else ())
@@ -65,26 +65,25 @@ def _set_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, meta.to_json()
-    model.doc_string = f"{meta.name} {meta.version} ({meta.precision}): age/gender/race/emotion from 112x112 faces"
+    model.doc_string = (f"{meta.name} {meta.version} ({meta.precision}): age/gender/race/emotion from "
+                        f"{meta.input_size}x{meta.input_size} faces")
 
 
 def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
     """Write the FP32 ONNX model with metadata; returns its path.
 
-    The graph always takes 112x112 faces (what the product feeds), so weights that learned at a
-    lower resolution are refused: finish them at 112 first. A QAT net exports its float weights.
+    The graph takes faces at the size the weights learned at (``image_size``, recorded in the
+    metadata): the product's 112 px crops are resized to it by the inference worker, like any crop of
+    another size. A net that learned at another size exports with its GDC folded to that size
+    (``FaceNet.at_image_size``). A QAT net exports its float weights.
     """
     if net.config.qat:
         from footfall_training.qat import float_copy
 
         net = float_copy(net)
-    if net.image_size != INPUT_SIZE:
-        raise ValueError(f"{net.config.name} learned at {net.image_size} px but the exported model takes "
-                         f"{INPUT_SIZE} px faces: finish it at {INPUT_SIZE} first "
-                         f"(footfall-train --init CHECKPOINT --image-size {INPUT_SIZE})")
-    net = net.eval().to(memory_format=torch.contiguous_format)
+    net = net.at_image_size().eval().to(memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
+    dummy = torch.zeros(1, 3, net.image_size, net.image_size)
     # The wrapper in eval mode: the exporter restores the mode of the module it is given, and a new
     # wrapper is in training mode, which would leave ``net`` (its child) in training mode afterwards.
     torch.onnx.export(ExportWrapper(net).eval(), (dummy,), str(path), input_names=["input"],
@@ -105,7 +104,8 @@ def save_weights(checkpoint: dict, path: Path, version: str) -> Path:
 
 
 def calibration_faces(count: int = 512, seed: int = 0) -> np.ndarray:
-    """Real training faces (both datasets, uint8 RGB 112x112) for INT8 calibration."""
+    """Real training faces (both datasets, uint8 RGB 112x112) for INT8 calibration (resized to the
+    model's input by ``quantize_int8``)."""
     from footfall_training.data import load_split
 
     train = load_split("train")
@@ -168,9 +168,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, faces: np.ndarray, layout: I
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from footfall.inference.backends.base import normalize_nchw
+    from footfall.inference.backends.base import normalize_nchw, prepare_crops
 
     meta = ModelMetadata.from_onnx(onnx.load(str(fp32_path)))
+    faces = prepare_crops(list(faces), meta.input_size)  # as the worker feeds the model
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -221,11 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError, KeyError) as error:
             parser.error(f"--emotion-bias: {error}")
         log.info("emotion bias %s", ", ".join(f"{e} {float(v):+.4f}" for e, v in zip(EMOTIONS, net.emotion_bias)))
-    stem = net.config.file_stem
-    try:
-        fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version)
-    except ValueError as error:  # nothing written yet
-        parser.error(f"{args.checkpoint}: {error}")
+    stem = net.export_stem
+    fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version)
     overrides = None
     if net.config.qat:
         from footfall_training.qat import activation_quant_overrides

@@ -398,6 +398,50 @@ class FaceNet(nn.Module):
     def from_config(cls, config: NetConfig) -> FaceNet:
         return cls(**asdict(config))
 
+    @property
+    def export_name(self) -> str:
+        """The exported model's name: the config's, with the face size when it is not 112
+        (``footfall-mnv2-w050-64px``), so models served at different sizes never share files."""
+        return self.config.name + (f"-{self.image_size}px" if self.image_size != INPUT_SIZE else "")
+
+    @property
+    def export_stem(self) -> str:
+        """Stem of the exported files (``NetConfig.file_stem``, plus ``_64px`` for a 64 px model)."""
+        return self.config.file_stem + (f"_{self.image_size}px" if self.image_size != INPUT_SIZE else "")
+
+    def at_image_size(self) -> FaceNet:
+        """A copy that runs at ``image_size`` with no resize inside: each GDC kernel becomes the final
+        map at that size (2x2 at 64 px) and takes the bilinear stretch of ``_pool`` into its weights.
+        Both are linear maps, so the fold is exact: the copy's outputs equal this net's at that size.
+        At 112 px the net is returned as it is.
+
+        >>> net = FaceNet(width=0.5).eval()
+        >>> net.image_size = 64
+        >>> x = torch.randn(2, 3, 64, 64)
+        >>> folded = net.at_image_size()
+        >>> folded.gdc[0].kernel_size, bool(torch.allclose(folded(x)["age"], net(x)["age"], atol=1e-4))
+        ((2, 2), True)
+        """
+        was_training = self.training
+        net = copy.deepcopy(self).eval()
+        branches = list(net.branches) if self.config.shared_depth else [net]
+        with torch.no_grad():
+            fmap = net.features(net.input_fq(torch.zeros(1, 3, self.image_size, self.image_size)))
+            for branch in branches:
+                side = tuple((branch.features(fmap) if branch is not net else fmap).shape[-2:])
+                conv = branch.gdc[0]
+                if conv.kernel_size == side:
+                    continue
+                cells = side[0] * side[1]
+                # Where each cell of the small map lands on the kernel's grid after the stretch.
+                basis = torch.eye(cells).reshape(cells, 1, *side)
+                stretch = F.interpolate(basis, size=conv.kernel_size, mode="bilinear", align_corners=False)
+                weight = conv.weight.reshape(conv.out_channels, -1) @ stretch.reshape(cells, -1).T
+                folded = nn.Conv2d(conv.in_channels, conv.out_channels, side, groups=conv.groups, bias=False)
+                folded.weight.copy_(weight.reshape(conv.out_channels, 1, *side))
+                branch.gdc[0] = folded
+        return net.train(was_training)
+
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -470,8 +514,10 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def count_macs(net: FaceNet, size: int = INPUT_SIZE) -> int:
-    """Multiply-accumulates of one forward pass (convolutions, linear layers, attention products)."""
+def count_macs(net: FaceNet, size: int | None = None) -> int:
+    """Multiply-accumulates of one forward pass on ``size`` px faces (default: the net's ``image_size``)
+    through convolutions, linear layers and attention products."""
+    size = size or net.image_size
     macs = 0
 
     def conv_hook(module: nn.Conv2d, _inp, out: torch.Tensor) -> None:

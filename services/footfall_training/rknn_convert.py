@@ -110,8 +110,14 @@ def run_worker(onnx_path: Path, calibration_faces: np.ndarray, out: Path | None 
                venv: Path | None = None, timeout_s: float = 1800) -> RknnRun:
     """Run the worker in the rknn venv; files are exchanged in a temporary folder deleted afterwards.
     With ``out``, the exported ``.rknn`` gets its metadata sidecar (the ONNX metadata, precision int8)."""
+    from footfall.inference.backends.base import prepare_crops
+
     python = rknn_venv_python(venv)
     meta = fp32_metadata(onnx_path)
+    # Faces of any size (the ingest's 112 px crops) at the model's input, as the worker feeds it.
+    calibration_faces = prepare_crops(list(calibration_faces), meta.input_size)
+    if faces is not None:
+        faces = prepare_crops(list(faces), meta.input_size)
     with tempfile.TemporaryDirectory(prefix="footfall-rknn-") as tmp:
         tmp_path = Path(tmp)
         np.save(tmp_path / "calibration.npy", calibration_faces)

@@ -109,7 +109,9 @@ class TrainConfig:
     augment_off: str = ""
     # Train (and validate) on faces resized to this many pixels (after augmentation at 112). At 64
     # a CPU step runs 2-3x the images/s of 112 (FER's faces are 48 px anyway), so a CPU run can
-    # spend its first epochs there and finish at 112 with --init from the low-resolution best.pt.
+    # spend its first epochs there and finish at 112 with --init from the low-resolution best.pt, or
+    # the model is served at that size (footfall-export writes a graph taking it; 56 px: the 2x2 mean
+    # of the 112 px crop, about 2x the single-pass faces/s of 112 on the CPU).
     image_size: int = INPUT_SIZE
     # Levers for faces from other sources (see the module's docstring).
     emotion_loss: str = "ce"  # ce | la | balanced
@@ -290,9 +292,13 @@ def sampling_weights(faces: FaceSet) -> np.ndarray:
 
 
 def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
-    """NCHW images resized to ``size`` pixels (antialiased), unchanged when already that size."""
+    """NCHW images resized to ``size`` pixels (antialiased), unchanged when already that size. At an
+    integer ratio (112 -> 56) each output pixel is the mean of its 2x2 block, exactly what the inference
+    worker's ``cv2.INTER_AREA`` serves a 56 px model, so such a model trains on the faces it is served."""
     if x.shape[-1] == size:
         return x
+    if x.shape[-1] % size == 0:
+        return F.avg_pool2d(x, x.shape[-1] // size)
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from footfall.inference.backends import load_backend
-from footfall.inference.backends.base import normalize_nchw
+from footfall.inference.backends.base import normalize_nchw, prepare_crops
 from footfall.labels import EMOTIONS, RACES
 from footfall.model_file import METADATA_KEY, ModelMetadata
 from footfall_training.network import ExportWrapper
@@ -93,22 +93,50 @@ def test_weights_recovered_from_onnx_give_the_same_outputs(random_model):
     torch.testing.assert_close(train_mode["emotion"], reference["emotion"], atol=1e-4, rtol=0)
 
 
-def test_weights_that_learned_below_112_px_are_not_exported(random_model, tmp_path, capsys):
-    from footfall_training.export import export_onnx, main
+@pytest.mark.parametrize("arch", [{}, {"arch": "mnv3", "attention": "mha", "shared_depth": 4}])
+def test_a_net_that_learned_at_56_px_exports_at_56_px_and_serves_112_px_crops(random_model, tmp_path, arch,
+                                                                               monkeypatch):
+    """A 56 px model's graph takes 56 px faces (GDC folded to the 2x2 final map, no resize inside);
+    the worker's backend shrinks the ingest's 112 px crops to it; the files are named for their size."""
+    from footfall_training.export import export_onnx, main, quantize_int8
     from footfall_training.network import FaceNet
+    from footfall_training.train import resize_batch
 
-    net = FaceNet(width=0.25)
-    net.image_size = 64
-    with pytest.raises(ValueError, match="learned at 64 px"):
-        export_onnx(net, tmp_path / "low.onnx", version="test")
-    assert not (tmp_path / "low.onnx").exists()
-    # The command line says the same before it writes anything.
+    from .conftest import with_varied_outputs
+
+    torch.manual_seed(1)
+    net = with_varied_outputs(FaceNet(width=0.25, **arch)).eval()
+    net.image_size = 56
+    path = export_onnx(net, tmp_path / "low.onnx", version="test")
+    model = onnx.load(str(path))
+    meta = ModelMetadata.from_onnx(model)
+    assert meta.input_size == 56 and meta.name == net.config.name + "-56px"
+    assert session(path).get_inputs()[0].shape[1:] == [3, 56, 56]
+    ops = {node.op_type for node in model.graph.node}
+    assert "Resize" not in ops  # (mnv3's squeeze-excite pools globally: GlobalAveragePool is its own)
+    # The backend's 112 -> 56 shrink (cv2 INTER_AREA) is the 2x2 mean that training uses (resize_batch),
+    # to uint8 rounding.
+    faces = np.random.default_rng(0).integers(0, 256, (6, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    small = prepare_crops(list(faces), 56)
+    trained = resize_batch(torch.from_numpy(faces).permute(0, 3, 1, 2).float(), 56)
+    assert np.abs(small.transpose(0, 3, 1, 2) - trained.numpy()).max() <= 0.5
+    backend = load_backend("onnxruntime", path, threads=1)
+    got = backend.predict_faces(faces)
+    with torch.no_grad():
+        want = net((torch.from_numpy(small).permute(0, 3, 1, 2).float() - 127.5) / 127.5)
+    np.testing.assert_allclose(got.emotion, want["emotion"].numpy(), atol=2e-3)
+    np.testing.assert_allclose(got.age, want["age"].numpy(), atol=0.05)
+    # INT8 calibrates on 112 px training faces, shrunk as served.
+    int8 = quantize_int8(path, tmp_path / "low.int8.onnx", faces)
+    assert load_backend("onnxruntime", int8, threads=1).predict_faces(faces).emotion.shape == (6, len(EMOTIONS))
+    # footfall-export names the files after the size.
+    monkeypatch.setattr("footfall_training.export.calibration_faces", lambda count: faces)
     _, pt, _ = random_model
     low = tmp_path / "low.pt"
-    torch.save({**torch.load(pt, weights_only=False), "config": {"width": 0.25, "image_size": 64}}, low)
-    with pytest.raises(SystemExit):
-        main([str(low), "--out", str(tmp_path), "--version", "test"])
-    assert "--image-size 112" in capsys.readouterr().err and not list(tmp_path.glob("*.onnx"))
+    torch.save({**torch.load(pt, weights_only=False), "config": {"width": 0.25, "image_size": 56}}, low)
+    main([str(low), "--out", str(tmp_path / "out"), "--version", "test", "--calibration", "8"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "footfall_w025_56px.int8.onnx", "footfall_w025_56px.onnx", "footfall_w025_56px.pt"]
 
 
 def test_the_benchmarks_four_single_task_networks_export_as_one_graph(tmp_path):

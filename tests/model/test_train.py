@@ -208,8 +208,9 @@ def test_the_gpu_pack_loads_the_same_faces_and_labels(shared_data, tmp_path):
     assert diff < 6, f"pack images differ by {diff:.1f} grey levels on average"  # WebP vs JPEG re-encoding
 
 
-def test_low_resolution_training_runs_and_finished_at_112_exports_without_resize(tiny_sets, tmp_path, monkeypatch):
-    """--image-size 64 trains and validates on smaller faces; finished at 112 (--init), the export is unchanged."""
+def test_low_resolution_training_runs_and_exports_at_its_size_or_finished_at_112(tiny_sets, tmp_path, monkeypatch):
+    """--image-size 64 trains and validates on smaller faces and exports a 64 px graph; finished at 112
+    (--init), the export is the 112 px one."""
     import onnx
 
     from footfall_training.export import export_onnx
@@ -230,8 +231,8 @@ def test_low_resolution_training_runs_and_finished_at_112_exports_without_resize
     predictor, _ = load_predictor(best, threads=1)
     predictor(val_set.images[:4])
     assert set(seen) == {64}  # a .pt is scored at the resolution it learned at
-    with pytest.raises(ValueError, match="learned at 64 px"):  # the export takes 112 px faces
-        export_onnx(tr.load_checkpoint(best), tmp_path / "lr.onnx", "test")
+    low = onnx.load(export_onnx(tr.load_checkpoint(best), tmp_path / "lr64.onnx", "test"))
+    assert low.graph.input[0].type.tensor_type.shape.dim[2].dim_value == 64
     finished = tr.train(tr.TrainConfig(run="lr112", width=0.25, epochs=1, batch_size=32, threads=1,
                                        init=str(best)), torch.device("cpu"), train_set, val_set)
     seen.clear()

@@ -66,6 +66,14 @@ class Backend(ABC):
     def predict(self, batch: np.ndarray) -> Predictions:
         """Predictions for an (N, S, S, 3) uint8 RGB batch, S = metadata.input_size, in order."""
 
+    def predict_faces(self, faces: np.ndarray) -> Predictions:
+        """Predictions for (N, H, W, 3) uint8 RGB faces of any one size (the ingest's 112 px crops),
+        resized to the model's input first as the inference server does (``prepare_crops``)."""
+        size = self.metadata.input_size
+        if faces.shape[1:3] != (size, size):
+            faces = prepare_crops(list(faces), size)
+        return self.predict(faces)
+
     def close(self) -> None:
         """Release the runtime."""
 
