@@ -97,7 +97,7 @@ def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64,
         net = load_checkpoint(model_path)
         predictor = partial(predict_torch, net, device=torch.device("cpu"), batch_size=batch_size,
                             image_size=net.image_size)
-        return (flip_averaged(predictor) if flip else predictor), net.config.name
+        return (flip_averaged(predictor) if flip else predictor), net.export_name
     from footfall.inference.backends import load_backend
 
     backend = load_backend("onnxruntime" if fmt.startswith("onnx") else "rknn", model_path, threads=threads,
