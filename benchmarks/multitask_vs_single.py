@@ -100,7 +100,11 @@ def export_four_single(width: float, path: Path, int8: bool) -> Path:
             # What the exporter reads: the metadata's name, the face size the weights are for, the
             # emotion bias (the emotion network's).
             self.config, self.image_size = self.nets[0].config, self.nets[0].image_size
+            self.export_name = self.nets[0].export_name
             self.emotion_bias = self.nets[HEADS.index("emotion")].emotion_bias
+
+        def at_image_size(self) -> FourSingleTask:
+            return self  # 112 px nets: nothing to fold
 
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {head: net(x)[head] for head, net in zip(HEADS, self.nets)}
