@@ -92,7 +92,7 @@ def export_random(width: float | NetConfig, out_dir: Path, seed: int = 0, stem: 
     config = width if isinstance(width, NetConfig) else NetConfig(width=width)
     net = untrained_like_trained(FaceNet.from_config(config)).eval()
     net.image_size = image_size
-    stem = stem or net.export_name
+    stem = stem or net.export_stem
     fp32 = export_onnx(net, out_dir / f"{stem}.onnx", version="random-init")
     # Calibration data only sets quantization ranges; random faces do for a speed measurement.
     faces = np.random.default_rng(seed).integers(0, 256, (64, 112, 112, 3), dtype=np.uint8)
@@ -179,7 +179,7 @@ def architecture_table(nets: list[str], batches: list[int], threads: int, second
     for name in nets:
         config, size = parse_net_name(name)
         net = FaceNet.from_config(config)
-        files = export_random(config, out_dir, stem=config.file_stem + f"_{size}", image_size=size)
+        files = export_random(config, out_dir, image_size=size)
         speed = {r["batch"]: r for r in speed_table({name: files}, batches, threads, seconds, rounds)}
         placement = npu_placement(files["fp32"]) if npu else "-"
         out.append({"name": name, "params": count_parameters(net), "macs": count_macs(net, size), "placement": placement,

@@ -266,9 +266,7 @@ class NetConfig:
     def file_stem(self) -> str:
         """Stem of the model's files in model/ (``footfall_w050``.onnx, .int8.onnx, .pt, .rknn for the default
         arch, e.g. ``footfall_mnv3_w060_mha`` for others)."""
-        if self.name.startswith("footfall-mnv2-"):
-            return self.name.replace("footfall-mnv2-", "footfall_").replace("-", "_")
-        return self.name.replace("-", "_")
+        return file_stem_of(self.name)
 
     @classmethod
     def from_name(cls, name: str) -> NetConfig:
@@ -291,6 +289,17 @@ class NetConfig:
         if values.get("channels") is not None:
             values["channels"] = tuple(values["channels"])
         return cls(**values)
+
+
+def file_stem_of(name: str) -> str:
+    """The files' stem for a model name: the default arch's prefix shortened, dashes as underscores.
+
+    >>> file_stem_of("footfall-mnv2-w050-56px"), file_stem_of("footfall-mnv3-w060-mha")
+    ('footfall_w050_56px', 'footfall_mnv3_w060_mha')
+    """
+    if name.startswith("footfall-mnv2-"):
+        name = name.replace("footfall-mnv2-", "footfall-", 1)
+    return name.replace("-", "_")
 
 
 def default_channel_plan(width: float) -> list[int]:
@@ -406,14 +415,14 @@ class FaceNet(nn.Module):
 
     @property
     def export_stem(self) -> str:
-        """Stem of the exported files (``NetConfig.file_stem``, plus ``_64px`` for a 64 px model)."""
-        return self.config.file_stem + (f"_{self.image_size}px" if self.image_size != INPUT_SIZE else "")
+        """Stem of the exported files (``footfall_w050_56px`` for a 56 px model)."""
+        return file_stem_of(self.export_name)
 
     def at_image_size(self) -> FaceNet:
         """A copy that runs at ``image_size`` with no resize inside: each GDC kernel becomes the final
         map at that size (2x2 at 64 px) and takes the bilinear stretch of ``_pool`` into its weights.
         Both are linear maps, so the fold is exact: the copy's outputs equal this net's at that size.
-        At 112 px the net is returned as it is.
+        At 112 px the copy is unchanged (the kernel already covers the final map).
 
         >>> net = FaceNet(width=0.5).eval()
         >>> net.image_size = 64
