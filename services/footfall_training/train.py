@@ -227,7 +227,7 @@ def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch
 
 
 @torch.no_grad()
-def teacher_outputs(teacher: FaceNet, x: torch.Tensor, flip: bool) -> dict[str, torch.Tensor]:
+def teacher_outputs(teacher: FaceNet | OnnxRuntimeTeacher, x: torch.Tensor, flip: bool) -> dict[str, torch.Tensor]:
     """The teacher's raw outputs on NCHW faces ``x``; with ``flip``, the mean over each face and its mirror.
 
     Logits are averaged (a geometric mean of the two distributions), which keeps them logits.
@@ -243,6 +243,65 @@ def teacher_outputs(teacher: FaceNet, x: torch.Tensor, flip: bool) -> dict[str, 
     n = len(x)
     both = teacher(torch.cat([x, x.flip(3)]).contiguous(memory_format=torch.channels_last))
     return {k: (v[:n] + v[n:]) / 2 for k, v in both.items()}
+
+
+class OnnxRuntimeTeacher:
+    """A trained FaceNet run by ONNX Runtime on the CPU for distillation, with the module's raw outputs
+    (the logits ``distillation_loss`` reads). On 2 cores a 112 px teacher, flip-averaged, took 1.1 s of
+    PyTorch per batch of 96 against 0.4 s for a 56 px student's forward and backward pass; ONNX Runtime
+    gives the same logits (to 1e-6) in 0.43 s.
+
+    >>> net = FaceNet(width=0.25).eval()
+    >>> x = torch.rand(2, 3, 112, 112)
+    >>> fast, slow = OnnxRuntimeTeacher(net, threads=1)(x), net(x)
+    >>> all(torch.allclose(fast[k], slow[k], atol=1e-4) for k in OnnxRuntimeTeacher.OUTPUTS)
+    True
+    """
+
+    OUTPUTS = ("age_logits", "gender_logit", "race_logits", "emotion_logits")
+
+    def __init__(self, net: FaceNet, threads: int) -> None:
+        import io
+
+        import onnxruntime as ort
+
+        if net.config.qat:
+            from footfall_training.qat import float_copy
+
+            net = float_copy(net)
+        net = net.at_image_size().eval().to(memory_format=torch.contiguous_format)
+        self.image_size = net.image_size
+
+        class Logits(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                out = self.net(x)
+                return tuple(out[k] for k in OnnxRuntimeTeacher.OUTPUTS)
+
+        graph = io.BytesIO()
+        dummy = torch.zeros(1, 3, net.image_size, net.image_size)
+        torch.onnx.export(Logits().eval(), (dummy,), graph, input_names=["input"], output_names=list(self.OUTPUTS),
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, **{k: {0: "batch"} for k in self.OUTPUTS}})
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.session.run(None, {"input": x.detach().float().contiguous().numpy()})
+        return {k: torch.from_numpy(v) for k, v in zip(self.OUTPUTS, outputs)}
+
+
+def load_teacher(path: Path, device: torch.device, threads: int) -> FaceNet | OnnxRuntimeTeacher:
+    """The distillation teacher: ONNX Runtime on the CPU, the module itself on an accelerator."""
+    net = load_checkpoint(path)
+    if device.type == "cpu":
+        return OnnxRuntimeTeacher(net, threads)
+    return net.to(device).to(memory_format=torch.channels_last)
 
 
 def to_batch(faces: FaceSet, index: np.ndarray, device: torch.device,
@@ -436,7 +495,7 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
     ema = EMA(net, cfg.ema_decay)
     teacher = None
     if cfg.teacher:
-        teacher = load_checkpoint(Path(cfg.teacher)).to(device).to(memory_format=torch.channels_last)
+        teacher = load_teacher(Path(cfg.teacher), device, cfg.threads)
     augment_config = (AugmentConfig.strong() if cfg.augment_strong else AugmentConfig()).without(
         cfg.augment_off.split(",") if cfg.augment_off else [])
     use_amp = device.type == "cuda"

@@ -93,20 +93,23 @@ def test_distillation_pulls_the_student_towards_the_teacher(tiny_sets, tmp_path,
              torch.device("cpu"), train_set, val_set)
     assert len(terms) == 3 and all(torch.isfinite(t) and t > 0 for t in terms)
 
-    # A low-resolution student learns from a teacher that sees the same faces at its own 112 px.
-    seen = []
-    embed = tr.FaceNet.embed
+    # A low-resolution student learns from a teacher that sees the same faces at its own 112 px; on
+    # the CPU the teacher runs in ONNX Runtime (its logits equal the module's: the class's doctest).
+    seen, taught = [], []
+    embed, teach = tr.FaceNet.embed, tr.OnnxRuntimeTeacher.__call__
     monkeypatch.setattr(tr.FaceNet, "embed", lambda self, x: (seen.append(int(x.shape[-1])), embed(self, x))[1])
+    monkeypatch.setattr(tr.OnnxRuntimeTeacher, "__call__",
+                        lambda self, x: (taught.append(tuple(x.shape)), teach(self, x))[1])
     tr.train(tr.TrainConfig(run="d64", width=0.25, epochs=1, batch_size=32, threads=1, teacher=str(teacher_file),
                             image_size=64), torch.device("cpu"), train_set, val_set)
-    assert seen.count(112) == 3 and seen.count(64) >= 3  # teacher per batch; student per batch and validation
+    assert taught == [(32, 3, 112, 112)] * 3  # one teacher pass per batch, at 112 px
+    assert seen.count(64) >= 3  # the student, per batch and in validation
 
     # --teacher-flip: the teacher sees each batch with its mirror image (twice the faces per pass).
-    sizes = []
-    monkeypatch.setattr(tr.FaceNet, "embed", lambda self, x: (sizes.append(len(x)), embed(self, x))[1])
+    taught.clear()
     tr.train(tr.TrainConfig(run="dflip", width=0.25, epochs=1, batch_size=32, threads=1, teacher=str(teacher_file),
                             teacher_flip=True), torch.device("cpu"), train_set, val_set)
-    assert sizes[:6] == [32, 64] * 3  # per batch: student, then teacher on faces + mirrors
+    assert taught == [(64, 3, 112, 112)] * 3  # per batch: the faces and their mirrors in one pass
 
 
 def test_boolean_settings_parse_as_on_off_flags(monkeypatch):
