@@ -247,9 +247,9 @@ def teacher_outputs(teacher: FaceNet | OnnxRuntimeTeacher, x: torch.Tensor, flip
 
 class OnnxRuntimeTeacher:
     """A trained FaceNet run by ONNX Runtime on the CPU for distillation, with the module's raw outputs
-    (the logits ``distillation_loss`` reads). On 2 cores a 112 px teacher, flip-averaged, took 1.1 s of
-    PyTorch per batch of 96 against 0.4 s for a 56 px student's forward and backward pass; ONNX Runtime
-    gives the same logits (to 1e-6) in 0.43 s.
+    (the logits ``distillation_loss`` reads). On 2 idle cores a 112 px teacher, flip-averaged, took 0.48 s
+    of PyTorch per batch of 96, against 0.18 s for a 56 px student's forward and backward pass; ONNX
+    Runtime gives the same logits (to 1e-6) in 0.12 s.
 
     >>> net = FaceNet(width=0.25).eval()
     >>> x = torch.rand(2, 3, 112, 112)
