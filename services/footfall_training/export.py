@@ -27,6 +27,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -69,26 +70,37 @@ def _set_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
                         f"{meta.input_size}x{meta.input_size} faces")
 
 
-def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
-    """Write the FP32 ONNX model with metadata; returns its path.
+def trace_onnx(net: FaceNet, f: str | BinaryIO, outputs: tuple[str, ...] = ExportWrapper.OUTPUT_NAMES) -> FaceNet:
+    """Trace ``net`` to an ONNX graph written to ``f`` (a path or a binary file object), with ``outputs``
+    of its forward pass in that order and a dynamic batch; returns the net as traced.
 
-    The graph takes faces at the size the weights learned at (``image_size``, recorded in the
-    metadata): the product's 112 px crops are resized to it by the inference worker, like any crop of
-    another size. A net that learned at another size exports with its GDC folded to that size
-    (``FaceNet.at_image_size``). A QAT net exports its float weights.
+    The graph takes faces at the size the weights learned at (``image_size``): a net that learned at
+    another size is traced with its GDC folded to that size (``FaceNet.at_image_size``). A QAT net is
+    traced with its float weights.
     """
     if net.config.qat:
         from footfall_training.qat import float_copy
 
         net = float_copy(net)
     net = net.at_image_size().eval().to(memory_format=torch.contiguous_format)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, net.image_size, net.image_size)
     # The wrapper in eval mode: the exporter restores the mode of the module it is given, and a new
     # wrapper is in training mode, which would leave ``net`` (its child) in training mode afterwards.
-    torch.onnx.export(ExportWrapper(net).eval(), (dummy,), str(path), input_names=["input"],
-                      output_names=list(ExportWrapper.OUTPUT_NAMES), opset_version=17, dynamo=False,
-                      dynamic_axes={"input": {0: "batch"}, **{k: {0: "batch"} for k in ExportWrapper.OUTPUT_NAMES}})
+    torch.onnx.export(ExportWrapper(net, outputs).eval(), (dummy,), f, input_names=["input"],
+                      output_names=list(outputs), opset_version=17, dynamo=False,
+                      dynamic_axes={"input": {0: "batch"}, **{k: {0: "batch"} for k in outputs}})
+    return net
+
+
+def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
+    """Write the FP32 ONNX model with metadata; returns its path.
+
+    The graph takes faces at the size the weights learned at (``image_size``, recorded in the
+    metadata): the product's 112 px crops are resized to it by the inference worker, like any crop of
+    another size (``trace_onnx``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = trace_onnx(net, str(path))
     model = onnx.load(str(path))
     _set_metadata(model, model_metadata(net, version))
     onnx.checker.check_model(model)

@@ -506,17 +506,19 @@ class FaceNet(nn.Module):
 
 
 class ExportWrapper(nn.Module):
-    """The four product outputs only, in a fixed order, for ONNX export."""
+    """The four product outputs only (or ``outputs``: e.g. the raw logits a distillation teacher gives),
+    in a fixed order, for ONNX export."""
 
     OUTPUT_NAMES = HEADS
 
-    def __init__(self, net: FaceNet) -> None:
+    def __init__(self, net: FaceNet, outputs: tuple[str, ...] = OUTPUT_NAMES) -> None:
         super().__init__()
         self.net = net
+        self.outputs = tuple(outputs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.net(x)
-        return tuple(out[k] for k in self.OUTPUT_NAMES)
+        return tuple(out[k] for k in self.outputs)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -265,27 +265,10 @@ class OnnxRuntimeTeacher:
 
         import onnxruntime as ort
 
-        if net.config.qat:
-            from footfall_training.qat import float_copy
-
-            net = float_copy(net)
-        net = net.at_image_size().eval().to(memory_format=torch.contiguous_format)
-        self.image_size = net.image_size
-
-        class Logits(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                out = self.net(x)
-                return tuple(out[k] for k in OnnxRuntimeTeacher.OUTPUTS)
+        from footfall_training.export import trace_onnx
 
         graph = io.BytesIO()
-        dummy = torch.zeros(1, 3, net.image_size, net.image_size)
-        torch.onnx.export(Logits().eval(), (dummy,), graph, input_names=["input"], output_names=list(self.OUTPUTS),
-                          opset_version=17, dynamo=False,
-                          dynamic_axes={"input": {0: "batch"}, **{k: {0: "batch"} for k in self.OUTPUTS}})
+        self.image_size = trace_onnx(net, graph, self.OUTPUTS).image_size
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
