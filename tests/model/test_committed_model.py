@@ -106,11 +106,11 @@ def test_committed_pytorch_weights_are_the_onnx_model(fp32_path, test_subset):
 def test_the_56_px_candidate_serves_the_ingests_112_px_crops(test_subset):
     """model/compressed/footfall_w050_56px (model card, "Input resolution"): a graph taking 56 px faces,
     fed the 112 px crops through the backend's shrink. Floors: what it measured on this subset
-    (6.02 years / 90.3 / 79.7 / 80.3 %) less a margin."""
+    (5.66 years / 91.3 / 78.7 / 79.3 %) less a margin."""
     backend = load_backend("onnxruntime", MODEL_DIR / "compressed" / "footfall_w050_56px.int8.onnx", threads=2)
     assert backend.metadata.input_size == 56 and backend.metadata.name.endswith("-56px")
     assert test_subset.images.shape[1] == 112
     p = Predictions.concat([backend.predict_faces(test_subset.images[i:i + 32])
                             for i in range(0, len(test_subset), 32)])
     m = head_metrics(p, test_subset.age, test_subset.gender, test_subset.race, test_subset.emotion)
-    assert m["age_mae"] <= 6.35 and m["gender_acc"] >= 0.89 and m["race_acc"] >= 0.78 and m["emotion_acc"] >= 0.78, m
+    assert m["age_mae"] <= 6.0 and m["gender_acc"] >= 0.90 and m["race_acc"] >= 0.77 and m["emotion_acc"] >= 0.77, m
