@@ -20,6 +20,9 @@ Accuracy columns of the Pareto table come from ``footfall-evaluate --json`` file
     python benchmarks/model_speed.py --nets footfall-mnv2-w050,footfall-mnv3-w060-mha --npu
     # input resolution: the same net taking 56 px faces (timed on 112 px crops, the shrink included)
     python benchmarks/model_speed.py --nets footfall-mnv2-w050,footfall-mnv2-w050-56px
+    # how the backend spends its threads: one 2-thread session vs two 1-thread sessions splitting
+    # each batch (FOOTFALL_SESSION_THREADS), the given files, single pass and flip-averaged
+    python benchmarks/model_speed.py model/footfall_w050.int8.onnx --sessions --flip
 
 It prints figures; it asserts nothing. The 1-minute load average is printed first: timings
 taken while other work (e.g. a training run) shares the CPU are lower than on an idle machine.
@@ -126,6 +129,35 @@ def speed_table(models: dict[str, dict[str, Path]], batches: list[int], threads:
     return rows
 
 
+def sessions_table(files: list[Path], batches: list[int], threads: int, seconds: float, rounds: int,
+                   flip: bool) -> tuple[str, list[dict]]:
+    """Each file at each batch through the backend laid out two ways, timed alternately (best round
+    counts): one session of ``threads`` threads, and ``threads`` sessions of one thread splitting
+    each batch (the default since 2026-12-03)."""
+    rows = []
+    for path in files:
+        name, precision = onnx_name_precision(path)
+        for flipped in (False, True) if flip else (False,):
+            layouts = {per: load_backend("onnxruntime", path, threads=threads, session_threads=per, flip_average=flipped)
+                       for per in (threads, 1)}
+            for batch in batches:
+                best = {per: 0.0 for per in layouts}
+                for _ in range(rounds):
+                    for per, backend in layouts.items():
+                        best[per] = max(best[per], measure_faces_per_s(backend.predict_faces, batch, seconds / rounds))
+                label = f"{name} {precision}" + (FLIP_LABEL if flipped else "")
+                rows.append({"model": label, "batch": batch, "one_session": best[threads], "split": best[1],
+                             "ratio": best[1] / best[threads]})
+                print(f"  {label} batch {batch}: one {threads}-thread session {best[threads]:.0f}, "
+                      f"{threads} 1-thread sessions {best[1]:.0f} faces/s", flush=True)
+            for backend in layouts.values():
+                backend.close()
+    text = md_table(["model", "batch", f"one {threads}-thread session", f"{threads} 1-thread sessions", "ratio"],
+                    [[r["model"], str(r["batch"]), f"{r['one_session']:.0f}", f"{r['split']:.0f}", f"{r['ratio']:.2f}x"]
+                     for r in rows])
+    return text, rows
+
+
 def size_table(widths: list[float]) -> list[dict]:
     from footfall_training.network import FaceNet, count_macs, count_parameters
 
@@ -227,22 +259,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nets", default="", help="comma-separated net names (footfall-mnv3-w060-mha-sd6...): "
                         "untrained, their own table only")
     parser.add_argument("--npu", action="store_true", help="with --nets: rknn operator placement of each")
+    parser.add_argument("--sessions", action="store_true", help="the given files through one --threads-thread "
+                        "session vs --threads 1-thread sessions (with --flip: also flip-averaged), their own table only")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     widths = [float(w) for w in args.widths.split(",")]
 
     print(f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; {args.threads} threads per model")
+    def report(heading: str, text: str, key: str, figures: list[dict]) -> None:
+        """A mode with its own table: print it under ``heading`` and write its figures to --json."""
+        print(f"\n### {heading}\n")
+        print(text)
+        if args.json:
+            args.json.write_text(json.dumps({"loadavg": os.getloadavg()[0], "threads": args.threads, key: figures},
+                                            indent=1, default=str))
+
     if args.nets:
         with tempfile.TemporaryDirectory(prefix="footfall-speed-") as tmp:
             text, figures = architecture_table(args.nets.split(","), batches, args.threads, args.seconds, args.rounds,
                                                args.npu, Path(tmp))
-        print(f"\n### Architectures: size, faces/s through the onnxruntime backend ({args.threads} threads, "
-              f"random weights), operator placement\n")
-        print(text)
-        if args.json:
-            args.json.write_text(json.dumps({"loadavg": os.getloadavg()[0], "threads": args.threads,
-                                             "architectures": figures}, indent=1, default=str))
+        report(f"Architectures: size, faces/s through the onnxruntime backend ({args.threads} threads, random "
+               "weights), operator placement", text, "architectures", figures)
+        return
+    if args.sessions:
+        text, figures = sessions_table(args.models, batches, args.threads, args.seconds, args.rounds, args.flip)
+        report(f"Sessions: faces/s through the onnxruntime backend, {args.threads} threads as one session or as "
+               f"{args.threads} sessions splitting each batch", text, "sessions", figures)
         return
     models: dict[str, dict[str, Path]] = {}
     for path in args.models:

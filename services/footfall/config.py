@@ -131,7 +131,11 @@ class InferenceSettings(GrpcTlsSettings):
     backend: str = Field("onnxruntime", description="`onnxruntime` (CPU) or `rknn` (RK3588 NPU).")
     face_model: Path = Field(PROJECT_ROOT / "model" / "footfall_w050.int8.onnx",
                              description="Model file (.onnx for onnxruntime, .rknn for rknn).")
-    threads: int = Field(2, description="CPU threads of the ONNX Runtime backend.")
+    threads: int = Field(2, description="CPU threads of the ONNX Runtime backend, all its sessions together "
+                         "(the worker's CPU limit).")
+    session_threads: int = Field(1, ge=1, description="Threads of each ONNX Runtime session: the backend runs "
+                                 "`FOOTFALL_THREADS / FOOTFALL_SESSION_THREADS` sessions side by side, each batch "
+                                 "split between them (model card, \"Sessions\").")
     # On by default: with it the shipped model meets every accuracy target (model/README.md).
     flip_average: bool = Field(True, description="Average each face's predictions with its mirror image's: "
                                "more accurate, twice the compute per face (model/README.md measures both).")

@@ -18,7 +18,8 @@ import pytest
 from footfall.inference.backends import BackendUnavailable, load_backend
 from footfall.model_file import ModelMetadata
 from footfall.inference.backends.onnxruntime import OnnxRuntimeBackend
-from footfall.inference.backends.rknn import RknnBackend, parse_cores, split_batch
+from footfall.inference.backends.base import split_batch
+from footfall.inference.backends.rknn import RknnBackend, parse_cores
 from footfall.labels import EMOTIONS, RACES
 
 SIZE = 112
@@ -154,7 +155,7 @@ def test_postprocessing_equals_the_onnx_path(rknn_file):
             return raw_outputs(batch)
 
     onnx_backend = OnnxRuntimeBackend.__new__(OnnxRuntimeBackend)
-    onnx_backend.session, onnx_backend.metadata, onnx_backend.input_name = FakeSession(), META, "input"
+    onnx_backend.sessions, onnx_backend.metadata, onnx_backend.input_name = [FakeSession()], META, "input"
     with make_backend(rknn_file, []) as npu_backend:
         assert npu_backend.metadata == onnx_backend.metadata
         a, b = onnx_backend.predict(batch), npu_backend.predict(batch)

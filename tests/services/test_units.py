@@ -196,6 +196,39 @@ def test_backend_options_are_validated_not_swallowed(face_model):
     # the worker's settings supply the chosen backend's options only
     backend = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1, npu_cores="2"))
     assert backend.options.threads == 1
+    backend = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=4, session_threads=2))
+    assert backend.options.layout == (2, 2) and len(backend.sessions) == 2
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        load_backend("onnxruntime", face_model, session_threads=0)
+
+
+def test_a_batch_split_over_sessions_gives_each_face_its_own_predictions_in_order(face_model):
+    """Two 1-thread sessions each run a contiguous chunk of the batch; the result is the one-session
+    result, face for face, for batch sizes that split evenly, unevenly or not at all (1, 0)."""
+    from footfall.inference.backends import load_backend
+
+    rng = np.random.default_rng(3)
+    one = load_backend("onnxruntime", face_model, threads=2, session_threads=2)
+    split = load_backend("onnxruntime", face_model, threads=2)  # the default: sessions of 1 thread
+    assert len(one.sessions) == 1 and len(split.sessions) == 2
+    faces = rng.integers(0, 256, (7, 112, 112, 3), dtype=np.uint8)
+    # each face alone: what the face's own prediction is, whatever batch it came in
+    alone = [one.predict(faces[i:i + 1]) for i in range(len(faces))]
+    for n in (7, 6, 2, 1, 0):
+        got = split.predict(faces[:n])
+        assert len(got) == n
+        for head in ("age", "gender", "race", "emotion"):
+            want = np.concatenate([getattr(p, head) for p in alone[:n]]) if n else getattr(got, head)
+            np.testing.assert_allclose(getattr(got, head), want, rtol=1e-5, atol=1e-5, err_msg=f"{head}, batch {n}")
+    # concurrent callers (the server's batcher and a second request path) share the sessions safely
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: split.predict(faces[i:i + 3]), range(5)))
+    for i, got in enumerate(results):
+        np.testing.assert_allclose(got.age, np.concatenate([p.age for p in alone[i:i + 3]]), rtol=1e-5, atol=1e-5)
+    one.close()
+    split.close()
 
 
 def test_text_logs_keep_the_context_fields(capsys):

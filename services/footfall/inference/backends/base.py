@@ -53,6 +53,18 @@ def normalize_nchw(batch: np.ndarray, meta: ModelMetadata) -> np.ndarray:
     return cv2.dnn.blobFromImagesWithParams(list(batch), params)
 
 
+def split_batch(n: int, parts: int) -> list[range]:
+    """Contiguous, non-empty index ranges of ``n`` samples over at most ``parts`` workers, in order.
+
+    >>> split_batch(7, 3), split_batch(2, 3)
+    ([range(0, 3), range(3, 5), range(5, 7)], [range(0, 1), range(1, 2)])
+    """
+    parts = min(parts, n)
+    sizes = [n // parts + (i < n % parts) for i in range(parts)]  # like np.array_split: first ones larger
+    starts = np.cumsum([0] + sizes)
+    return [range(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+
+
 class Backend(ABC):
     """Runs the face model on batches of aligned RGB uint8 crops."""
 

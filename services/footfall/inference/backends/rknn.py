@@ -39,7 +39,7 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from footfall.inference.backends.base import Backend, BackendUnavailable
+from footfall.inference.backends.base import Backend, BackendUnavailable, split_batch
 from footfall.model_file import ModelMetadata
 from footfall.predictions import Predictions
 
@@ -125,18 +125,6 @@ def context_cores(cores: Sequence[int], contexts_per_core: int) -> list[int]:
     if contexts_per_core < 1:
         raise ValueError(f"contexts_per_core must be at least 1, not {contexts_per_core}")
     return [core for _ in range(contexts_per_core) for core in cores]
-
-
-def split_batch(n: int, parts: int) -> list[range]:
-    """Contiguous, non-empty index ranges of ``n`` samples over at most ``parts`` workers, in order.
-
-    >>> split_batch(7, 3), split_batch(2, 3)
-    ([range(0, 3), range(3, 5), range(5, 7)], [range(0, 1), range(1, 2)])
-    """
-    parts = min(parts, n)
-    sizes = [n // parts + (i < n % parts) for i in range(parts)]  # like np.array_split: first ones larger
-    starts = np.cumsum([0] + sizes)
-    return [range(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
 
 
 class RknnOptions(BaseModel):
