@@ -216,9 +216,9 @@ def test_a_batch_split_over_sessions_gives_each_face_its_own_predictions_in_orde
     alone = [one.predict(faces[i:i + 1]) for i in range(len(faces))]
     for n in (7, 6, 2, 1, 0):
         got = split.predict(faces[:n])
-        assert len(got) == n
-        for head in ("age", "gender", "race", "emotion"):
-            want = np.concatenate([getattr(p, head) for p in alone[:n]]) if n else getattr(got, head)
+        assert len(got) == n and got.race.shape == (n, 5) and got.emotion.shape == (n, 7)
+        for head in ("age", "gender", "race", "emotion") if n else ():
+            want = np.concatenate([getattr(p, head) for p in alone[:n]])
             np.testing.assert_allclose(getattr(got, head), want, rtol=1e-5, atol=1e-5, err_msg=f"{head}, batch {n}")
     # concurrent callers (the server's batcher and a second request path) share the sessions safely
     from concurrent.futures import ThreadPoolExecutor
