@@ -8,7 +8,8 @@ Three parts, measured in one run (compare ratios within it, not figures across r
    batch, and the optimized graph's operators (``SessionOptions.optimized_model_filepath``): what ran
    as an integer kernel, how many Q/DQ nodes and layout transposes were left.
 2. **Variants**: INT8 exports of the same FP32 weights through ``footfall_training.export.quantize_int8``
-   with other ``Int8Layout`` options (per-tensor weights, QOperator, S8S8, nodes left in float), the
+   with other ``Int8Layout`` options (per-tensor weights, QOperator, S8S8, full-range 8-bit or UINT8
+   weights instead of the 7-bit ones, nodes left in float), the
    shipped file under other session options (graph optimization level, spinning), all timed as
    ``session.run`` on normalised input, rounds alternating between variants.
 3. **Preprocessing**: the backend's uint8 -> normalised NCHW float conversion per batch
@@ -150,6 +151,8 @@ def build_variants(fp32: Path, int8: Path, workdir: Path) -> dict[str, tuple[str
         "per-tensor weights": replace(default, per_channel=False),
         "QOperator format": replace(default, quant_format="QOperator"),
         "S8S8 (int8 activations)": replace(default, activations="int8"),
+        "8-bit weights (no reduce range)": replace(default, reduce_range=False),
+        "U8U8 (uint8 weights)": replace(default, weights="uint8", reduce_range=False),
     }
     for i, (label, layout) in enumerate(layouts.items()):
         path = quantize_int8(fp32, workdir / f"variant{i}.int8.onnx", faces, layout)

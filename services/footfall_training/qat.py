@@ -1,7 +1,7 @@
 """Quantization-aware training (fake quantization) that matches ``footfall-export``'s ONNX Runtime INT8.
 
 ``footfall-export`` quantizes the FP32 graph (BatchNorm folded into the convolutions) with ONNX Runtime's
-static QDQ quantizer: per-channel symmetric INT8 weights (scale = max |w| / 127 per output channel) and
+static QDQ quantizer: per-channel symmetric 7-bit weights (scale = max |w| / 64 per output channel: ``Int8Layout.reduce_range``) and
 per-tensor asymmetric UINT8 activations (scale = (max - min) / 255 over a range that includes 0) on the
 network input, every convolution's output (after its ReLU6, which ONNX Runtime folds into it), every
 residual sum and every head's logits. ``FaceNet(qat=True)`` rounds the same tensors the same way in its
@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 ACTIVATION_QMAX = 255  # UINT8 activations (ONNX Runtime's default for the shipped export)
-WEIGHT_QMAX = 127  # symmetric INT8 weights: -127..127, as ONNX Runtime's symmetric range
+# Symmetric weights in -64..64: ONNX Runtime's range with reduce_range, which the export uses so that CPUs
+# without VNNI do not saturate (footfall_training.export.Int8Layout).
+WEIGHT_QMAX = 64
 
 
 class ActivationFakeQuant(nn.Module):
@@ -68,7 +70,7 @@ class ActivationFakeQuant(nn.Module):
 
 
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric INT8 fake quantization (scale max |w| / 127), straight-through."""
+    """Per-output-channel symmetric fake quantization (scale max |w| / WEIGHT_QMAX), straight-through."""
     absmax = w.detach().abs().flatten(1).amax(1).clamp(min=1e-8)
     scale = (absmax / WEIGHT_QMAX).float()
     zero = torch.zeros_like(scale, dtype=torch.int32)

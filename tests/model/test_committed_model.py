@@ -81,6 +81,21 @@ def test_int8_agrees_with_fp32(fp32_path, int8_path, test_subset, accuracy_floor
     assert age_diff <= agree["age_mean_abs_diff_max"], figures
 
 
+def test_the_served_int8_weights_fit_in_7_bits_so_no_cpu_saturates():
+    """On x86 CPUs without VNNI, ONNX Runtime's UINT8 x INT8 kernel sums pairs of products in 16 bits
+    and saturates past 32,767: full-range weights (255 * 127 * 2) cost 1-1.5 points of accuracy there,
+    a VNNI CPU nothing. Weights within -64..64 (the export's reduce_range) compute exactly everywhere."""
+    import onnx
+    from onnx import numpy_helper
+
+    served = InferenceSettings().face_model
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(served)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8]
+    assert weights, f"{served.name} holds no INT8 weights"
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert largest <= 64, f"{served.name}: INT8 weights up to {largest}; export with Int8Layout(reduce_range=True)"
+
+
 def test_committed_files_fit_the_size_budget():
     # Issue 7: committed model files at most 25 MB together.
     files = [p for p in MODEL_DIR.iterdir() if p.suffix in (".onnx", ".rknn", ".pt")]
