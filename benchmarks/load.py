@@ -128,7 +128,8 @@ class InProcessModel:
 
     def __init__(self, face_model: Path, crops: list[bytes], batch: int) -> None:
         s = InferenceSettings()
-        self.backend = load_backend(s.backend, face_model, s.flip_average, settings=s)
+        self.backend = load_backend(s.backend, face_model, s.flip_average, settings=s,
+                                    flip_confidence=s.flip_confidence)
         rgb = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
                         for c in crops])
         self.batch = rgb[np.arange(batch) % len(rgb)]
@@ -262,8 +263,8 @@ def main() -> None:
     entries = visitors_entries(crops, args.visitors, args.crops, args.cameras,
                                IngestSettings().track_sample_interval_s, t0=time.time() - 3600)
     faces = args.visitors * args.crops
-    print(f"machine: {os.cpu_count()} CPUs; model {args.face_model.name} ({settings.threads} threads, flip averaging "
-          f"{'on' if settings.flip_average else 'off'}); {args.visitors} visitors x {args.crops} crops on "
+    print(f"machine: {os.cpu_count()} CPUs; model {args.face_model.name} ({settings.threads} threads, "
+          f"{settings.flip_description}); {args.visitors} visitors x {args.crops} crops on "
           f"{args.cameras} cameras = {faces} faces; database "
           f"{'PostgreSQL' if args.postgres else 'SQLite'}", flush=True)
     model = InProcessModel(args.face_model, crops, settings.max_batch)

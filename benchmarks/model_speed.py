@@ -23,6 +23,9 @@ Accuracy columns of the Pareto table come from ``footfall-evaluate --json`` file
     # how the backend spends its threads: one 2-thread session vs two 1-thread sessions splitting
     # each batch (FOOTFALL_SESSION_THREADS), the given files, single pass and flip-averaged
     python benchmarks/model_speed.py model/footfall_w050.int8.onnx --sessions --flip
+    # flip averaging of the faces below an emotion confidence (FOOTFALL_FLIP_CONFIDENCE) against single
+    # pass and every face, timed on real test faces (the second pass depends on them)
+    python benchmarks/model_speed.py model/footfall_w050.int8.onnx --flip-confidence 0.65
 
 It prints figures; it asserts nothing. The 1-minute load average is printed first: timings
 taken while other work (e.g. a training run) shares the CPU are lower than on an idle machine.
@@ -45,14 +48,18 @@ from footfall_training.evaluate import FLIP_LABEL
 from footfall_training.network import NetConfig
 
 
-def measure_faces_per_s(predict, batch: int, seconds: float = 2.0, min_iters: int = 5, seed: int = 0) -> float:
-    """Faces per second of ``predict`` on random uint8 faces at a fixed batch size (after warm-up)."""
-    faces = np.random.default_rng(seed).integers(0, 256, (batch, 112, 112, 3), dtype=np.uint8)
-    for _ in range(3):
-        predict(faces)
+def measure_faces_per_s(predict, batch: int, seconds: float = 2.0, min_iters: int = 5, seed: int = 0,
+                        faces: np.ndarray | None = None) -> float:
+    """Faces per second of ``predict`` at a fixed batch size (after warm-up): on random uint8 faces, or
+    on consecutive batches of the given real ``faces`` (when the work depends on the faces)."""
+    if faces is None:
+        faces = np.random.default_rng(seed).integers(0, 256, (batch, 112, 112, 3), dtype=np.uint8)
+    chunks = [faces[i:i + batch] for i in range(0, len(faces) - batch + 1, batch)]
+    for chunk in chunks[:3]:
+        predict(chunk)
     iters, t0 = 0, time.perf_counter()
     while iters < min_iters or time.perf_counter() - t0 < seconds:
-        predict(faces)
+        predict(chunks[iters % len(chunks)])
         iters += 1
     return batch * iters / (time.perf_counter() - t0)
 
@@ -158,6 +165,39 @@ def sessions_table(files: list[Path], batches: list[int], threads: int, seconds:
     return text, rows
 
 
+def flip_table(files: list[Path], batches: list[int], threads: int, seconds: float, rounds: int,
+               confidence: float, per_dataset: int = 1024) -> tuple[str, list[dict]]:
+    """Each file served three ways, timed alternately (best round counts) on real test faces as the
+    ingest crops them (pipeline crops; the mirror-image pass depends on the faces): single pass, flip
+    averaging of the faces below ``confidence`` (FOOTFALL_FLIP_CONFIDENCE) and of every face."""
+    from footfall_training.evaluate import load_test_faces
+
+    faces, _ = load_test_faces("pipeline", per_dataset)
+    faces = faces.subset(np.random.default_rng(0).permutation(len(faces)))  # both datasets in every batch
+    modes = {"single": {}, "below": {"flip_average": True, "flip_confidence": confidence},
+             "every": {"flip_average": True}}
+    rows = []
+    for path in files:
+        name, precision = onnx_name_precision(path)
+        backends = {mode: load_backend("onnxruntime", path, threads=threads, **kw) for mode, kw in modes.items()}
+        mirrored = float((backends["single"].predict_faces(faces.images).emotion.max(axis=1) < confidence).mean())
+        for batch in batches:
+            best = {mode: 0.0 for mode in modes}
+            for _ in range(rounds):
+                for mode, backend in backends.items():
+                    best[mode] = max(best[mode], measure_faces_per_s(backend.predict_faces, batch, seconds / rounds,
+                                                                     faces=faces.images))
+            rows.append({"model": f"{name} {precision}", "batch": batch, "mirrored": mirrored, **best})
+            print(f"  {name} {precision} batch {batch}: single {best['single']:.0f}, flip below {confidence:g} "
+                  f"{best['below']:.0f}, flip every face {best['every']:.0f} faces/s", flush=True)
+    text = md_table(["model", "batch", "single pass", f"flip averaging below {confidence:g}", "flip every face",
+                     "below / every", "below / single"],
+                    [[r["model"], str(r["batch"]), f"{r['single']:.0f}", f"{r['below']:.0f}", f"{r['every']:.0f}",
+                      f"{r['below'] / r['every']:.2f}x", f"{r['below'] / r['single']:.2f}x"] for r in rows])
+    shares = ", ".join(sorted({f"{r['model']} {100 * r['mirrored']:.1f} %" for r in rows}))
+    return text + f"\n\nFaces mirrored ({len(faces)} pipeline crops of the test split): {shares}.", rows
+
+
 def size_table(widths: list[float]) -> list[dict]:
     from footfall_training.network import FaceNet, count_macs, count_parameters
 
@@ -261,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--npu", action="store_true", help="with --nets: rknn operator placement of each")
     parser.add_argument("--sessions", action="store_true", help="the given files through one --threads-thread "
                         "session vs --threads 1-thread sessions (with --flip: also flip-averaged), their own table only")
+    parser.add_argument("--flip-confidence", type=float, help="the given files on real test faces single pass, "
+                        "flip-averaged below this emotion confidence and on every face, their own table only")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
@@ -281,6 +323,11 @@ def main(argv: list[str] | None = None) -> None:
                                                args.npu, Path(tmp))
         report(f"Architectures: size, faces/s through the onnxruntime backend ({args.threads} threads, random "
                "weights), operator placement", text, "architectures", figures)
+        return
+    if args.flip_confidence is not None:
+        text, figures = flip_table(args.models, batches, args.threads, args.seconds, args.rounds, args.flip_confidence)
+        report(f"Flip averaging below an emotion confidence: faces/s through the onnxruntime backend "
+               f"({args.threads} threads, real faces)", text, "flip_confidence", figures)
         return
     if args.sessions:
         text, figures = sessions_table(args.models, batches, args.threads, args.seconds, args.rounds, args.flip)

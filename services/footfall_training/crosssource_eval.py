@@ -196,8 +196,9 @@ def crosssource_report(p: Predictions, faces: CrossSourceSet, crops: CrossSource
 
 
 def evaluate_crosssource(model_path: Path, flips: list[bool], threads: int = 2, limit: int = 0,
-                         seed: int = 0) -> list[dict]:
-    """The cross-source report of one model file, once per flip setting (``limit``: N random photos)."""
+                         seed: int = 0, flip_confidence: float = 1.0) -> list[dict]:
+    """The cross-source report of one model file, once per flip setting (``limit``: N random photos;
+    ``flip_confidence``: flip-average only faces below this top emotion probability, as the worker)."""
     from footfall.inference.backends.base import flip_averaged
     from footfall_training.evaluate import load_predictor, model_format
 
@@ -211,8 +212,9 @@ def evaluate_crosssource(model_path: Path, flips: list[bool], threads: int = 2, 
     predictor, name = load_predictor(model_path, threads=threads)  # loaded once, run both ways
     for flip in flips:
         t0 = time.time()
-        p = (flip_averaged(predictor) if flip else predictor)(crops.images[crops.detected])
+        p = (flip_averaged(predictor, flip_confidence) if flip else predictor)(crops.images[crops.detected])
         results.append({"model": str(model_path), "name": name, "format": model_format(model_path), "flip": flip,
+                        "flip_confidence": flip_confidence if flip else None,
                         "crops": "pipeline", **crosssource_report(p, faces, crops),
                         "seconds": round(time.time() - t0, 1)})
     return results

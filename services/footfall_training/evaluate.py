@@ -49,6 +49,15 @@ log = logging.getLogger("footfall.evaluate")
 
 Predictor = Callable[[np.ndarray], Predictions]
 FLIP_LABEL = " + flip"  # marks flip-averaged results in row names (tables here, benchmarks/model_speed.py)
+
+
+def flip_label(confidence: float = 1.0) -> str:
+    """The row-name mark of flip averaging: every face, or only those below an emotion confidence.
+
+    >>> flip_label(), flip_label(0.65)
+    (' + flip', ' + flip<0.65')
+    """
+    return FLIP_LABEL + (f"<{confidence:g}" if confidence < 1 else "")
 # Scalar head metrics shown in summary tables, with their column titles.
 HEADLINE = (
     ("age_mae", "age MAE"),
@@ -83,9 +92,10 @@ def model_format(path: Path) -> str:
 
 
 def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64,
-                   flip: bool = False) -> tuple[Predictor, str]:
+                   flip: bool = False, flip_confidence: float = 1.0) -> tuple[Predictor, str]:
     """A function faces -> Predictions for the model file, and the model's name (``flip``: each
-    face averaged with its mirror image, as the inference worker's ``FOOTFALL_FLIP_AVERAGE``)."""
+    face averaged with its mirror image, as the inference worker's ``FOOTFALL_FLIP_AVERAGE``; only
+    faces whose top emotion probability is below ``flip_confidence``, as ``FOOTFALL_FLIP_CONFIDENCE``)."""
     model_path = Path(model_path)
     fmt = model_format(model_path)
     if fmt == "pytorch":
@@ -97,11 +107,11 @@ def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64,
         net = load_checkpoint(model_path)
         predictor = partial(predict_torch, net, device=torch.device("cpu"), batch_size=batch_size,
                             image_size=net.image_size)
-        return (flip_averaged(predictor) if flip else predictor), net.export_name
+        return (flip_averaged(predictor, flip_confidence) if flip else predictor), net.export_name
     from footfall.inference.backends import load_backend
 
     backend = load_backend("onnxruntime" if fmt.startswith("onnx") else "rknn", model_path, threads=threads,
-                           flip_average=flip)
+                           flip_average=flip, flip_confidence=flip_confidence)
 
     def run(images: np.ndarray) -> Predictions:
         if len(images) == 0:
@@ -242,10 +252,10 @@ def scalars(metrics: dict) -> dict[str, float]:
 
 
 def evaluate_model(model_path: Path, faces: FaceSet, detected: np.ndarray | None = None, robustness: bool = True,
-                   threads: int = 2, crops: str = "dataset", flip: bool = False) -> dict:
+                   threads: int = 2, crops: str = "dataset", flip: bool = False, flip_confidence: float = 1.0) -> dict:
     """Every report of one model file on ``faces``, as a JSON-ready dict."""
     t0 = time.time()
-    predictor, name = load_predictor(model_path, threads=threads, flip=flip)
+    predictor, name = load_predictor(model_path, threads=threads, flip=flip, flip_confidence=flip_confidence)
     p = predictor(faces.images)
     labels = dict(age=faces.age, gender=faces.gender, race=faces.race, emotion=faces.emotion)
     result = {
@@ -253,6 +263,7 @@ def evaluate_model(model_path: Path, faces: FaceSet, detected: np.ndarray | None
         "name": name,
         "format": model_format(model_path),
         "flip": flip,
+        "flip_confidence": flip_confidence if flip else None,
         "crops": crops,
         "faces": {n: int((faces.dataset == i).sum()) for i, n in enumerate(DATASETS)},
         "metrics": head_metrics(p, **labels),
@@ -332,6 +343,33 @@ def accuracy_floor(models: list[Path], faces: FaceSet, limit: int, seed: int, th
     return floor
 
 
+def flip_confidence_sweep(model_path: Path, faces: FaceSet, thresholds: list[float], threads: int = 2) -> list[dict]:
+    """Flip averaging limited to the faces whose top emotion probability is below each threshold
+    (``footfall.inference.backends.base.flip_averaged``, as the worker runs it): the share of faces
+    that get the mirror-image pass and the head metrics, per threshold (0: single pass, 1: every face)."""
+    predictor, _ = load_predictor(model_path, threads=threads)
+    top = predictor(faces.images).emotion.max(axis=1)
+    labels = dict(age=faces.age, gender=faces.gender, race=faces.race, emotion=faces.emotion)
+    rows = []
+    for t in thresholds:
+        log.info("flip averaging below emotion confidence %g on %d faces", t, len(faces))
+        p = flip_averaged(predictor, t)(faces.images)
+        rows.append({"confidence": t, "mirrored": 1.0 if t >= 1 else float((top < t).mean()),
+                     **scalars(head_metrics(p, **labels))})
+    return rows
+
+
+def render_flip_sweep(name: str, rows: list[dict], split: str, crops: str, markdown: bool = False) -> str:
+    h = "### " if markdown else "== "
+    keys = ["age_mae", "gender_acc", "race_acc", "emotion_acc", "emotion_macro_f1"]
+    titles = dict(HEADLINE)
+    table_rows = [[f"{r['confidence']:g}", f"{100 * r['mirrored']:.1f}", f"{1 + r['mirrored']:.2f}x"]
+                  + [fmt(k, r.get(k)) for k in keys] for r in rows]
+    return "\n".join([f"{h}Flip averaging below an emotion confidence, {name} ({split} split, {crops} crops)", "",
+                      table(["confidence below", "faces mirrored %", "model runs per face"] + [titles[k] for k in keys],
+                            table_rows, markdown), ""])
+
+
 # --- rendering -----------------------------------------------------------------------------
 
 def fmt(key: str, value) -> str:
@@ -359,7 +397,7 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
 def label(result: dict) -> str:
     """A results row's name: model, format, flip averaging, crops, and the training run of a checkpoint."""
     run = f", run {result['run']}" if result.get("run") else ""
-    flip = FLIP_LABEL if result.get("flip") else ""
+    flip = flip_label(result.get("flip_confidence") or 1.0) if result.get("flip") else ""
     return f"{result['name']} {result['format']}{flip} ({result['crops']} crops{run})"
 
 
@@ -415,6 +453,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-robustness", action="store_true", help="skip the 7 degraded passes")
     parser.add_argument("--flip", choices=("off", "on", "both"), default="off",
                         help="average each face with its mirror image (FOOTFALL_FLIP_AVERAGE); both: each model twice")
+    parser.add_argument("--flip-confidence", type=float, default=1.0,
+                        help="flip-average only faces whose top emotion probability is below this "
+                             "(FOOTFALL_FLIP_CONFIDENCE; 1: every face)")
+    parser.add_argument("--flip-sweep", help="comma-separated emotion confidences: the flip-averaging table per "
+                                             "threshold (faces mirrored, head metrics) instead of the reports")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the model card)")
     parser.add_argument("--cross-source", choices=("off", "on", "only"), default="off",
@@ -437,6 +480,13 @@ def main(argv: list[str] | None = None) -> None:
         faces, detected = load_test_faces(args.crops, args.limit, args.seed, args.split)
     except DatasetMissing as exc:
         parser.exit(2, f"footfall-evaluate: {exc}\n")
+    if args.flip_sweep:
+        thresholds = [float(t) for t in args.flip_sweep.split(",")]
+        for path in args.models:
+            rows = flip_confidence_sweep(path, faces, thresholds, args.threads)
+            sys.stdout.write(render_flip_sweep(load_predictor(path)[1] + f" {model_format(path)}", rows, args.split,
+                                               args.crops, args.markdown) + "\n")
+        return
     if args.floor:
         floor = accuracy_floor(args.models, faces, args.limit, args.seed, args.threads)
         args.floor.write_text(json.dumps(floor, indent=2) + "\n")
@@ -448,7 +498,8 @@ def main(argv: list[str] | None = None) -> None:
             log.info("evaluating %s%s on %d faces (%s crops)", path, " flip-averaged" if flip else "", len(faces),
                      args.crops)
             results.append(evaluate_model(path, faces, detected, robustness=not args.no_robustness,
-                                          threads=args.threads, crops=args.crops, flip=flip))
+                                          threads=args.threads, crops=args.crops, flip=flip,
+                                          flip_confidence=args.flip_confidence))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"split": args.split, "limit": args.limit, "seed": args.seed,
@@ -465,7 +516,7 @@ def _cross_source_main(parser: argparse.ArgumentParser, args: argparse.Namespace
 
     try:
         results = [r for path in args.models for r in evaluate_crosssource(path, flips, args.threads, args.limit,
-                                                                           args.seed)]
+                                                                           args.seed, args.flip_confidence)]
     except CrossSourceMissing as exc:
         parser.exit(2, f"footfall-evaluate: {exc}\n")
     if args.json:

@@ -25,8 +25,9 @@ PAIRS = fp32_int8_pairs()
 TARGETS = {"age_mae": 5.2, "gender_acc": 0.91, "race_acc": 0.82, "emotion_acc": 0.83}
 
 
-def run_backend(path, images: np.ndarray, batch: int = 32, flip: bool = False) -> Predictions:
-    backend = load_backend("onnxruntime", path, threads=2, flip_average=flip)
+def run_backend(path, images: np.ndarray, batch: int = 32, flip: bool = False,
+                flip_confidence: float = 1.0) -> Predictions:
+    backend = load_backend("onnxruntime", path, threads=2, flip_average=flip, flip_confidence=flip_confidence)
     assert backend.metadata.input_size == images.shape[1]
     return Predictions.concat([backend.predict(images[i:i + batch]) for i in range(0, len(images), batch)])
 
@@ -54,12 +55,14 @@ def test_accuracy_above_floor(model_path, flip, test_subset, accuracy_floor):
 
 
 def test_the_served_model_meets_the_targets(shared_data):
-    """The default worker's model file and flip averaging (InferenceSettings' defaults) on every test face."""
+    """The default worker's model file and flip averaging (InferenceSettings' defaults: faces below the
+    emotion confidence mirrored) on every test face."""
     from footfall_training.evaluate import load_test_faces
 
     served = InferenceSettings()
     faces, _ = load_test_faces("dataset", 0, 0)
-    p = run_backend(served.face_model, faces.images, batch=64, flip=served.flip_average)
+    p = run_backend(served.face_model, faces.images, batch=64, flip=served.flip_average,
+                    flip_confidence=served.flip_confidence)
     m = head_metrics(p, faces.age, faces.gender, faces.race, faces.emotion)
     measured = {k: round(m[k], 4) for k in TARGETS}
     assert m["age_mae"] <= TARGETS["age_mae"], measured

@@ -31,34 +31,46 @@ def test_predictions_equal_the_backend_run_directly(inference_server, face_model
     faces = _faces(5)
     with InferenceClient(f"127.0.0.1:{inference_server.port}") as client:
         got = client.predict([_jpeg(f) for f in faces])
-    # the backend as the worker runs it by default (flip averaging on)
-    assert InferenceSettings().flip_average
-    want = load_backend("onnxruntime", face_model, flip_average=True).predict(np.stack(faces))
+    # the backend as the worker runs it by default (flip averaging on, for faces below the emotion confidence)
+    served = InferenceSettings()
+    assert served.flip_average and served.flip_confidence < 1
+    want = load_backend("onnxruntime", face_model, flip_average=True,
+                        flip_confidence=served.flip_confidence).predict(np.stack(faces))
     assert np.allclose(got.age, want.age, atol=1e-3) and np.allclose(got.emotion, want.emotion, atol=1e-4)
     assert got.race.shape == (5, 5) and np.allclose(got.race.sum(1), 1, atol=1e-3)
 
 
-@pytest.mark.parametrize("flip", [True, False])
-def test_flip_averaging_setting_serves_the_mean_of_each_face_and_its_mirror_image(face_model, flip):
+@pytest.mark.parametrize("flip,unsure_only", [(True, False), (True, True), (False, False)],
+                         ids=["every-face", "unsure-faces", "off"])
+def test_flip_averaging_setting_serves_the_mean_of_each_face_and_its_mirror_image(face_model, flip, unsure_only):
+    """FOOTFALL_FLIP_AVERAGE off, on for every face (FOOTFALL_FLIP_CONFIDENCE=1), and on for the faces whose
+    top emotion probability is below FOOTFALL_FLIP_CONFIDENCE only: the others keep their single-pass answer."""
     from footfall.config import InferenceSettings
     from footfall.inference.server import InferenceServer
 
+    faces = _faces(6, seed=1)
+    plain = load_backend("onnxruntime", face_model)
+    a, b = plain.predict(np.stack(faces)), plain.predict(np.stack([f[:, ::-1] for f in faces]))
+    assert not np.allclose(a.emotion, b.emotion, atol=1e-4)  # random faces: the mirror image changes the answer
+    top = a.emotion.max(axis=1)
+    confidence = float(np.median(top)) if unsure_only else 1.0  # half the faces below it, half above
     server = InferenceServer(InferenceSettings(grpc_port=0, grpc_host="127.0.0.1", face_model=face_model,
-                                               flip_average=flip))
+                                               flip_average=flip, flip_confidence=confidence))
     try:
-        faces = _faces(3, seed=1)
         with InferenceClient(f"127.0.0.1:{server.port}") as client:
             got = client.predict([_jpeg(f) for f in faces])
             info = client.model_info()
     finally:
         server.stop(grace_s=1)
-    plain = load_backend("onnxruntime", face_model)
-    a, b = plain.predict(np.stack(faces)), plain.predict(np.stack([f[:, ::-1] for f in faces]))
-    assert not np.allclose(a.emotion, b.emotion, atol=1e-4)  # random faces: the mirror image changes the answer
-    want = Predictions(*((getattr(a, h) + getattr(b, h)) / 2 for h in HEADS)) if flip else a
-    assert np.allclose(got.age, want.age, atol=1e-3)
-    assert np.allclose(got.emotion, want.emotion, atol=1e-4)
-    assert info.backend == ("onnxruntime+flip" if flip else "onnxruntime")
+    mean = Predictions(*((getattr(a, h) + getattr(b, h)) / 2 for h in HEADS))
+    mirrored = (top < confidence) if flip else np.zeros(len(faces), bool)
+    assert not unsure_only or 0 < mirrored.sum() < len(faces)
+    for head in HEADS:
+        want = np.where(mirrored.reshape((-1,) + (1,) * (getattr(a, head).ndim - 1)), getattr(mean, head),
+                        getattr(a, head))
+        assert np.allclose(getattr(got, head), want, atol=1e-3 if head == "age" else 1e-4), head
+    assert info.backend == {(True, False): "onnxruntime+flip", (False, False): "onnxruntime",
+                            (True, True): f"onnxruntime+flip<{confidence:g}"}[(flip, unsure_only)]
 
 
 def test_concurrent_requests_share_micro_batches(inference_server):
@@ -116,6 +128,8 @@ def test_client_names_the_bad_crop(inference_server):
 
 
 def test_health_reflection_model_info_and_graceful_stop(inference_server):
+    from footfall.config import InferenceSettings
+
     channel = grpc.insecure_channel(f"127.0.0.1:{inference_server.port}")
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "footfall.v1.FaceInference"):
@@ -125,8 +139,9 @@ def test_health_reflection_model_info_and_graceful_stop(inference_server):
     reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     assert "footfall.v1.FaceInference" in [s.name for s in reply.list_services_response.service]
     info = inference_pb2_grpc.FaceInferenceStub(channel).GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=5)
-    # flip averaging is on by default
-    assert info.input_size == 112 and list(info.emotions)[3] == "happy" and info.backend == "onnxruntime+flip"
+    # flip averaging is on by default, for the faces below the emotion confidence
+    assert info.input_size == 112 and list(info.emotions)[3] == "happy"
+    assert info.backend == f"onnxruntime+flip<{InferenceSettings().flip_confidence:g}"
     inference_server.stop(grace_s=1)
     with pytest.raises(grpc.RpcError):
         health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)

@@ -24,9 +24,10 @@ BACKENDS = {
 
 
 def load_backend(name: str, model_path: str | Path, flip_average: bool = False, settings=None,
-                 **options) -> Backend:
+                 flip_confidence: float = 1.0, **options) -> Backend:
     """Instantiate the backend called ``name`` on ``model_path`` (``flip_average``: each face's
-    predictions averaged with its mirror image's, see ``base.flip_averaged``). Its options are
+    predictions averaged with its mirror image's, only for faces whose top emotion probability is
+    below ``flip_confidence`` when it is below 1, see ``base.flip_averaged``). Its options are
     validated by the backend's own ``Options`` class: ``settings`` (the worker's ``InferenceSettings``)
     supplies those of the chosen backend, keyword ``options`` override them."""
     try:
@@ -38,7 +39,7 @@ def load_backend(name: str, model_path: str | Path, flip_average: bool = False, 
     if settings is not None:
         options = {**cls.Options.from_settings(settings).model_dump(), **options}
     backend = cls(Path(model_path), **options)
-    return FlipAveragedBackend(backend) if flip_average else backend
+    return FlipAveragedBackend(backend, flip_confidence) if flip_average else backend
 
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "FlipAveragedBackend", "ModelMetadata", "load_backend"]
