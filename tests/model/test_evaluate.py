@@ -209,3 +209,32 @@ def test_cli_writes_json(random_model, tmp_path, monkeypatch, capsys):
     data = json.loads((tmp_path / "e.json").read_text())
     assert data["results"][0]["format"] == "onnx-fp32" and "robustness" not in data["results"][0]
     assert "Head metrics" in capsys.readouterr().out
+
+
+def test_flip_sweep_runs_the_served_flip_averaging_per_threshold(test_subset):
+    """``footfall-evaluate --flip-sweep``: threshold 0 is the single pass, 1 mirrors every face, and in
+    between the faces below the threshold are mirrored, exactly as the worker's backend does it."""
+    from footfall.config import InferenceSettings
+    from footfall.inference.backends import load_backend
+    from footfall_training.metrics import head_metrics
+
+    served = InferenceSettings()
+    faces = test_subset.subset(np.arange(0, len(test_subset), 5))  # 120 faces of both datasets
+    threshold = served.flip_confidence
+    rows = ev.flip_confidence_sweep(served.face_model, faces, [0.0, threshold, 1.0])
+    labels = dict(age=faces.age, gender=faces.gender, race=faces.race, emotion=faces.emotion)
+
+    def metrics(**flip):
+        backend = load_backend("onnxruntime", served.face_model, **flip)
+        return ev.scalars(head_metrics(backend.predict(faces.images), **labels))
+
+    single = load_backend("onnxruntime", served.face_model).predict(faces.images)
+    unsure = float((single.emotion.max(axis=1) < threshold).mean())
+    assert 0 < unsure < 1
+    assert [r["mirrored"] for r in rows] == [0.0, unsure, 1.0]
+    assert rows[0]["emotion_acc"] == metrics()["emotion_acc"] and rows[0]["age_mae"] == pytest.approx(metrics()["age_mae"])
+    every, below = metrics(flip_average=True), metrics(flip_average=True, flip_confidence=threshold)
+    for key in ("gender_acc", "race_acc", "emotion_acc"):
+        assert rows[2][key] == every[key] and rows[1][key] == below[key], key
+    assert rows[1]["age_mae"] == pytest.approx(below["age_mae"], abs=1e-4)
+    assert f"| {threshold:g} | {100 * unsure:.1f} |" in ev.render_flip_sweep("m", rows, "test", "dataset", markdown=True)
