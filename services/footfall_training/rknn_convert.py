@@ -193,13 +193,15 @@ def convert(onnx_path: Path, out: Path | None = None, calibration: int | np.ndar
 def simulate(onnx_path: Path, faces: FaceSet, int8_onnx: Path | None = None, calibration: int | np.ndarray = 512,
              algorithm: str = "normal", out: Path | None = None, layer_error_faces: int = 0,
              float16_tails: tuple[str, ...] = FLOAT16_TAILS, venv: Path | None = None,
-             threads: int = 2, flip: bool = False) -> tuple[dict, dict[str, Predictions]]:
+             threads: int = 2, flip: bool = False, flip_confidence: float = 1.0) -> tuple[dict, dict[str, Predictions]]:
     """Head metrics of ONNX FP32, ONNX INT8 (if given) and RKNN INT8 (simulator) on ``faces``, plus agreement
     with FP32, operator placement and timings. ``out`` also exports the simulated model. ``flip`` adds
     each format flip-averaged (as the worker's ``FOOTFALL_FLIP_AVERAGE``; the simulator runs the faces
-    and their mirror images in one pass), compared with FP32 flip-averaged."""
-    from footfall.inference.backends.base import flip_averaged, mirror_mean, with_mirror_images
-    from footfall_training.evaluate import FLIP_LABEL, load_predictor
+    and their mirror images in one pass), compared with FP32 flip-averaged; ``flip_confidence`` below 1
+    averages only the faces below that top emotion probability, as the worker's ``FOOTFALL_FLIP_CONFIDENCE``
+    (the simulator's mirror images of the others go unused)."""
+    from footfall.inference.backends.base import averaged_with_mirror, flip_averaged, unsure_faces, with_mirror_images
+    from footfall_training.evaluate import flip_label, load_predictor
     from footfall_training.metrics import agreement, head_metrics
 
     labels = dict(age=faces.age, gender=faces.gender, race=faces.race, emotion=faces.emotion)
@@ -215,11 +217,14 @@ def simulate(onnx_path: Path, faces: FaceSet, int8_onnx: Path | None = None, cal
         predictors["onnx-int8"] = load_predictor(int8_onnx, threads=threads)[0]
     predictions = {name: predict(faces.images) for name, predict in predictors.items()}
     predictions["rknn-int8-sim"] = simulated[:n]
+    mark = flip_label(flip_confidence)
     if flip:
-        predictions.update({name + FLIP_LABEL: flip_averaged(predict)(faces.images)
+        predictions.update({name + mark: flip_averaged(predict, flip_confidence)(faces.images)
                             for name, predict in predictors.items()})
-        predictions["rknn-int8-sim" + FLIP_LABEL] = mirror_mean(simulated)
-    reference = {name: predictions["onnx-fp32" + (FLIP_LABEL if name.endswith(FLIP_LABEL) else "")]
+        single = simulated[:n]
+        unsure = unsure_faces(single, flip_confidence)
+        predictions["rknn-int8-sim" + mark] = averaged_with_mirror(single, unsure, simulated[n:][unsure])
+    reference = {name: predictions["onnx-fp32" + (mark if name.endswith(mark) else "")]
                  for name in predictions}
     return {
         "onnx": str(onnx_path),
@@ -287,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="faces for rknn's per-layer INT8 error analysis (about 1.5 s each; 0: skip)")
     simu.add_argument("--flip", action="store_true", help="also score every format flip-averaged "
                       "(FOOTFALL_FLIP_AVERAGE; the simulator runs twice the faces)")
+    simu.add_argument("--flip-confidence", type=float, default=1.0,
+                      help="with --flip: average only faces below this top emotion probability "
+                           "(FOOTFALL_FLIP_CONFIDENCE; 1: every face)")
     simu.add_argument("--json", type=Path, help="write the results here")
     simu.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
@@ -308,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
 
             faces, _ = load_test_faces("dataset", args.limit, args.seed)
             result, _ = simulate(args.onnx, faces, args.int8_onnx, args.calibration, args.algorithm, args.out,
-                                 args.layer_error_faces, tails, args.venv, flip=args.flip)
+                                 args.layer_error_faces, tails, args.venv, flip=args.flip,
+                                 flip_confidence=args.flip_confidence)
             if args.json:
                 args.json.write_text(json.dumps(result, indent=1))
             print(render_simulation(result, args.markdown))

@@ -147,7 +147,7 @@ def test_rknn_int8_accuracy_close_to_fp32(simulated):
 
 
 def test_flip_averaged_rknn_follows_flip_averaged_fp32(simulated):
-    """The worker's default on the NPU: the simulator's faces and mirror images, averaged."""
+    """Every face flip-averaged on the NPU (FOOTFALL_FLIP_CONFIDENCE=1): the simulator's faces and mirror images."""
     result, predictions, faces, _ = simulated
     sim, fp32 = predictions["rknn-int8-sim + flip"], predictions["onnx-fp32 + flip"]
     assert len(sim) == len(faces) == len(predictions["rknn-int8-sim"])

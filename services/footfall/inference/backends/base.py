@@ -120,16 +120,27 @@ def flip_averaged(predict: Callable[[np.ndarray], Predictions],
         if confidence >= 1:
             return mirror_mean(predict(with_mirror_images(batch)))
         single = predict(batch)
-        unsure = np.flatnonzero(single.emotion.max(axis=1) < confidence)
+        unsure = unsure_faces(single, confidence)
         if len(unsure) == 0:
             return single
-        mirrored = predict(np.ascontiguousarray(batch[unsure][:, :, ::-1]))
-        heads = {head: getattr(single, head).copy() for head in HEADS}
-        for head, values in heads.items():
-            values[unsure] = (values[unsure] + getattr(mirrored, head)) / 2
-        return Predictions(**heads)
+        return averaged_with_mirror(single, unsure, predict(np.ascontiguousarray(batch[unsure][:, :, ::-1])))
 
     return run
+
+
+def unsure_faces(single: Predictions, confidence: float) -> np.ndarray:
+    """Indices of the faces whose top emotion probability is below ``confidence`` (all of them at 1 or more)."""
+    if confidence >= 1:
+        return np.arange(len(single))
+    return np.flatnonzero(single.emotion.max(axis=1) < confidence)
+
+
+def averaged_with_mirror(single: Predictions, unsure: np.ndarray, mirrored: Predictions) -> Predictions:
+    """``single`` with the rows ``unsure`` averaged with ``mirrored`` (their mirror images' predictions)."""
+    heads = {head: getattr(single, head).copy() for head in HEADS}
+    for head, values in heads.items():
+        values[unsure] = (values[unsure] + getattr(mirrored, head)) / 2
+    return Predictions(**heads)
 
 
 def with_mirror_images(batch: np.ndarray) -> np.ndarray:
