@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from footfall.inference.backends import load_backend
+from footfall.inference.backends.base import unsure_faces
 from footfall_training.evaluate import FLIP_LABEL
 from footfall_training.network import NetConfig
 
@@ -180,7 +181,7 @@ def flip_table(files: list[Path], batches: list[int], threads: int, seconds: flo
     for path in files:
         name, precision = onnx_name_precision(path)
         backends = {mode: load_backend("onnxruntime", path, threads=threads, **kw) for mode, kw in modes.items()}
-        mirrored = float((backends["single"].predict_faces(faces.images).emotion.max(axis=1) < confidence).mean())
+        mirrored = len(unsure_faces(backends["single"].predict_faces(faces.images), confidence)) / len(faces)
         for batch in batches:
             best = {mode: 0.0 for mode in modes}
             for _ in range(rounds):

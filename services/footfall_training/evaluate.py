@@ -39,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from footfall.inference.backends.base import flip_averaged
+from footfall.inference.backends.base import averaged_with_mirror, flip_averaged, unsure_faces
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES
 from footfall_training.data import DATASETS, DatasetMissing, FaceSet, load_split
 from footfall_training.metrics import agreement, head_metrics
@@ -345,17 +345,19 @@ def accuracy_floor(models: list[Path], faces: FaceSet, limit: int, seed: int, th
 
 def flip_confidence_sweep(model_path: Path, faces: FaceSet, thresholds: list[float], threads: int = 2) -> list[dict]:
     """Flip averaging limited to the faces whose top emotion probability is below each threshold
-    (``footfall.inference.backends.base.flip_averaged``, as the worker runs it): the share of faces
-    that get the mirror-image pass and the head metrics, per threshold (0: single pass, 1: every face)."""
+    (the worker's selection and averaging, ``footfall.inference.backends.base.unsure_faces`` and
+    ``averaged_with_mirror``): the share of faces that get the mirror-image pass and the head metrics,
+    per threshold (0: single pass, 1: every face). Every face and its mirror image run once."""
     predictor, _ = load_predictor(model_path, threads=threads)
-    top = predictor(faces.images).emotion.max(axis=1)
+    log.info("flip averaging sweep over %d faces: single pass and mirror images", len(faces))
+    single = predictor(faces.images)
+    mirrored = predictor(np.ascontiguousarray(faces.images[:, :, ::-1]))
     labels = dict(age=faces.age, gender=faces.gender, race=faces.race, emotion=faces.emotion)
     rows = []
     for t in thresholds:
-        log.info("flip averaging below emotion confidence %g on %d faces", t, len(faces))
-        p = flip_averaged(predictor, t)(faces.images)
-        rows.append({"confidence": t, "mirrored": 1.0 if t >= 1 else float((top < t).mean()),
-                     **scalars(head_metrics(p, **labels))})
+        unsure = unsure_faces(single, t)
+        p = averaged_with_mirror(single, unsure, mirrored[unsure])
+        rows.append({"confidence": t, "mirrored": len(unsure) / len(faces), **scalars(head_metrics(p, **labels))})
     return rows
 
 

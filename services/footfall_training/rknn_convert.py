@@ -221,9 +221,9 @@ def simulate(onnx_path: Path, faces: FaceSet, int8_onnx: Path | None = None, cal
     if flip:
         predictions.update({name + mark: flip_averaged(predict, flip_confidence)(faces.images)
                             for name, predict in predictors.items()})
-        single = simulated[:n]
-        unsure = unsure_faces(single, flip_confidence)
-        predictions["rknn-int8-sim" + mark] = averaged_with_mirror(single, unsure, simulated[n:][unsure])
+        unsure = unsure_faces(predictions["rknn-int8-sim"], flip_confidence)
+        predictions["rknn-int8-sim" + mark] = averaged_with_mirror(predictions["rknn-int8-sim"], unsure,
+                                                                   simulated[n:][unsure])
     reference = {name: predictions["onnx-fp32" + (mark if name.endswith(mark) else "")]
                  for name in predictions}
     return {
