@@ -195,6 +195,16 @@ def _backbone_stages(arch: str, width: float, channels: tuple[int, ...] | None =
     raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
 
 
+OUTPUT_STRIDES = (32, 16)
+
+
+def _keep_last_stride(stages: list[nn.Module]) -> None:
+    """Output stride 16: the backbone's last stride-2 convolution (a depthwise one, in the block that widens
+    the channels, so no residual depends on it) takes stride 1 instead."""
+    last = [m for stage in stages for m in stage.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)][-1]
+    last.stride = (1, 1)
+
+
 class SpatialSelfAttention(nn.Module):
     """Multi-head self-attention over the final feature map's spatial tokens (4x4 at 112 px), residual.
 
@@ -249,6 +259,10 @@ class NetConfig:
     arch: str = "mnv2"
     attention: str = "none"
     shared_depth: int = 0
+    # 16: the last downsampling block (to 160 channels at width 1) keeps stride 1, so a 56 px face ends on the
+    # same 4x4 map as a 112 px face does at 32: the late blocks see the face on the grid the shipped net
+    # learnt, and its weights (the same shapes) start such a net.
+    output_stride: int = 32
     # Channel counts of a pruned net (``default_channel_plan``'s order; None: the width's plan) and a tag
     # that names the variant (``l1p25``: 25 % of the channels pruned by L1 magnitude, ``qat``: fake-quant trained).
     channels: tuple[int, ...] | None = None
@@ -259,6 +273,7 @@ class NetConfig:
     @property
     def name(self) -> str:
         suffix = ("-mha" if self.attention == "mha" else "") + (f"-sd{self.shared_depth}" if self.shared_depth else "")
+        suffix += f"-os{self.output_stride}" if self.output_stride != 32 else ""
         suffix += f"-{self.tag}" if self.tag else ""
         return f"footfall-{self.arch}-w{int(round(self.width * 100)):03d}{suffix}"
 
@@ -274,13 +289,16 @@ class NetConfig:
         or QAT variant's name (``-l1p25``, ``-qat``) does not say its channel counts: rebuild those from a checkpoint.
 
         >>> NetConfig.from_name("footfall-mnv3-w060-mha-sd6")
-        NetConfig(width=0.6, dropout=0.2, arch='mnv3', attention='mha', shared_depth=6, channels=None, tag='', qat=False)
+        NetConfig(width=0.6, dropout=0.2, arch='mnv3', attention='mha', shared_depth=6, output_stride=32, channels=None, tag='', qat=False)
+        >>> NetConfig.from_name("footfall-mnv2-w050-os16").output_stride
+        16
         """
-        match = re.fullmatch(r"footfall-(\w+)-w(\d{3})(-mha)?(?:-sd(\d+))?", name)
+        match = re.fullmatch(r"footfall-(\w+)-w(\d{3})(-mha)?(?:-sd(\d+))?(?:-os(\d+))?", name)
         if not match:
             raise ValueError(f"not a model name: {name!r} (e.g. footfall-mnv2-w050, footfall-mnv3-w060-mha-sd6)")
-        arch, width, mha, depth = match.groups()
-        return cls(width=int(width) / 100, arch=arch, attention="mha" if mha else "none", shared_depth=int(depth or 0))
+        arch, width, mha, depth, stride = match.groups()
+        return cls(width=int(width) / 100, arch=arch, attention="mha" if mha else "none", shared_depth=int(depth or 0),
+                   output_stride=int(stride or 32))
 
     @classmethod
     def from_dict(cls, config: dict) -> NetConfig:
@@ -329,19 +347,26 @@ class FaceNet(nn.Module):
 
     def __init__(self, width: float = 1.0, dropout: float = 0.2, arch: str = "mnv2", attention: str = "none",
                  shared_depth: int = 0, channels: tuple[int, ...] | None = None, tag: str = "",
-                 qat: bool = False) -> None:
+                 qat: bool = False, output_stride: int = 32) -> None:
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, not {attention!r}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, not {output_stride}")
         channels = tuple(channels) if channels is not None else None
         if (channels is not None or qat) and (arch != "mnv2" or shared_depth or attention != "none"):
             # footfall-prune and footfall_training.qat know the plain MobileNetV2 trunk only.
             raise ValueError("pruned channels and fake quantization need arch mnv2 without attention or branching")
         stages, self.embedding_dim = _backbone_stages(arch, width, channels)
+        if output_stride == 16:
+            _keep_last_stride(stages)
         if shared_depth >= len(stages) or shared_depth < 0:
             raise ValueError(f"shared_depth must be 1..{len(stages) - 1} (0: all shared) for {arch}, not {shared_depth}")
         self.config = NetConfig(width=width, dropout=dropout, arch=arch, attention=attention,
-                                shared_depth=shared_depth, channels=channels, tag=tag, qat=qat)
+                                shared_depth=shared_depth, output_stride=output_stride, channels=channels, tag=tag,
+                                qat=qat)
+        # The GDC kernel is the final map of a 112 px face at stride 32 whatever the stride (a stride-16 net
+        # is meant for 56 px faces, which end on that map), so every variant takes the shipped net's weights.
         final_map = INPUT_SIZE // 32 + (1 if INPUT_SIZE % 32 else 0)  # 112 -> 4
 
         def gdc() -> nn.Sequential:

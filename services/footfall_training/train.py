@@ -64,6 +64,8 @@ class TrainConfig:
     arch: str = "mnv2"
     attention: str = "none"
     shared_depth: int = 0
+    # 16: the last downsampling block keeps stride 1 (NetConfig.output_stride), for 56 px faces.
+    output_stride: int = 32
     dropout: float = 0.2
     epochs: int = 35
     batch_size: int = 96
@@ -443,7 +445,8 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         net_config = NetConfig.from_dict(resumed["config"])
     elif cfg.init:
         start = torch.load(cfg.init, map_location="cpu", weights_only=False)
-        net_config = replace(NetConfig.from_dict(start["config"]), dropout=cfg.dropout)  # dropout has no weights
+        # Dropout and the output stride have no weights of their own: the run's settings choose them.
+        net_config = replace(NetConfig.from_dict(start["config"]), dropout=cfg.dropout, output_stride=cfg.output_stride)
         if replace(net_config, channels=None, tag="", qat=False) != replace(wanted, tag="", qat=False):
             raise ValueError(f"--init {cfg.init} is {net_config.name}, not {wanted.name} (another width or "
                              f"architecture)")

@@ -77,9 +77,27 @@ def test_names_and_file_stems_tell_the_variants_apart():
     assert NetConfig(width=0.6, arch="mnv3", attention="mha", shared_depth=6).file_stem == "footfall_mnv3_w060_mha_sd6"
 
 
+def test_output_stride_16_takes_the_shipped_weights_and_ends_56_px_faces_on_the_4x4_map():
+    shipped = torch.load(REPO / "model" / "footfall_w050.pt", map_location="cpu", weights_only=False)
+    net = FaceNet(width=0.5, output_stride=16).eval()
+    net.load_state_dict(shipped["ema"])  # strict: a stride has no weights
+    assert net.config.name == "footfall-mnv2-w050-os16" and NetConfig.from_name(net.config.name) == net.config
+    plain = FaceNet(width=0.5).eval()
+    plain.load_state_dict(shipped["ema"])
+    with torch.no_grad():
+        small = torch.rand(2, 3, 56, 56)
+        assert net.features(small).shape[-2:] == plain.features(torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE)).shape[-2:] \
+            == net.gdc[0].kernel_size == (4, 4)
+        assert plain.features(small).shape[-2:] == (2, 2)
+        # up to the block that keeps its stride both nets compute the same
+        torch.testing.assert_close(net.features[:14](small), plain.features[:14](small))
+    # one stride-2 convolution fewer: 13 M multiply-adds at 56 px, between the 56 px (7 M) and 112 px (26 M) nets
+    assert count_macs(plain, 56) < count_macs(net, 56) < count_macs(plain, INPUT_SIZE) / 1.9
+
+
 def test_impossible_configurations_are_refused():
     for bad in (dict(arch="mnv4"), dict(attention="transformer"), dict(shared_depth=9), dict(arch="mnv3", shared_depth=8),
-                dict(shared_depth=-1)):
+                dict(shared_depth=-1), dict(output_stride=8)):
         with pytest.raises(ValueError):
             FaceNet(width=0.5, **bad)
 

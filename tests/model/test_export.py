@@ -93,7 +93,7 @@ def test_weights_recovered_from_onnx_give_the_same_outputs(random_model):
     torch.testing.assert_close(train_mode["emotion"], reference["emotion"], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("arch", [{}, {"arch": "mnv3", "attention": "mha", "shared_depth": 4}])
+@pytest.mark.parametrize("arch", [{}, {"arch": "mnv3", "attention": "mha", "shared_depth": 4}, {"output_stride": 16}])
 def test_a_net_that_learned_at_56_px_exports_at_56_px_and_serves_112_px_crops(random_model, tmp_path, arch,
                                                                                monkeypatch):
     """A 56 px model's graph takes 56 px faces (GDC folded to the 2x2 final map, no resize inside);
