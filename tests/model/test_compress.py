@@ -215,3 +215,8 @@ def test_the_benchmark_reads_the_channel_counts_back_from_onnx_files(tmp_path):
         assert bench.count_macs(bench.network_of(path)) == count_macs(net)
     assert bench.channel_plan_from_onnx(onnx.load(str(REPO / "model" / "footfall_w050.int8.onnx"))) == \
         default_channel_plan(0.5)
+    # a stride the channel counts do not show comes from the name (an output-stride-16 net for 56 px faces)
+    strided = FaceNet(width=0.5, output_stride=16).eval()
+    strided.image_size = 56
+    fp32 = export_onnx(strided, tmp_path / "os16.onnx", version="test")
+    assert bench.count_macs(bench.network_of(fp32)) == count_macs(strided) != count_macs(FaceNet(width=0.5), 56)
