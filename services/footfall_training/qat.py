@@ -193,8 +193,7 @@ def float_copy(net: nn.Module) -> nn.Module:
 
     from footfall_training.network import FaceNet
 
-    cfg = replace(net.config, qat=False)
-    plain = FaceNet(width=cfg.width, dropout=cfg.dropout, channels=cfg.channels, tag=cfg.tag)
+    plain = FaceNet.from_config(replace(net.config, qat=False))
     plain.load_state_dict(float_state(net.state_dict()))
     plain.image_size = net.image_size
     return plain.eval()

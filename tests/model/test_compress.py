@@ -120,6 +120,21 @@ def test_qat_export_keeps_the_learned_activation_scales(qat_export):
     assert np.isclose(overrides["input"][0]["scale"], scale.item()) and zero_point.item() > 0
 
 
+def test_the_float_copy_of_a_fake_quant_net_is_that_net_without_fake_quant():
+    """What the FP32 export of a QAT net traces: the same config (a pruned plan, a stride) but qat, same outputs."""
+    from dataclasses import replace
+
+    from footfall_training.qat import float_copy
+
+    net = FaceNet(width=0.25, output_stride=16, tag="qat", qat=True).eval()
+    plain = float_copy(net)
+    assert plain.config == replace(net.config, qat=False)
+    assert not any(isinstance(m, type(net.input_fq)) for m in plain.modules())
+    x = torch.rand(2, 3, 56, 56)
+    with torch.no_grad():
+        assert plain.features(x).shape == net.features(x).shape == (2, 1280, 4, 4)
+
+
 def test_qat_training_runs_from_float_weights_and_checkpoints_a_qat_net(tiny_sets, tmp_path, monkeypatch):
     from footfall_training import train as tr
 

@@ -96,7 +96,8 @@ def test_weights_recovered_from_onnx_give_the_same_outputs(random_model):
 @pytest.mark.parametrize("arch", [{}, {"arch": "mnv3", "attention": "mha", "shared_depth": 4}, {"output_stride": 16}])
 def test_a_net_that_learned_at_56_px_exports_at_56_px_and_serves_112_px_crops(random_model, tmp_path, arch,
                                                                                monkeypatch):
-    """A 56 px model's graph takes 56 px faces (GDC folded to the 2x2 final map, no resize inside);
+    """A 56 px model's graph takes 56 px faces (GDC folded to the 2x2 final map, at output stride 16 the
+    4x4 map needs no fold; no resize inside);
     the worker's backend shrinks the ingest's 112 px crops to it; the files are named for their size."""
     from footfall_training.export import export_onnx, main, quantize_int8
     from footfall_training.network import FaceNet
