@@ -128,8 +128,7 @@ class InProcessModel:
 
     def __init__(self, face_model: Path, crops: list[bytes], batch: int) -> None:
         s = InferenceSettings()
-        self.backend = load_backend(s.backend, face_model, s.flip_average, settings=s,
-                                    flip_confidence=s.flip_confidence)
+        self.backend = load_backend(s.backend, face_model, settings=s)
         rgb = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
                         for c in crops])
         self.batch = rgb[np.arange(batch) % len(rgb)]

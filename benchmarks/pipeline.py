@@ -67,8 +67,7 @@ def bench_inference(face_model: Path, crops: list[bytes], batches=(1, 8, 32), se
     settings = InferenceSettings(grpc_port=0, grpc_host="127.0.0.1", face_model=face_model)
     server = InferenceServer(settings)
     # the in-process backend as the server runs it (flip averaging included), so the ratio is gRPC's cost
-    backend = load_backend("onnxruntime", face_model, settings.flip_average, settings=settings,
-                           flip_confidence=settings.flip_confidence)
+    backend = load_backend("onnxruntime", face_model, settings=settings)
     rgb = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(c, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
                     for c in crops])
     rows = []

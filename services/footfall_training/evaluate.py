@@ -39,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from footfall.inference.backends.base import averaged_with_mirror, flip_averaged, unsure_faces
+from footfall.inference.backends.base import averaged_with_mirror, flip_averaged, flip_mark, unsure_faces
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES
 from footfall_training.data import DATASETS, DatasetMissing, FaceSet, load_split
 from footfall_training.metrics import agreement, head_metrics
@@ -48,7 +48,7 @@ from footfall.predictions import Predictions
 log = logging.getLogger("footfall.evaluate")
 
 Predictor = Callable[[np.ndarray], Predictions]
-FLIP_LABEL = " + flip"  # marks flip-averaged results in row names (tables here, benchmarks/model_speed.py)
+FLIP_LABEL = " + " + flip_mark()  # marks flip-averaged results in row names (tables here, benchmarks/model_speed.py)
 
 
 def flip_label(confidence: float = 1.0) -> str:
@@ -57,7 +57,7 @@ def flip_label(confidence: float = 1.0) -> str:
     >>> flip_label(), flip_label(0.65)
     (' + flip', ' + flip<0.65')
     """
-    return FLIP_LABEL + (f"<{confidence:g}" if confidence < 1 else "")
+    return " + " + flip_mark(confidence)
 # Scalar head metrics shown in summary tables, with their column titles.
 HEADLINE = (
     ("age_mae", "age MAE"),

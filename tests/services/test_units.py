@@ -184,7 +184,7 @@ def test_backend_options_are_validated_not_swallowed(face_model):
     from pydantic import ValidationError
 
     from footfall.config import InferenceSettings
-    from footfall.inference.backends import load_backend
+    from footfall.inference.backends import FlipAveragedBackend, load_backend
     from footfall.inference.backends.rknn import RknnOptions
 
     with pytest.raises(ValidationError, match="thread"):  # a misspelt option is an error
@@ -194,10 +194,21 @@ def test_backend_options_are_validated_not_swallowed(face_model):
     with pytest.raises(ValidationError, match="the RK3588 NPU has cores 0, 1, 2"):
         RknnOptions(npu_cores="0,3")
     # the worker's settings supply the chosen backend's options only
-    backend = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1, npu_cores="2"))
+    backend = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1, npu_cores="2"),
+                           flip_average=False)
     assert backend.options.threads == 1
-    backend = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=4, session_threads=2))
+    backend = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=4, session_threads=2),
+                           flip_average=False)
     assert backend.options.layout == (2, 2) and len(backend.sessions) == 2
+    # ... and the flip averaging the worker serves with, unless the caller says otherwise
+    served = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1, flip_confidence=0.5))
+    assert isinstance(served, FlipAveragedBackend) and served.confidence == 0.5 and served.name == "onnxruntime+flip<0.5"
+    assert served.inner.options.threads == 1
+    every = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1), flip_confidence=1.0)
+    assert isinstance(every, FlipAveragedBackend) and every.name == "onnxruntime+flip"
+    off = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1, flip_average=False))
+    assert not isinstance(off, FlipAveragedBackend)
+    assert not isinstance(load_backend("onnxruntime", face_model, threads=1), FlipAveragedBackend)  # no settings: single pass
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         load_backend("onnxruntime", face_model, session_threads=0)
 

@@ -176,8 +176,7 @@ class InferenceServer:
 
     def __init__(self, settings: InferenceSettings, backend: Backend | None = None) -> None:
         self.settings = settings
-        self.backend = backend or load_backend(settings.backend, settings.face_model, settings.flip_average,
-                                               settings=settings, flip_confidence=settings.flip_confidence)
+        self.backend = backend or load_backend(settings.backend, settings.face_model, settings=settings)
         self.batcher = MicroBatcher(self.backend, settings.max_batch, settings.max_wait_ms / 1000.0)
         limit = settings.max_message_mb * 1024 * 1024
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),

@@ -23,13 +23,15 @@ BACKENDS = {
 }
 
 
-def load_backend(name: str, model_path: str | Path, flip_average: bool = False, settings=None,
-                 flip_confidence: float = 1.0, **options) -> Backend:
+def load_backend(name: str, model_path: str | Path, flip_average: bool | None = None, settings=None,
+                 flip_confidence: float | None = None, **options) -> Backend:
     """Instantiate the backend called ``name`` on ``model_path`` (``flip_average``: each face's
     predictions averaged with its mirror image's, only for faces whose top emotion probability is
     below ``flip_confidence`` when it is below 1, see ``base.flip_averaged``). Its options are
     validated by the backend's own ``Options`` class: ``settings`` (the worker's ``InferenceSettings``)
-    supplies those of the chosen backend, keyword ``options`` override them."""
+    supplies those of the chosen backend and the flip averaging the worker serves with; keyword
+    ``options`` and an explicit ``flip_average`` / ``flip_confidence`` override them. Without settings
+    the backend runs a single pass."""
     try:
         target = BACKENDS[name]
     except KeyError:
@@ -38,8 +40,12 @@ def load_backend(name: str, model_path: str | Path, flip_average: bool = False, 
     cls = getattr(importlib.import_module(module_name), cls_name)
     if settings is not None:
         options = {**cls.Options.from_settings(settings).model_dump(), **options}
+        flip_average = settings.flip_average if flip_average is None else flip_average
+        flip_confidence = settings.flip_confidence if flip_confidence is None else flip_confidence
     backend = cls(Path(model_path), **options)
-    return FlipAveragedBackend(backend, flip_confidence) if flip_average else backend
+    if not flip_average:
+        return backend
+    return FlipAveragedBackend(backend, 1.0 if flip_confidence is None else flip_confidence)
 
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "FlipAveragedBackend", "ModelMetadata", "load_backend"]

@@ -128,6 +128,16 @@ def flip_averaged(predict: Callable[[np.ndarray], Predictions],
     return run
 
 
+def flip_mark(confidence: float = 1.0) -> str:
+    """How flip averaging is named in backend names and result tables: every face, or only those
+    below an emotion confidence.
+
+    >>> flip_mark(), flip_mark(0.65)
+    ('flip', 'flip<0.65')
+    """
+    return "flip" + (f"<{confidence:g}" if confidence < 1 else "")
+
+
 def unsure_faces(single: Predictions, confidence: float) -> np.ndarray:
     """Indices of the faces whose top emotion probability is below ``confidence`` (all of them at 1 or more)."""
     if confidence >= 1:
@@ -161,7 +171,7 @@ class FlipAveragedBackend(Backend):
     def __init__(self, inner: Backend, confidence: float = 1.0) -> None:
         self.inner = inner
         self.confidence = confidence
-        self.name = f"{inner.name}+flip" + (f"<{confidence:g}" if confidence < 1 else "")
+        self.name = f"{inner.name}+{flip_mark(confidence)}"
         self.metadata = inner.metadata
         self._predict = flip_averaged(inner.predict, confidence)
 
