@@ -262,11 +262,12 @@ def main() -> None:
     entries = visitors_entries(crops, args.visitors, args.crops, args.cameras,
                                IngestSettings().track_sample_interval_s, t0=time.time() - 3600)
     faces = args.visitors * args.crops
+    model = InProcessModel(args.face_model, crops, settings.max_batch)
+    # the backend's name says how it flip-averages (e.g. onnxruntime+flip<0.65: faces below that confidence)
     print(f"machine: {os.cpu_count()} CPUs; model {args.face_model.name} ({settings.threads} threads, "
-          f"{settings.flip_description}); {args.visitors} visitors x {args.crops} crops on "
+          f"{model.backend.name}); {args.visitors} visitors x {args.crops} crops on "
           f"{args.cameras} cameras = {faces} faces; database "
           f"{'PostgreSQL' if args.postgres else 'SQLite'}", flush=True)
-    model = InProcessModel(args.face_model, crops, settings.max_batch)
     workdir = Path(tempfile.mkdtemp(prefix="footfall-load-"))
     results = []
     print("in-process model faces/s (batch {}) measured for {:.0f} s just before and after each drain; the ratio "

@@ -139,11 +139,14 @@ class InferenceSettings(GrpcTlsSettings):
     # On by default: with it the shipped model meets every accuracy target (model/README.md).
     flip_average: bool = Field(True, description="Average each face's predictions with its mirror image's: "
                                "more accurate, twice the compute per face (model/README.md measures both).")
-    # 0.65: the smallest threshold at which flip averaging's emotion accuracy was all kept on the
-    # validation split (model card, "Flip averaging"): about a third of the faces get the second pass.
-    flip_confidence: float = Field(0.65, gt=0, le=1, description="With flip averaging on, only faces whose top "
-                                   "emotion probability is below this get the mirror-image pass; the others keep "
-                                   "their single-pass predictions. 1: every face (twice the compute).")
+    # Unset: the model file's own threshold (ModelMetadata.flip_confidence), chosen with the model on
+    # its validation split (model card, "Flip averaging"): 0.65 for the shipped one, about a third of the
+    # faces get the second pass.
+    flip_confidence: float | None = Field(None, gt=0, le=1, description="With flip averaging on, only faces "
+                                          "whose top emotion probability is below this get the mirror-image pass; "
+                                          "the others keep their single-pass predictions. Unset (or empty): the "
+                                          "threshold the model file carries (0.65 for the shipped model; every "
+                                          "face for a file without one). 1: every face (twice the compute).")
     max_batch: int = Field(32, ge=1, description="Largest batch the micro-batcher forms.")
     max_wait_ms: float = Field(4.0, description="How long the micro-batcher waits to fill a batch.")
     max_request_faces: int = Field(256, ge=1, description="Most crops accepted in one request.")
@@ -154,18 +157,15 @@ class InferenceSettings(GrpcTlsSettings):
     npu_cores: str = Field("0,1,2", description="RK3588 NPU cores used by the rknn backend.")
     npu_contexts_per_core: int = Field(1, description="RKNNLite contexts per NPU core (each fed from its own thread).")
 
-    @property
-    def flip_description(self) -> str:
-        """How the worker runs flip averaging, in words (benchmarks print it).
+    @field_validator("flip_confidence", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        """``FOOTFALL_FLIP_CONFIDENCE=`` (docker compose's default when the operator sets nothing) means unset.
 
-        >>> InferenceSettings(flip_confidence=1).flip_description, InferenceSettings(flip_average=False).flip_description
-        ('flip averaging on every face', 'flip averaging off')
+        >>> InferenceSettings(flip_confidence="").flip_confidence is None, InferenceSettings(flip_confidence="0.5").flip_confidence
+        (True, 0.5)
         """
-        if not self.flip_average:
-            return "flip averaging off"
-        if self.flip_confidence >= 1:
-            return "flip averaging on every face"
-        return f"flip averaging on faces below {self.flip_confidence:g} emotion confidence"
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class AggregatorSettings(GrpcTlsSettings):
@@ -240,6 +240,8 @@ def settings_table() -> str:
                 str(Path.home()), "~")
             if name == "consumer_name":
                 default = "(hostname)"
+            elif name == "flip_confidence":
+                default = "(the model file's)"
             user = {CommonSettings: "all", GrpcTlsSettings: "inference, aggregator"}.get(
                 cls, cls.__name__.removesuffix("Settings").lower())
             lines.append(f"| `FOOTFALL_{name.upper()}` | `{default}` | {user} | {field.description} |")

@@ -40,6 +40,10 @@ class ModelMetadata:
     # The constant the graph adds to the emotion logits before the softmax (EMOTIONS order; empty:
     # none), recorded for people: it is inside the weights already, so no backend adds it again.
     emotion_bias: tuple[float, ...] = ()
+    # The top emotion probability below which the worker mirrors a face (flip averaging of the unsure
+    # faces only), chosen for this model's calibration on its validation split (model card, "Flip
+    # averaging"); None: not recorded (the worker then mirrors every face unless told otherwise).
+    flip_confidence: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -13,7 +13,8 @@ no optimizer) ship too, so that training can continue from them on any machine
 ``--emotion-bias`` sets the network's ``emotion_bias`` (a constant added to the emotion logits,
 written by ``python -m footfall_training.logit_adjust sweep ... --write-bias``) before export, so
 every file made here (and the RKNN model converted from the ONNX) carries it; the metadata
-records it.
+records it. ``--flip-confidence`` records the flip-averaging threshold chosen for the weights (the
+worker's default, ``FlipAveragedBackend``); the ``.pt`` keeps it for the next export.
 
 A quantization-aware-trained checkpoint (``footfall-train --qat``) exports its float weights, and its
 INT8 model takes the activation ranges learned in training (``footfall_training.qat``) instead of
@@ -41,11 +42,13 @@ from footfall_training.preprocess import CHANNEL_ORDER, MEAN, STD
 log = logging.getLogger("footfall.export")
 
 
-def model_metadata(net: FaceNet, version: str, precision: str = "fp32") -> ModelMetadata:
+def model_metadata(net: FaceNet, version: str, precision: str = "fp32",
+                   flip_confidence: float | None = None) -> ModelMetadata:
     return ModelMetadata(name=net.export_name, version=version, input_size=net.image_size,
                          channel_order=CHANNEL_ORDER, mean=MEAN, std=STD, races=RACES, emotions=EMOTIONS,
                          outputs=ExportWrapper.OUTPUT_NAMES, precision=precision,
-                         emotion_bias=tuple(float(v) for v in net.emotion_bias) if net.emotion_bias.any() else ())
+                         emotion_bias=tuple(float(v) for v in net.emotion_bias) if net.emotion_bias.any() else (),
+                         flip_confidence=flip_confidence)
 
 
 def read_emotion_bias(path: Path) -> torch.Tensor:
@@ -92,8 +95,9 @@ def trace_onnx(net: FaceNet, f: str | BinaryIO, outputs: tuple[str, ...] = Expor
     return net
 
 
-def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
-    """Write the FP32 ONNX model with metadata; returns its path.
+def export_onnx(net: FaceNet, path: Path, version: str, flip_confidence: float | None = None) -> Path:
+    """Write the FP32 ONNX model with metadata (``flip_confidence``: the worker's flip-averaging
+    threshold chosen for these weights, recorded for the backends); returns its path.
 
     The graph takes faces at the size the weights learned at (``image_size``, recorded in the
     metadata): the product's 112 px crops are resized to it by the inference worker, like any crop of
@@ -102,16 +106,18 @@ def export_onnx(net: FaceNet, path: Path, version: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     net = trace_onnx(net, str(path))
     model = onnx.load(str(path))
-    _set_metadata(model, model_metadata(net, version))
+    _set_metadata(model, model_metadata(net, version, flip_confidence=flip_confidence))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
 
 
-def save_weights(checkpoint: dict, path: Path, version: str) -> Path:
-    """The shippable part of a training checkpoint: EMA weights, config, epoch, validation metrics."""
+def save_weights(checkpoint: dict, path: Path, version: str, flip_confidence: float | None = None) -> Path:
+    """The shippable part of a training checkpoint: EMA weights, config, epoch, validation metrics
+    (and the flip-averaging threshold the ONNX files record, so a re-export keeps it)."""
     keep = {k: checkpoint[k] for k in ("ema", "config", "epoch", "metrics") if k in checkpoint}
-    torch.save({**keep, "version": version}, path)
+    extra = {} if flip_confidence is None else {"flip_confidence": flip_confidence}
+    torch.save({**keep, "version": version, **extra}, path)
     return path
 
 
@@ -237,7 +243,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration", type=int, default=512, help="number of training faces for INT8")
     parser.add_argument("--emotion-bias", type=Path, help="JSON file of the constant added to the emotion logits "
                                                           "(footfall_training.logit_adjust sweep --write-bias)")
+    parser.add_argument("--flip-confidence", type=float,
+                        help="the emotion confidence below which the worker mirrors a face, chosen for these weights "
+                             "(footfall-evaluate --split val --flip-sweep); recorded in every file's metadata, where "
+                             "the worker reads it unless FOOTFALL_FLIP_CONFIDENCE is set. Default: the checkpoint's "
+                             "own (a shipped .pt keeps it), else none (the worker then mirrors every face)")
     args = parser.parse_args(argv)
+    if args.flip_confidence is not None and not 0 < args.flip_confidence <= 1:
+        parser.error(f"--flip-confidence {args.flip_confidence:g}: must be in (0, 1]")
     logging.basicConfig(level=logging.INFO)
     net = load_checkpoint(args.checkpoint)
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -247,8 +260,9 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError, KeyError) as error:
             parser.error(f"--emotion-bias: {error}")
         log.info("emotion bias %s", ", ".join(f"{e} {float(v):+.4f}" for e, v in zip(EMOTIONS, net.emotion_bias)))
+    flip_confidence = args.flip_confidence if args.flip_confidence is not None else checkpoint.get("flip_confidence")
     stem = net.export_stem
-    fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version)
+    fp32 = export_onnx(net, args.out / f"{stem}.onnx", args.version, flip_confidence)
     overrides = None
     if net.config.qat:
         from footfall_training.qat import activation_quant_overrides
@@ -257,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("INT8 with the activation ranges learned in QAT (%d tensors)", len(overrides))
     int8 = quantize_int8(fp32, args.out / f"{stem}.int8.onnx", calibration_faces(args.calibration),
                          activation_overrides=overrides)
-    weights = save_weights(checkpoint, args.out / f"{stem}.pt", args.version)
+    weights = save_weights(checkpoint, args.out / f"{stem}.pt", args.version, flip_confidence)
     for path in (fp32, int8, weights):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

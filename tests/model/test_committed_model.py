@@ -61,13 +61,30 @@ def test_the_served_model_meets_the_targets(shared_data):
 
     served = InferenceSettings()
     faces, _ = load_test_faces("dataset", 0, 0)
-    p = run_backend(served.face_model, faces.images, batch=64, flip=served.flip_average,
-                    flip_confidence=served.flip_confidence)
+    backend = load_backend(served.backend, served.face_model, settings=served)  # as the worker loads it
+    assert backend.name == "onnxruntime+flip<0.65", backend.name  # the threshold the file carries
+    p = Predictions.concat([backend.predict(faces.images[i:i + 64]) for i in range(0, len(faces), 64)])
     m = head_metrics(p, faces.age, faces.gender, faces.race, faces.emotion)
     measured = {k: round(m[k], 4) for k in TARGETS}
     assert m["age_mae"] <= TARGETS["age_mae"], measured
     for head in ("gender_acc", "race_acc", "emotion_acc"):
         assert m[head] >= TARGETS[head], (head, measured)
+
+
+def test_every_format_of_the_shipped_model_carries_the_flip_threshold_chosen_for_it():
+    """The worker mirrors faces below the emotion confidence the model file carries (FOOTFALL_FLIP_CONFIDENCE
+    unset): 0.65, chosen on the validation split (model card, "Flip averaging only where the model is
+    unsure"), in the ONNX files, the RKNN sidecar and the .pt a re-export starts from."""
+    from footfall.model_file import ModelMetadata
+
+    assert InferenceSettings().flip_confidence is None
+    stem = MODEL_DIR / "footfall_w050"
+    carried = {path.name: ModelMetadata.from_onnx_file(path).flip_confidence
+               for path in (stem.with_suffix(".onnx"), MODEL_DIR / "footfall_w050.int8.onnx")}
+    carried["footfall_w050.rknn.json"] = ModelMetadata.from_sidecar(stem.with_suffix(".rknn")).flip_confidence
+    carried["footfall_w050.pt"] = torch.load(stem.with_suffix(".pt"), map_location="cpu",
+                                             weights_only=False)["flip_confidence"]
+    assert carried == dict.fromkeys(carried, 0.65)
 
 
 @pytest.mark.parametrize("fp32_path,int8_path", PAIRS, ids=[p[1].name for p in PAIRS])

@@ -235,3 +235,31 @@ def test_checkpoints_saved_before_the_emotion_bias_still_load(random_model, tmp_
     legacy = json.loads(ModelMetadata.from_onnx_file(REPO / "model" / "footfall_w050.onnx").to_json())
     del legacy["emotion_bias"]
     assert ModelMetadata.from_json(json.dumps(legacy)).emotion_bias == ()
+    del legacy["flip_confidence"]  # nor a flip threshold: the worker then mirrors every face
+    assert ModelMetadata.from_json(json.dumps(legacy)).flip_confidence is None
+
+
+def test_the_flip_threshold_is_recorded_in_every_file_and_kept_by_a_re_export(random_model, tmp_path):
+    """``footfall-export --flip-confidence``: the ONNX FP32 and INT8 metadata and the .pt carry it, a re-export
+    of that .pt keeps it, the worker's backend serves it unless told otherwise; out of (0, 1] is refused."""
+    from footfall.config import InferenceSettings
+    from footfall_training.export import main
+
+    _, pt, _ = random_model
+    first, again = tmp_path / "first", tmp_path / "again"
+    main([str(pt), "--out", str(first), "--version", "v", "--calibration", "8", "--flip-confidence", "0.7"])
+    main([str(first / "footfall_w025.pt"), "--out", str(again), "--version", "v", "--calibration", "8"])
+    for out in (first, again):
+        assert [ModelMetadata.from_onnx_file(out / name).flip_confidence
+                for name in ("footfall_w025.onnx", "footfall_w025.int8.onnx")] == [0.7, 0.7]
+    assert torch.load(again / "footfall_w025.pt", weights_only=False)["flip_confidence"] == 0.7
+    settings = InferenceSettings(threads=1)
+    assert load_backend("onnxruntime", again / "footfall_w025.int8.onnx", settings=settings).name == "onnxruntime+flip<0.7"
+    told = InferenceSettings(threads=1, flip_confidence=1)
+    assert load_backend("onnxruntime", again / "footfall_w025.int8.onnx", settings=told).name == "onnxruntime+flip"
+    # a checkpoint that never had one exports without one: every face mirrored
+    main([str(pt), "--out", str(tmp_path / "none"), "--version", "v", "--calibration", "8"])
+    assert ModelMetadata.from_onnx_file(tmp_path / "none" / "footfall_w025.onnx").flip_confidence is None
+    assert load_backend("onnxruntime", tmp_path / "none" / "footfall_w025.onnx", settings=settings).name == "onnxruntime+flip"
+    with pytest.raises(SystemExit):
+        main([str(pt), "--out", str(tmp_path / "bad"), "--version", "v", "--flip-confidence", "1.5"])

@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from footfall.inference.backends import load_backend
 from footfall.inference.client import BadCrop, InferenceClient, InferenceUnavailable
+from footfall.model_file import ModelMetadata
 from footfall.predictions import HEADS, Predictions
 from footfall.proto import inference_pb2, inference_pb2_grpc
 
@@ -33,9 +34,9 @@ def test_predictions_equal_the_backend_run_directly(inference_server, face_model
         got = client.predict([_jpeg(f) for f in faces])
     # the backend as the worker runs it by default (flip averaging on, for faces below the emotion confidence)
     served = InferenceSettings()
-    assert served.flip_average and served.flip_confidence < 1
-    want = load_backend("onnxruntime", face_model, flip_average=True,
-                        flip_confidence=served.flip_confidence).predict(np.stack(faces))
+    carried = ModelMetadata.from_onnx_file(face_model).flip_confidence  # the threshold the model file carries
+    assert served.flip_average and served.flip_confidence is None and carried < 1
+    want = load_backend("onnxruntime", face_model, flip_average=True, flip_confidence=carried).predict(np.stack(faces))
     assert np.allclose(got.age, want.age, atol=1e-3) and np.allclose(got.emotion, want.emotion, atol=1e-4)
     assert got.race.shape == (5, 5) and np.allclose(got.race.sum(1), 1, atol=1e-3)
 
@@ -127,7 +128,7 @@ def test_client_names_the_bad_crop(inference_server):
     assert err.value.index == 1
 
 
-def test_health_reflection_model_info_and_graceful_stop(inference_server):
+def test_health_reflection_model_info_and_graceful_stop(inference_server, face_model):
     from footfall.config import InferenceSettings
 
     channel = grpc.insecure_channel(f"127.0.0.1:{inference_server.port}")
@@ -141,7 +142,7 @@ def test_health_reflection_model_info_and_graceful_stop(inference_server):
     info = inference_pb2_grpc.FaceInferenceStub(channel).GetModelInfo(inference_pb2.ModelInfoRequest(), timeout=5)
     # flip averaging is on by default, for the faces below the emotion confidence
     assert info.input_size == 112 and list(info.emotions)[3] == "happy"
-    assert info.backend == f"onnxruntime+flip<{InferenceSettings().flip_confidence:g}"
+    assert info.backend == f"onnxruntime+flip<{ModelMetadata.from_onnx_file(face_model).flip_confidence:g}"
     inference_server.stop(grace_s=1)
     with pytest.raises(grpc.RpcError):
         health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)

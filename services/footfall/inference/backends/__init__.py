@@ -27,7 +27,8 @@ def load_backend(name: str, model_path: str | Path, flip_average: bool | None = 
                  flip_confidence: float | None = None, **options) -> Backend:
     """Instantiate the backend called ``name`` on ``model_path`` (``flip_average``: each face's
     predictions averaged with its mirror image's, only for faces whose top emotion probability is
-    below ``flip_confidence`` when it is below 1, see ``base.flip_averaged``). Its options are
+    below ``flip_confidence`` when it is below 1, see ``base.flip_averaged``; None: the threshold the
+    model file carries, ``FlipAveragedBackend``). Its options are
     validated by the backend's own ``Options`` class: ``settings`` (the worker's ``InferenceSettings``)
     supplies those of the chosen backend and the flip averaging the worker serves with; keyword
     ``options`` and an explicit ``flip_average`` / ``flip_confidence`` override them. Without settings
@@ -45,7 +46,7 @@ def load_backend(name: str, model_path: str | Path, flip_average: bool | None = 
     backend = cls(Path(model_path), **options)
     if not flip_average:
         return backend
-    return FlipAveragedBackend(backend, 1.0 if flip_confidence is None else flip_confidence)
+    return FlipAveragedBackend(backend, flip_confidence)
 
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "FlipAveragedBackend", "ModelMetadata", "load_backend"]

@@ -166,10 +166,13 @@ def mirror_mean(both: Predictions) -> Predictions:
 
 class FlipAveragedBackend(Backend):
     """Any backend with ``flip_averaged`` predictions (settings ``FOOTFALL_FLIP_AVERAGE``,
-    ``FOOTFALL_FLIP_CONFIDENCE``)."""
+    ``FOOTFALL_FLIP_CONFIDENCE``). ``confidence`` None: the threshold the model file carries
+    (``ModelMetadata.flip_confidence``), every face where it carries none."""
 
-    def __init__(self, inner: Backend, confidence: float = 1.0) -> None:
+    def __init__(self, inner: Backend, confidence: float | None = None) -> None:
         self.inner = inner
+        if confidence is None:
+            confidence = inner.metadata.flip_confidence or 1.0
         self.confidence = confidence
         self.name = f"{inner.name}+{flip_mark(confidence)}"
         self.metadata = inner.metadata
