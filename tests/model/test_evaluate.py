@@ -220,7 +220,7 @@ def test_flip_sweep_runs_the_served_flip_averaging_per_threshold(test_subset):
 
     served = InferenceSettings()
     faces = test_subset.subset(np.arange(0, len(test_subset), 5))  # 120 faces of both datasets
-    threshold = served.flip_confidence
+    threshold = load_backend(served.backend, served.face_model, settings=served).confidence  # the file's
     rows = ev.flip_confidence_sweep(served.face_model, faces, [0.0, threshold, 1.0])
     labels = dict(age=faces.age, gender=faces.gender, race=faces.race, emotion=faces.emotion)
 

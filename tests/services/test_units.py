@@ -209,6 +209,9 @@ def test_backend_options_are_validated_not_swallowed(face_model):
     off = load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1, flip_average=False))
     assert not isinstance(off, FlipAveragedBackend)
     assert not isinstance(load_backend("onnxruntime", face_model, threads=1), FlipAveragedBackend)  # no settings: single pass
+    assert load_backend("onnxruntime", face_model, threads=1, flip_average=True).name == "onnxruntime+flip"  # every face
+    assert served.inner.metadata.flip_confidence == 0.65  # what the settings' unset threshold resolves to:
+    assert load_backend("onnxruntime", face_model, settings=InferenceSettings(threads=1)).name == "onnxruntime+flip<0.65"
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         load_backend("onnxruntime", face_model, session_threads=0)
 
