@@ -240,8 +240,8 @@ def settings_table() -> str:
                 str(Path.home()), "~")
             if name == "consumer_name":
                 default = "(hostname)"
-            elif name == "flip_confidence":
-                default = "(the model file's)"
+            elif field.default is None:  # the description says what unset means
+                default = "(unset)"
             user = {CommonSettings: "all", GrpcTlsSettings: "inference, aggregator"}.get(
                 cls, cls.__name__.removesuffix("Settings").lower())
             lines.append(f"| `FOOTFALL_{name.upper()}` | `{default}` | {user} | {field.description} |")

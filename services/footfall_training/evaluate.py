@@ -48,7 +48,6 @@ from footfall.predictions import Predictions
 log = logging.getLogger("footfall.evaluate")
 
 Predictor = Callable[[np.ndarray], Predictions]
-FLIP_LABEL = " + " + flip_mark()  # marks flip-averaged results in row names (tables here, benchmarks/model_speed.py)
 
 
 def flip_label(confidence: float = 1.0) -> str:
@@ -58,6 +57,10 @@ def flip_label(confidence: float = 1.0) -> str:
     (' + flip', ' + flip<0.65')
     """
     return " + " + flip_mark(confidence)
+
+
+FLIP_LABEL = flip_label()  # marks flip-averaged results in row names (tables here, benchmarks/model_speed.py)
+
 # Scalar head metrics shown in summary tables, with their column titles.
 HEADLINE = (
     ("age_mae", "age MAE"),
