@@ -200,7 +200,7 @@ def evaluate_crosssource(model_path: Path, flips: list[bool], threads: int = 2, 
     """The cross-source report of one model file, once per flip setting (``limit``: N random photos;
     ``flip_confidence``: flip-average only faces below this top emotion probability, as the worker)."""
     from footfall.inference.backends.base import flip_averaged
-    from footfall_training.evaluate import load_predictor, model_format
+    from footfall_training.evaluate import checkpoint_run, load_predictor, model_format
 
     faces = load_crosssource()
     crops = load_crops(faces)
@@ -215,7 +215,7 @@ def evaluate_crosssource(model_path: Path, flips: list[bool], threads: int = 2, 
         p = (flip_averaged(predictor, flip_confidence) if flip else predictor)(crops.images[crops.detected])
         results.append({"model": str(model_path), "name": name, "format": model_format(model_path), "flip": flip,
                         "flip_confidence": flip_confidence if flip else None,
-                        "crops": "pipeline", **crosssource_report(p, faces, crops),
+                        "crops": "pipeline", "run": checkpoint_run(model_path), **crosssource_report(p, faces, crops),
                         "seconds": round(time.time() - t0, 1)})
     return results
 

@@ -125,6 +125,16 @@ def load_predictor(model_path: Path, threads: int = 2, batch_size: int = 64,
     return run, backend.metadata.name
 
 
+def checkpoint_run(model_path: Path) -> str:
+    """The training run a PyTorch checkpoint comes from ('' for other formats): several runs' checkpoints
+    share a model name, result tables tell them apart by it."""
+    if model_format(Path(model_path)) != "pytorch":
+        return ""
+    import torch
+
+    return torch.load(model_path, map_location="cpu", weights_only=False)["config"].get("run", "")
+
+
 def predict(model_path: Path, images: np.ndarray, threads: int = 2, flip: bool = False) -> Predictions:
     """Predictions of any model file on uint8 RGB faces (N, 112, 112, 3)."""
     predictor, _ = load_predictor(model_path, threads=threads, flip=flip)
@@ -272,10 +282,8 @@ def evaluate_model(model_path: Path, faces: FaceSet, detected: np.ndarray | None
         "metrics": head_metrics(p, **labels),
         "fairness": fairness(p, faces),
     }
-    if result["format"] == "pytorch":  # several runs' checkpoints share a model name: tell them apart
-        import torch
-
-        result["run"] = torch.load(model_path, map_location="cpu", weights_only=False)["config"].get("run", "")
+    if run := checkpoint_run(model_path):
+        result["run"] = run
     if detected is not None:
         result["detection_rate"] = {n: float(detected[faces.dataset == i].mean())
                                     for i, n in enumerate(DATASETS) if (faces.dataset == i).any()}

@@ -201,6 +201,10 @@ def test_report_counts_recall_shares_and_groups():
                                  markdown=True)
     assert "### Faces from other sources: gender and emotion per split" in text
     assert "| m onnx-int8 + flip (pipeline crops) | test | 3 | 66.7 | 50.0 |" in text
+    # checkpoints of several training runs share a model name: their rows name the run
+    text = ce.render_crosssource([{"name": "m", "format": "pytorch", "flip": False, "crops": "pipeline", "run": "p64",
+                                   **r}], markdown=True)
+    assert "| m pytorch (pipeline crops, run p64) | test | 3 |" in text
 
 
 # ---- end to end: footfall-evaluate --cross-source on real faces in the snapshot's layout -----------

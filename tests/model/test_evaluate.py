@@ -12,6 +12,8 @@ from footfall_training import evaluate as ev
 from footfall_training.data import FaceSet
 from footfall.predictions import Predictions
 
+from .model_files import REPO
+
 
 def make_faces(n: int, seed: int = 0) -> FaceSet:
     """Random faces: the first half UTKFace-like (age/gender/race), the rest FER-like (emotion)."""
@@ -40,6 +42,15 @@ def test_predict_dispatches_every_format_to_the_same_answers(random_model):
         np.testing.assert_allclose(getattr(from_onnx, key), getattr(from_pt, key), atol=1e-4, rtol=1e-4)
     assert ev.model_format(pt) == "pytorch"
     assert ev.model_format(onnx_path) == "onnx-fp32"
+
+
+def test_a_checkpoint_names_the_run_that_wrote_it_and_an_export_names_none():
+    """Result rows of checkpoints (which share a model name across runs) carry the training run."""
+    import torch
+
+    shipped = REPO / "model" / "footfall_w050.pt"
+    assert ev.checkpoint_run(shipped) == torch.load(shipped, weights_only=False)["config"]["run"] != ""
+    assert ev.checkpoint_run(REPO / "model" / "footfall_w050.int8.onnx") == ""
 
 
 def test_model_format_reads_int8_precision_from_metadata(random_model, tmp_path):
