@@ -235,3 +235,34 @@ def test_the_benchmark_reads_the_channel_counts_back_from_onnx_files(tmp_path):
     strided.image_size = 56
     fp32 = export_onnx(strided, tmp_path / "os16.onnx", version="test")
     assert bench.count_macs(bench.network_of(fp32)) == count_macs(strided) != count_macs(FaceNet(width=0.5), 56)
+
+
+def test_the_cascade_benchmark_sends_only_the_unsure_faces_to_the_second_model(faces):
+    """benchmarks/cascade.py: the 56 px candidate answers every face it is sure of; the shipped model answers
+    exactly the others (both real INT8 files, real test faces), and without escalation it is the fast model."""
+    from footfall.inference.backends import load_backend
+
+    from ..support import import_file
+
+    bench = import_file(REPO / "benchmarks" / "cascade.py")
+    fast = load_backend("onnxruntime", bench.FAST, threads=1)
+    full = load_backend("onnxruntime", bench.FULL, threads=1)
+    _, test = faces
+    first, second = fast.predict_faces(test), full.predict_faces(test)
+    rows = bench.escalated(first, 0.8, 0.7)
+    assert 0 < len(rows) < len(test)
+    assert set(rows) == set(np.flatnonzero((first.emotion.max(1) < 0.8) | (first.race.max(1) < 0.7)))
+    calls = []
+
+    def counted_full(batch):
+        calls.append(len(batch))
+        return full.predict_faces(batch)
+
+    out = bench.cascade(fast.predict_faces, counted_full, 0.8, 0.7)(test)
+    assert calls == [len(rows)]
+    kept = np.setdiff1d(np.arange(len(test)), rows)
+    np.testing.assert_allclose(out.race[kept], first.race[kept], atol=1e-6)
+    np.testing.assert_allclose(out.race[rows], second.race[rows], atol=1e-5)
+    np.testing.assert_allclose(out.age[rows], second.age[rows], atol=1e-4)
+    assert bench.cascade(fast.predict_faces, counted_full, 0, 0)(test).age.tolist() == first.age.tolist()
+    assert calls == [len(rows)]
