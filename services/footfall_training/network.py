@@ -234,6 +234,45 @@ class SpatialSelfAttention(nn.Module):
         return 2 * tokens * tokens * self.dim
 
 
+def _stage_lengths(arch: str) -> list[int]:
+    """Blocks per backbone stage, as ``_backbone_stages`` builds them (the stem and the final conv: one each)."""
+    middle = [n for _t, _c, n, _s in _INVERTED_RESIDUAL_PLAN] if arch == "mnv2" else [len(p) for p in _MNV3_STAGES]
+    return [1, *middle, 1]
+
+
+def branched_state_dict(state_dict: dict[str, torch.Tensor], config: NetConfig) -> dict[str, torch.Tensor]:
+    """A one-trunk net's weights (``shared_depth`` 0) laid out for the branched net of ``config``.
+
+    The shared stages keep the trunk's blocks, and each head group's copy of the late stages, attention
+    and GDC starts as the trunk's, so the branched net first computes exactly what the trunk did; training
+    then lets emotion's late features part from the face attributes' (``footfall-train --init`` of the
+    shipped weights with ``--shared-depth``). The trunk keeps its blocks flat (``features.K``); the
+    branched net groups them by stage (``features.S.J``, ``branches.B.features.S.J``).
+    """
+    if not config.shared_depth:
+        raise ValueError(f"{config.name} does not branch")
+    lengths = _stage_lengths(config.arch)
+    groups = range(len(HEAD_GROUPS))
+    block_paths: list[list[str]] = []  # per trunk block features.K: its module path(s) in the branched net
+    for stage, blocks in enumerate(lengths):
+        for j in range(blocks):
+            inner = "" if stage in (0, len(lengths) - 1) else f".{j}"
+            block_paths.append([f"features.{stage}{inner}"] if stage < config.shared_depth else
+                               [f"branches.{b}.features.{stage - config.shared_depth}{inner}" for b in groups])
+    out = {}
+    for key, value in state_dict.items():
+        top, _, rest = key.partition(".")
+        if top == "features":
+            block, _, rest = rest.partition(".")
+            targets = [f"{path}.{rest}" for path in block_paths[int(block)]]
+        elif top in ("gdc", "attention"):
+            targets = [f"branches.{b}.{key}" for b in groups]
+        else:
+            targets = [key]
+        out.update({target: value.clone() for target in targets})
+    return out
+
+
 class Branch(nn.Module):
     """The late stages of one head group when the net branches: its own copy of the stages after the
     shared ones, attention (if any) and GDC."""

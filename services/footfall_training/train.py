@@ -47,7 +47,7 @@ from torch import nn
 from footfall_training.augment import AugmentConfig, augment
 from footfall_training.data import FaceSet, load_split
 from footfall_training.metrics import head_metrics, selection_score
-from footfall_training.network import FaceNet, NetConfig
+from footfall_training.network import FaceNet, NetConfig, branched_state_dict
 from footfall_training.preprocess import INPUT_SIZE, normalize_batch
 from footfall.predictions import HEADS, Predictions
 
@@ -447,6 +447,10 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         start = torch.load(cfg.init, map_location="cpu", weights_only=False)
         # Dropout and the output stride have no weights of their own: the run's settings choose them.
         net_config = replace(NetConfig.from_dict(start["config"]), dropout=cfg.dropout, output_stride=cfg.output_stride)
+        if wanted.shared_depth and not net_config.shared_depth:
+            # A one-trunk net's weights start a branched one: each head group's late stages from the trunk's.
+            net_config = replace(net_config, shared_depth=wanted.shared_depth)
+            start = {**start, "ema": branched_state_dict(start["ema"], net_config)}
         if replace(net_config, channels=None, tag="", qat=False) != replace(wanted, tag="", qat=False):
             raise ValueError(f"--init {cfg.init} is {net_config.name}, not {wanted.name} (another width or "
                              f"architecture)")

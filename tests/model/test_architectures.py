@@ -3,7 +3,7 @@ learn, export, reload; and the default is still exactly the shipped network."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -15,7 +15,7 @@ from footfall.inference.backends.base import normalize_nchw
 from footfall_training import train as tr
 from footfall_training.export import export_onnx
 from footfall_training.network import (ExportWrapper, FaceNet, NetConfig, SpatialSelfAttention, SqueezeExcite,
-                                       count_macs, count_parameters)
+                                       branched_state_dict, count_macs, count_parameters)
 from footfall_training.preprocess import INPUT_SIZE
 
 from .conftest import with_varied_outputs
@@ -93,6 +93,28 @@ def test_output_stride_16_takes_the_shipped_weights_and_ends_56_px_faces_on_the_
         torch.testing.assert_close(net.features[:14](small), plain.features[:14](small))
     # one stride-2 convolution fewer: 13 M multiply-adds at 56 px, between the 56 px (7 M) and 112 px (26 M) nets
     assert count_macs(plain, 56) < count_macs(net, 56) < count_macs(plain, INPUT_SIZE) / 1.9
+
+
+@pytest.mark.parametrize("config", [NetConfig(width=0.5, shared_depth=7), NetConfig(width=0.6, arch="mnv3", attention="mha",
+                                                                                   shared_depth=6)], ids=lambda c: c.name)
+def test_a_one_trunk_nets_weights_start_a_branched_net_that_computes_the_same(config):
+    trunk = with_varied_outputs(build(replace(config, shared_depth=0), seed=1))
+    branched = FaceNet.from_config(config).eval()
+    branched.load_state_dict(branched_state_dict(trunk.state_dict(), config))  # strict: every weight placed
+    x = torch.rand(3, 3, INPUT_SIZE, INPUT_SIZE)
+    with torch.no_grad():
+        want, got = trunk(x), branched(x)
+        for key in ("age_logits", "gender_logit", "race_logits", "emotion_logits"):
+            torch.testing.assert_close(got[key], want[key])
+        assert float(want["emotion"].std(0).max()) > 1e-3  # the outputs vary with the face
+        # the copies are the trunk's values, not shared tensors: training one branch leaves the other alone
+        for p in branched.branches[1].parameters():
+            p.add_(0.1)
+        moved = branched(x)
+    torch.testing.assert_close(moved["age_logits"], want["age_logits"])
+    assert not torch.allclose(moved["emotion_logits"], want["emotion_logits"])
+    with pytest.raises(ValueError, match="does not branch"):
+        branched_state_dict(trunk.state_dict(), replace(config, shared_depth=0))
 
 
 def test_impossible_configurations_are_refused():
@@ -194,3 +216,8 @@ def test_training_runs_resume_and_init_with_their_architecture(shared_data, tmp_
     other = tr.TrainConfig(**{**asdict(cfg), "run": "n", "arch": "mnv2", "init": str(best)})
     with pytest.raises(ValueError, match="footfall-mnv3-w060-mha-sd6"):
         tr.train(other, torch.device("cpu"), train_set, val_set)
+    # --init of the shipped one-trunk weights into a net branched late: each branch starts from the trunk
+    branched = tr.TrainConfig(run="b", width=0.5, shared_depth=7, init=str(REPO / "model" / "footfall_w050.pt"),
+                              epochs=1, max_steps=1, batch_size=32, warmup_steps=1, threads=1)
+    net = tr.load_checkpoint(tr.train(branched, torch.device("cpu"), train_set, val_set))
+    assert net.config == NetConfig(width=0.5, shared_depth=7)
