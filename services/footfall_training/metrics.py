@@ -21,6 +21,22 @@ from footfall.labels import AGE_BANDS, EMOTIONS, RACES, VALENCE
 from footfall.predictions import HEADS, Predictions
 
 
+# The in-distribution targets the shipped model meets as served (issue 7; model card): age MAE in years
+# at most, the accuracies at least.
+TARGETS = {"age_mae": 5.2, "gender_acc": 0.91, "race_acc": 0.82, "emotion_acc": 0.83}
+
+
+def meets_targets(m: dict[str, float]) -> bool:
+    """Whether head metrics (``head_metrics``' keys) meet every one of ``TARGETS``.
+
+    >>> meets_targets({"age_mae": 5.1, "gender_acc": 0.92, "race_acc": 0.83, "emotion_acc": 0.83})
+    True
+    >>> meets_targets({"age_mae": 5.1, "gender_acc": 0.92, "race_acc": 0.81, "emotion_acc": 0.84})
+    False
+    """
+    return m["age_mae"] <= TARGETS["age_mae"] and all(m[k] >= v for k, v in TARGETS.items() if k != "age_mae")
+
+
 def confusion(truth: np.ndarray, pred: np.ndarray, classes: int) -> np.ndarray:
     cm = np.zeros((classes, classes), np.int64)
     np.add.at(cm, (truth, pred), 1)

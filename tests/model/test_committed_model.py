@@ -15,14 +15,12 @@ import torch
 from footfall.config import InferenceSettings
 from footfall.inference.backends import load_backend
 from footfall.predictions import Predictions
-from footfall_training.metrics import head_metrics
+from footfall_training.metrics import TARGETS, head_metrics
 
 from .model_files import MODEL_DIR, committed_onnx, fp32_int8_pairs
 
 MODELS = committed_onnx()
 PAIRS = fp32_int8_pairs()
-# Issue 7's targets: age MAE in years at most, accuracies at least.
-TARGETS = {"age_mae": 5.2, "gender_acc": 0.91, "race_acc": 0.82, "emotion_acc": 0.83}
 
 
 def run_backend(path, images: np.ndarray, batch: int = 32, flip: bool = False,
