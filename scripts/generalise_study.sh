@@ -20,7 +20,7 @@ COMMON=(--init model/footfall_w050.pt --width 0.5 --epochs 1 --max-steps "$STEPS
         --w-emotion 1.7 --threads 1)
 # run name|extra arguments. (--select-emotion macro_f1 needs several epochs to choose among: not here.)
 RUNS=("gs-base|" "gs-la|--emotion-loss la" "gs-balanced|--emotion-loss balanced" "gs-sampling|--sampling balanced"
-      "gs-strong|--augment-strong")
+      "gs-strong|--augment-strong" "gs-original|--emotion-original-mix 0.5")
 
 train() {
   local spec run extra

@@ -100,9 +100,28 @@ class FaceSet:
     emotion: np.ndarray  # (N,) int8 index into EMOTIONS / -1
     emotion_votes: np.ndarray  # (N, 7) float32 FER+ vote shares, zeros when unknown
     dataset: np.ndarray  # (N,) int8 0 utkface / 1 ferplus
+    # FER2013's own label of a FER face (index into EMOTIONS, -1 when unknown or not a FER face):
+    # the expression the image was found by, where FER+'s crowd saw a face; not used by default.
+    emotion_original: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.emotion_original is None:
+            self.emotion_original = np.full(len(self.age), -1, np.int8)
 
     def __len__(self) -> int:
         return len(self.age)
+
+    def save(self, folder: Path) -> None:
+        """One ``.npy`` per field in ``folder``, then a ``done`` marker (a cache of decoded faces)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in fields(self):
+            np.save(folder / f"{f.name}.npy", getattr(self, f.name))
+        (folder / "done").touch()
+
+    @staticmethod
+    def load(folder: Path) -> FaceSet:
+        """What ``save`` wrote."""
+        return FaceSet(**{f.name: np.load(folder / f"{f.name}.npy") for f in fields(FaceSet)})
 
     def subset(self, index: np.ndarray) -> FaceSet:
         return FaceSet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
@@ -155,15 +174,18 @@ def vote_shares(votes: Sequence[int]) -> np.ndarray:
     return counts / max(float(counts.sum()), 1.0)
 
 
-def _read_votes(data_dir: Path) -> dict[str, np.ndarray]:
-    """FER+ vote shares over our 7 emotions, keyed by the image's name (fer0000001)."""
+def _read_votes(data_dir: Path) -> dict[str, tuple[np.ndarray, int]]:
+    """FER+ vote shares over our 7 emotions and FER2013's original label (EMOTIONS index, -1 when
+    the data README could not recover it), keyed by the image's name (fer0000001)."""
     name = data_layout(data_dir).votes
-    votes: dict[str, np.ndarray] = {}
+    votes: dict[str, tuple[np.ndarray, int]] = {}
     with (gzip.open(data_dir / name, "rt", newline="") if name.endswith(".gz") else
           open(data_dir / name, newline="")) as fh:
         for row in csv.DictReader(fh):
             if row["included"] == "1":
-                votes[row["fer_name"]] = vote_shares([int(row[f"votes_{n}"]) for n in VOTE_NAMES])
+                original = row["fer2013_label"]
+                votes[row["fer_name"]] = (vote_shares([int(row[f"votes_{n}"]) for n in VOTE_NAMES]),
+                                          EMOTIONS.index(original) if original else -1)
     return votes
 
 
@@ -193,15 +215,17 @@ def _read_dataset(data_dir: Path, name: str, split: str, size: int) -> FaceSet:
     def idx(values: tuple[str, ...], key: str) -> np.ndarray:
         return np.array([values.index(r[key]) if r[key] else -1 for r in rows], np.int8)
 
+    fer = [votes.get(Path(r["file"]).stem, (np.zeros(7, np.float32), -1)) for r in rows]
+
     return FaceSet(
         images=np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
         age=np.array([float(r["age"]) if r["age"] else np.nan for r in rows], np.float32),
         gender=idx(("male", "female"), "gender"),
         race=idx(RACES, "race"),
         emotion=idx(EMOTIONS, "emotion"),
-        emotion_votes=np.stack([votes.get(Path(r["file"]).stem, np.zeros(7, np.float32)) for r in rows])
-        if n else np.zeros((0, 7), np.float32),
+        emotion_votes=np.stack([shares for shares, _ in fer]) if n else np.zeros((0, 7), np.float32),
         dataset=np.full(n, 0 if name == "utkface" else 1, np.int8),
+        emotion_original=np.array([original for _, original in fer], np.int8),
     )
 
 
@@ -213,14 +237,12 @@ def load_split(split: str, data_dir: Path | None = None, size: int = 112,
     settings = ModelSettings()
     data_dir = Path(data_dir or settings.data_dir)
     cache_dir = Path(cache_dir or settings.cache_dir) / "faces"
-    cache = cache_dir / f"{split}_{size}{data_layout(data_dir).tag}"
+    # v2: FaceSet.emotion_original
+    cache = cache_dir / f"{split}_{size}{data_layout(data_dir).tag}_v2"
     if (cache / "done").exists():
-        return FaceSet(**{f.name: np.load(cache / f"{f.name}.npy", mmap_mode=None) for f in fields(FaceSet)})
+        return FaceSet.load(cache)
     log.info("decoding %s split from %s (cached afterwards in %s)", split, data_dir, cache)
     verify_data(data_dir)
     faces = FaceSet.concat([_read_dataset(data_dir, name, split, size) for name in DATASETS])
-    cache.mkdir(parents=True, exist_ok=True)
-    for f in fields(FaceSet):
-        np.save(cache / f"{f.name}.npy", getattr(faces, f.name))
-    (cache / "done").touch()
+    faces.save(cache)
     return faces

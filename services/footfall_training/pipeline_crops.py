@@ -33,7 +33,7 @@ import argparse
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_SIZE = 128  # UTKFace's native size; FER's 48x48 is upscaled to it before detection
 PAD_FRACTION = 0.5  # black border on each side, as a fraction of the source size
-CROPS_VERSION = 2  # bump when the procedure changes in a way the cache key does not see
+CROPS_VERSION = 3  # bump when the procedure changes in a way the cache key does not see
 
 
 @dataclass
@@ -180,17 +180,14 @@ def load_pipeline_split(split: str, data_dir: Path | None = None, cache_dir: Pat
     """Pipeline crops of one split, computed once and cached as arrays."""
     cache = cache_path(split, cache_dir, score_threshold)
     if (cache / "done").exists():
-        faces = FaceSet(**{f.name: np.load(cache / f"{f.name}.npy") for f in fields(FaceSet)})
-        return PipelineCrops(faces, np.load(cache / "detected.npy"), np.load(cache / "score.npy"))
+        return PipelineCrops(FaceSet.load(cache), np.load(cache / "detected.npy"), np.load(cache / "score.npy"))
     log.info("preparing pipeline crops of the %s split (cached afterwards in %s)", split, cache)
     detector = make_detector(score_threshold)
     crops = prepare_split(split, data_dir, detector)
     cache.mkdir(parents=True, exist_ok=True)
-    for f in fields(FaceSet):
-        np.save(cache / f"{f.name}.npy", getattr(crops.faces, f.name))
     np.save(cache / "detected.npy", crops.detected)
     np.save(cache / "score.npy", crops.score)
-    (cache / "done").touch()
+    crops.faces.save(cache)  # writes the done marker last
     return crops
 
 

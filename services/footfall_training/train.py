@@ -26,7 +26,9 @@ budget by ``scripts/generalise_study.sh``):
 - ``--sampling balanced``: UTKFace faces drawn with weight 1/sqrt(faces in their age band x gender
   cell) (more infants, teens and women over 60; FER's faces keep their share);
 - ``--augment-strong``: more grayscale, tilt and horizontally squeezed (turned) faces;
-- ``--select-emotion macro_f1``: checkpoints chosen on the emotion head's macro-F1, not accuracy.
+- ``--select-emotion macro_f1``: checkpoints chosen on the emotion head's macro-F1, not accuracy;
+- ``--emotion-original-mix A``: a FER face's soft target is (1 - A) x its FER+ vote shares + A x
+  FER2013's original label (the expression the photo was found by).
 """
 
 from __future__ import annotations
@@ -120,6 +122,10 @@ class TrainConfig:
     sampling: str = "uniform"  # uniform | balanced
     augment_strong: bool = False
     select_emotion: str = "acc"  # acc | macro_f1
+    # Share of a FER face's soft emotion target given to FER2013's original label, the rest to the FER+
+    # vote shares (0: FER+ alone). FER+'s crowd called many of the faces FER2013 found as angry, sad or
+    # fear neutral (the two agree on 68 %): the lever for posed expressions read as neutral.
+    emotion_original_mix: float = 0.0
     # Quantization-aware training (footfall_training.qat): the forward pass rounds weights and activations
     # as the INT8 export does; meant as a short fine-tune from --init (a float or pruned checkpoint).
     qat: bool = False
@@ -161,6 +167,8 @@ class MultiTaskLoss(nn.Module):
             raise ValueError(f"emotion_loss must be ce, la or balanced, not {cfg.emotion_loss!r}")
         if cfg.emotion_loss != "ce" and emotion_prior is None:
             raise ValueError(f"--emotion-loss {cfg.emotion_loss} needs the training labels' emotion prior")
+        if not 0 <= cfg.emotion_original_mix <= 1:
+            raise ValueError(f"emotion_original_mix must be within 0..1, not {cfg.emotion_original_mix}")
         # (a class absent from a small subset would make its adjustment -inf)
         self.emotion_adjust = torch.log(emotion_prior.clamp(min=1e-4)) if cfg.emotion_loss == "la" else None
         self.emotion_weights = class_balanced_weights(emotion_prior, emotion_faces) \
@@ -194,7 +202,9 @@ class MultiTaskLoss(nn.Module):
                 logits = logits + self.emotion_adjust.to(logits.device)
             labels = batch["emotion"][m].long()
             if cfg.emotion_target == "soft":
-                per_face = -(batch["emotion_votes"][m] * torch.log_softmax(logits, 1)).sum(1)
+                target = emotion_soft_target(batch["emotion_votes"][m], batch["emotion_original"][m],
+                                             cfg.emotion_original_mix)
+                per_face = -(target * torch.log_softmax(logits, 1)).sum(1)
             else:
                 per_face = F.cross_entropy(logits, labels, label_smoothing=0.05, reduction="none")
             if self.emotion_weights is not None:
@@ -210,6 +220,22 @@ class MultiTaskLoss(nn.Module):
                 else:
                     total = total + w * terms[name]
         return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def emotion_soft_target(votes: torch.Tensor, original: torch.Tensor, mix: float) -> torch.Tensor:
+    """The soft emotion target: FER+ vote shares (N, 7), with ``mix`` of the mass moved to FER2013's
+    original label (N,) where one is known (>= 0).
+
+    >>> votes = torch.tensor([[0.0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0.5, 0, 0, 0.5]])
+    >>> emotion_soft_target(votes, torch.tensor([0, -1]), 0.4).tolist()
+    [[0.4000000059604645, 0.0, 0.0, 0.0, 0.0, 0.0, 0.6000000238418579], [0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.5]]
+    """
+    if mix <= 0:
+        return votes
+    known = original >= 0
+    onehot = F.one_hot(original.long().clamp(min=0), votes.shape[1]).to(votes.dtype)
+    mixed = (1 - mix) * votes + mix * onehot
+    return torch.where(known[:, None], mixed, votes)
 
 
 def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
@@ -295,7 +321,7 @@ def to_batch(faces: FaceSet, index: np.ndarray, device: torch.device,
     pixels = faces.images[index] if images is None else images
     img = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
     batch = {"image": img.contiguous(memory_format=torch.channels_last)}
-    for key in ("age", "gender", "race", "emotion", "emotion_votes"):
+    for key in ("age", "gender", "race", "emotion", "emotion_votes", "emotion_original"):
         batch[key] = torch.from_numpy(getattr(faces, key)[index]).to(device)
     return batch
 
