@@ -42,7 +42,7 @@ import numpy as np
 from footfall.inference.backends.base import averaged_with_mirror, flip_averaged, flip_mark, unsure_faces
 from footfall.labels import AGE_BANDS, EMOTIONS, GENDERS, RACES
 from footfall_training.data import DATASETS, DatasetMissing, FaceSet, load_split
-from footfall_training.metrics import agreement, head_metrics
+from footfall_training.metrics import agreement, head_metrics, original_label_metrics
 from footfall.predictions import Predictions
 
 log = logging.getLogger("footfall.evaluate")
@@ -282,6 +282,8 @@ def evaluate_model(model_path: Path, faces: FaceSet, detected: np.ndarray | None
         "metrics": head_metrics(p, **labels),
         "fairness": fairness(p, faces),
     }
+    if (faces.emotion_original >= 0).any():
+        result["fer2013_labels"] = original_label_metrics(p.emotion, faces.emotion_original)
     if run := checkpoint_run(model_path):
         result["run"] = run
     if detected is not None:
@@ -424,6 +426,13 @@ def render(results: list[dict], markdown: bool = False) -> str:
     bands = [b for b, _, _ in AGE_BANDS]
     rows = [[label(r)] + [fmt("mae", r["metrics"].get("age_mae_by_band", {}).get(b)) for b in bands] for r in results]
     out += [f"{h}Age MAE per age band (years)", "", table(["model"] + bands, rows, markdown), ""]
+    if with_original := [r for r in results if "fer2013_labels" in r]:
+        rows = [[label(r), fmt("acc", o["acc"]), fmt("acc", o["mean_recall"])]
+                + [f"{fmt('acc', o['recall'].get(e))} ({fmt('acc', o['called_neutral'].get(e))})" for e in EMOTIONS]
+                for r in with_original for o in [r["fer2013_labels"]]]
+        out += [f"{h}Emotion against FER2013's own labels (the expression each photo was found by; FER faces; "
+                "recall %, in brackets: called neutral %)", "",
+                table(["model", "acc", "mean recall"] + list(EMOTIONS), rows, markdown), ""]
     for r in results:
         name = label(r)
         m = r["metrics"]

@@ -27,6 +27,7 @@ def make_faces(n: int, seed: int = 0) -> FaceSet:
         emotion=np.where(utk, -1, rng.integers(0, 7, n)).astype(np.int8),
         emotion_votes=np.zeros((n, 7), np.float32),
         dataset=np.where(utk, 0, 1).astype(np.int8),
+        emotion_original=np.where(utk, -1, rng.integers(0, 7, n)).astype(np.int8),
     )
 
 
@@ -203,10 +204,11 @@ def test_evaluate_model_reports_every_section(random_model, tmp_path):
     assert r["robustness"]["clean"]["gender_acc"] == r["metrics"]["gender_acc"]
     assert r["detection_rate"] == {"utkface": 0.75, "ferplus": 0.75}
     assert set(r["fairness"]) == {"race", "gender", "age_band"}
+    assert r["fer2013_labels"]["faces"] == 8 and 0 <= r["fer2013_labels"]["acc"] <= 1
     json.dumps(r)  # JSON-ready
     text = ev.render([r], markdown=True)
     for title in ("Head metrics", "Age MAE per age band", "Emotion confusion", "Valence", "Fairness", "Robustness",
-                  "detection rate"):
+                  "detection rate", "FER2013's own labels"):
         assert title in text
     assert "|---|" in text
     assert "age MAE" in ev.render([r], markdown=False)
