@@ -169,6 +169,8 @@ class MultiTaskLoss(nn.Module):
             raise ValueError(f"--emotion-loss {cfg.emotion_loss} needs the training labels' emotion prior")
         if not 0 <= cfg.emotion_original_mix <= 1:
             raise ValueError(f"emotion_original_mix must be within 0..1, not {cfg.emotion_original_mix}")
+        if cfg.emotion_original_mix and cfg.emotion_target != "soft":
+            raise ValueError("emotion_original_mix mixes into the soft target: it needs emotion_target soft")
         # (a class absent from a small subset would make its adjustment -inf)
         self.emotion_adjust = torch.log(emotion_prior.clamp(min=1e-4)) if cfg.emotion_loss == "la" else None
         self.emotion_weights = class_balanced_weights(emotion_prior, emotion_faces) \

@@ -322,6 +322,8 @@ def test_the_original_label_mix_moves_the_emotion_target_towards_fer2013s_label(
     assert loss_of(0.5, -1) == pytest.approx(loss_of(0.0, -1))
     with pytest.raises(ValueError, match="emotion_original_mix"):
         tr.MultiTaskLoss(tr.TrainConfig(emotion_original_mix=1.5), torch.zeros(3))
+    with pytest.raises(ValueError, match="emotion_target soft"):
+        tr.MultiTaskLoss(tr.TrainConfig(emotion_original_mix=0.5, emotion_target="hard"), torch.zeros(3))
 
 
 def test_balanced_sampling_draws_rare_age_gender_cells_more_often(tiny_sets, shared_data):
