@@ -204,8 +204,9 @@ class MultiTaskLoss(nn.Module):
                 logits = logits + self.emotion_adjust.to(logits.device)
             labels = batch["emotion"][m].long()
             if cfg.emotion_target == "soft":
-                target = emotion_soft_target(batch["emotion_votes"][m], batch["emotion_original"][m],
-                                             cfg.emotion_original_mix)
+                target = batch["emotion_votes"][m]
+                if cfg.emotion_original_mix:  # (a batch needs FER2013's labels only then)
+                    target = emotion_soft_target(target, batch["emotion_original"][m], cfg.emotion_original_mix)
                 per_face = -(target * torch.log_softmax(logits, 1)).sum(1)
             else:
                 per_face = F.cross_entropy(logits, labels, label_smoothing=0.05, reduction="none")

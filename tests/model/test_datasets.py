@@ -129,7 +129,8 @@ def test_vote_shares_are_the_training_targets(shared_data, vote_rows):
     included = [r for r in vote_rows if r["included"] == "1"]
     assert len(loaded) == len(included)
     for r in included:
-        shares = loaded[r["fer_name"]]
+        shares, original = loaded[r["fer_name"]]
+        assert original == (EMOTIONS.index(r["fer2013_label"]) if r["fer2013_label"] else -1)
         raw = {n: int(r[f"votes_{n}"]) for n in data.VOTE_NAMES}
         assert abs(shares.sum() - 1.0) < 1e-6 and shares[EMOTIONS.index("happy")] * sum(
             raw[n] for n in data.FERPLUS_TO_EMOTION) == pytest.approx(raw["happiness"], rel=1e-5)
