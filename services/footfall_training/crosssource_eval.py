@@ -38,6 +38,7 @@ import numpy as np
 
 from footfall.labels import EMOTIONS, GENDERS
 from footfall_training.crosssource import CrossSourceSet, load_crosssource
+from footfall_training.data import load_arrays, save_arrays
 from footfall_training.metrics import class_recall, confusion, macro_f1
 from footfall.predictions import Predictions
 from footfall.vision import CROP_SIZE, FACE_TEMPLATE_112, FaceDetector, align_face
@@ -132,13 +133,10 @@ def load_crops(faces: CrossSourceSet, cache_dir: Path | None = None) -> CrossSou
     threshold = IngestSettings().detection_threshold
     cache = Path(cache_dir or ModelSettings().cache_dir) / "faces" / f"crosssource_{cache_key(faces, threshold)}"
     if (cache / "done").exists():
-        return CrossSourceCrops(**{f.name: np.load(cache / f"{f.name}.npy") for f in fields(CrossSourceCrops)})
+        return load_arrays(CrossSourceCrops, cache)
     log.info("cropping %d cross-source photos the pipeline's way (cached afterwards in %s)", len(faces), cache)
     crops = crop_set(faces, make_detector())
-    cache.mkdir(parents=True, exist_ok=True)
-    for f in fields(CrossSourceCrops):
-        np.save(cache / f"{f.name}.npy", getattr(crops, f.name))
-    (cache / "done").touch()
+    save_arrays(crops, cache)
     return crops
 
 

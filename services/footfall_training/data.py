@@ -21,12 +21,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
 from footfall.files import file_sha256
 from footfall.labels import EMOTIONS, RACES
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,20 @@ FULL_LAYOUT = Layout(DATASETS, FERPLUS_VOTES, SHA256, "")
 PACK_LAYOUT = Layout(PACK, PACK_VOTES, PACK_SHA256, "_pack")
 
 
+def save_arrays(obj, folder: Path) -> None:
+    """A dataclass of numpy arrays as one ``.npy`` per field in ``folder``, then a ``done`` marker
+    (the caches of decoded faces and of pipeline crops)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in fields(obj):
+        np.save(folder / f"{f.name}.npy", getattr(obj, f.name))
+    (folder / "done").touch()
+
+
+def load_arrays(cls: type[T], folder: Path) -> T:
+    """What ``save_arrays`` wrote for a ``cls``."""
+    return cls(**{f.name: np.load(folder / f"{f.name}.npy") for f in fields(cls)})
+
+
 class DatasetMissing(FileNotFoundError):
     """The training data is not in the data directory."""
 
@@ -112,16 +129,11 @@ class FaceSet:
         return len(self.age)
 
     def save(self, folder: Path) -> None:
-        """One ``.npy`` per field in ``folder``, then a ``done`` marker (a cache of decoded faces)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in fields(self):
-            np.save(folder / f"{f.name}.npy", getattr(self, f.name))
-        (folder / "done").touch()
+        save_arrays(self, folder)
 
     @staticmethod
     def load(folder: Path) -> FaceSet:
-        """What ``save`` wrote."""
-        return FaceSet(**{f.name: np.load(folder / f"{f.name}.npy") for f in fields(FaceSet)})
+        return load_arrays(FaceSet, folder)
 
     def subset(self, index: np.ndarray) -> FaceSet:
         return FaceSet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})

@@ -233,8 +233,6 @@ def emotion_soft_target(votes: torch.Tensor, original: torch.Tensor, mix: float)
     >>> emotion_soft_target(votes, torch.tensor([0, -1]), 0.4).tolist()
     [[0.4000000059604645, 0.0, 0.0, 0.0, 0.0, 0.0, 0.6000000238418579], [0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.5]]
     """
-    if mix <= 0:
-        return votes
     known = original >= 0
     onehot = F.one_hot(original.long().clamp(min=0), votes.shape[1]).to(votes.dtype)
     mixed = (1 - mix) * votes + mix * onehot
