@@ -73,8 +73,9 @@ def network_of(onnx_path: Path) -> FaceNet:
     meta = ModelMetadata.from_onnx_file(onnx_path)
     width = int(re.search(r"-w(\d{3})", meta.name).group(1)) / 100
     stride = re.search(r"-os(\d+)", meta.name)  # the channel counts do not show a stride
+    stem = re.search(r"-s(\d+)(?:-|$)", meta.name)
     net = FaceNet(width=width, channels=tuple(channel_plan_from_onnx(onnx.load(str(onnx_path)))),
-                  output_stride=int(stride.group(1)) if stride else 32)
+                  output_stride=int(stride.group(1)) if stride else 32, stem_stride=int(stem.group(1)) if stem else 2)
     net.image_size = meta.input_size  # multiply-adds at the faces it takes
     return net
 

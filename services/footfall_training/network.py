@@ -149,7 +149,29 @@ ATTENTIONS = ("none", "mha")
 HEAD_GROUPS = (("age", "gender", "race"), ("emotion",))
 
 
-def _backbone_stages(arch: str, width: float, channels: tuple[int, ...] | None = None) -> tuple[list[nn.Module], int]:
+def _stem(cout: int, stem_stride: int, activation: str = "relu6") -> nn.Sequential:
+    """The first convolution: 3x3 at stride 2, or at ``stem_stride`` 4 a 6x6 kernel (padding 2) whose every
+    output sees the 6x6 pixels that a 2x2 area shrink followed by the 3x3 stride-2 stem would see."""
+    if stem_stride not in STEM_STRIDES:
+        raise ValueError(f"stem_stride must be one of {', '.join(map(str, STEM_STRIDES))}, not {stem_stride}")
+    return _conv_bn_act(3, cout, 3 if stem_stride == 2 else 6, stride=stem_stride, activation=activation)
+
+
+def stem_kernel_at_stride_4(kernel: torch.Tensor) -> torch.Tensor:
+    """A 3x3 stride-2 stem's kernel as the 6x6 stride-4 kernel that computes, on a 112 px face, exactly what the
+    3x3 kernel computes on that face shrunk to 56 px by 2x2 means: each tap spread over the 2x2 pixels it averaged.
+
+    >>> conv3 = nn.Conv2d(3, 4, 3, 2, 1, bias=False); conv6 = nn.Conv2d(3, 4, 6, 4, 2, bias=False)
+    >>> with torch.no_grad(): _ = conv6.weight.copy_(stem_kernel_at_stride_4(conv3.weight))
+    >>> x = torch.rand(1, 3, 112, 112)
+    >>> bool(torch.allclose(conv6(x), conv3(F.avg_pool2d(x, 2)), atol=1e-6))
+    True
+    """
+    return kernel.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2) / 4
+
+
+def _backbone_stages(arch: str, width: float, channels: tuple[int, ...] | None = None,
+                     stem_stride: int = 2) -> tuple[list[nn.Module], int]:
     """The backbone as a list of stages (the stem, one per channel group, the final 1x1 conv), and the
     final conv's output channels (the embedding size). ``channels``: a pruned mnv2 net's counts
     (``default_channel_plan``'s order)."""
@@ -158,7 +180,7 @@ def _backbone_stages(arch: str, width: float, channels: tuple[int, ...] | None =
         plan = list(channels) if channels is not None else full
         if len(plan) != len(full):
             raise ValueError(f"channels has {len(plan)} entries, the plan of width {width} has {len(full)}")
-        stages: list[nn.Module] = [_conv_bn_act(3, plan[0], 3, stride=2)]
+        stages: list[nn.Module] = [_stem(plan[0], stem_stride)]
         cin, full_cin, k = plan[0], full[0], 1
         for t, _c, n, s in _INVERTED_RESIDUAL_PLAN:
             blocks = []
@@ -177,7 +199,7 @@ def _backbone_stages(arch: str, width: float, channels: tuple[int, ...] | None =
         raise ValueError(f"pruned channel counts are for arch mnv2, not {arch}")
     if arch == "mnv3":
         stem = _make_divisible(16 * width)
-        stages = [_conv_bn_act(3, stem, 3, stride=2, activation="hswish")]
+        stages = [_stem(stem, stem_stride, activation="hswish")]
         cin = stem
         for plan in _MNV3_STAGES:
             blocks = []
@@ -196,6 +218,8 @@ def _backbone_stages(arch: str, width: float, channels: tuple[int, ...] | None =
 
 
 OUTPUT_STRIDES = (32, 16)
+#: 4: the stem takes a 112 px face straight to the 28x28 grid a 56 px face's stem reaches (``_stem``).
+STEM_STRIDES = (2, 4)
 
 
 def _keep_last_stride(stages: list[nn.Module]) -> None:
@@ -302,6 +326,9 @@ class NetConfig:
     # same 4x4 map as a 112 px face does at 32: the late blocks see the face on the grid the shipped net
     # learnt, and its weights (the same shapes) start such a net.
     output_stride: int = 32
+    # 4: a 6x6 stride-4 stem (``_stem``) puts a 112 px face on the grid of a 56 px one after the stem, so the rest
+    # of the net costs what the 56 px net does, while the stem still sees every pixel instead of 2x2 means.
+    stem_stride: int = 2
     # Channel counts of a pruned net (``default_channel_plan``'s order; None: the width's plan) and a tag
     # that names the variant (``l1p25``: 25 % of the channels pruned by L1 magnitude, ``qat``: fake-quant trained).
     channels: tuple[int, ...] | None = None
@@ -313,6 +340,7 @@ class NetConfig:
     def name(self) -> str:
         suffix = ("-mha" if self.attention == "mha" else "") + (f"-sd{self.shared_depth}" if self.shared_depth else "")
         suffix += f"-os{self.output_stride}" if self.output_stride != 32 else ""
+        suffix += f"-s{self.stem_stride}" if self.stem_stride != 2 else ""
         suffix += f"-{self.tag}" if self.tag else ""
         return f"footfall-{self.arch}-w{int(round(self.width * 100)):03d}{suffix}"
 
@@ -328,16 +356,16 @@ class NetConfig:
         or QAT variant's name (``-l1p25``, ``-qat``) does not say its channel counts: rebuild those from a checkpoint.
 
         >>> NetConfig.from_name("footfall-mnv3-w060-mha-sd6")
-        NetConfig(width=0.6, dropout=0.2, arch='mnv3', attention='mha', shared_depth=6, output_stride=32, channels=None, tag='', qat=False)
-        >>> NetConfig.from_name("footfall-mnv2-w050-os16").output_stride
-        16
+        NetConfig(width=0.6, dropout=0.2, arch='mnv3', attention='mha', shared_depth=6, output_stride=32, stem_stride=2, channels=None, tag='', qat=False)
+        >>> NetConfig.from_name("footfall-mnv2-w050-os16").output_stride, NetConfig.from_name("footfall-mnv2-w050-s4").stem_stride
+        (16, 4)
         """
-        match = re.fullmatch(r"footfall-(\w+)-w(\d{3})(-mha)?(?:-sd(\d+))?(?:-os(\d+))?", name)
+        match = re.fullmatch(r"footfall-(\w+)-w(\d{3})(-mha)?(?:-sd(\d+))?(?:-os(\d+))?(?:-s(\d+))?", name)
         if not match:
             raise ValueError(f"not a model name: {name!r} (e.g. footfall-mnv2-w050, footfall-mnv3-w060-mha-sd6)")
-        arch, width, mha, depth, stride = match.groups()
+        arch, width, mha, depth, stride, stem = match.groups()
         return cls(width=int(width) / 100, arch=arch, attention="mha" if mha else "none", shared_depth=int(depth or 0),
-                   output_stride=int(stride or 32))
+                   output_stride=int(stride or 32), stem_stride=int(stem or 2))
 
     @classmethod
     def from_dict(cls, config: dict) -> NetConfig:
@@ -386,7 +414,7 @@ class FaceNet(nn.Module):
 
     def __init__(self, width: float = 1.0, dropout: float = 0.2, arch: str = "mnv2", attention: str = "none",
                  shared_depth: int = 0, channels: tuple[int, ...] | None = None, tag: str = "",
-                 qat: bool = False, output_stride: int = 32) -> None:
+                 qat: bool = False, output_stride: int = 32, stem_stride: int = 2) -> None:
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, not {attention!r}")
@@ -396,14 +424,14 @@ class FaceNet(nn.Module):
         if (channels is not None or qat) and (arch != "mnv2" or shared_depth or attention != "none"):
             # footfall-prune and footfall_training.qat know the plain MobileNetV2 trunk only.
             raise ValueError("pruned channels and fake quantization need arch mnv2 without attention or branching")
-        stages, self.embedding_dim = _backbone_stages(arch, width, channels)
+        stages, self.embedding_dim = _backbone_stages(arch, width, channels, stem_stride)
         if output_stride == 16:
             _keep_last_stride(stages)
         if shared_depth >= len(stages) or shared_depth < 0:
             raise ValueError(f"shared_depth must be 1..{len(stages) - 1} (0: all shared) for {arch}, not {shared_depth}")
         self.config = NetConfig(width=width, dropout=dropout, arch=arch, attention=attention,
-                                shared_depth=shared_depth, output_stride=output_stride, channels=channels, tag=tag,
-                                qat=qat)
+                                shared_depth=shared_depth, output_stride=output_stride, stem_stride=stem_stride,
+                                channels=channels, tag=tag, qat=qat)
         # The GDC kernel is the final map of a 112 px face at stride 32 whatever the stride (a stride-16 net
         # is meant for 56 px faces, which end on that map), so every variant takes the shipped net's weights.
         final_map = INPUT_SIZE // 32 + (1 if INPUT_SIZE % 32 else 0)  # 112 -> 4
@@ -465,6 +493,10 @@ class FaceNet(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Weights saved before the emotion bias existed mean no bias.
         state_dict.setdefault(prefix + "emotion_bias", torch.zeros(len(EMOTIONS)))
+        stem = prefix + "features.0.0.weight"
+        if self.config.stem_stride == 4 and stem in state_dict and state_dict[stem].shape[-1] == 3:
+            # A stride-2 net's weights (the shipped ones) start a stride-4-stem net as that net on 56 px faces.
+            state_dict[stem] = stem_kernel_at_stride_4(state_dict[stem])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod

@@ -68,6 +68,8 @@ class TrainConfig:
     shared_depth: int = 0
     # 16: the last downsampling block keeps stride 1 (NetConfig.output_stride), for 56 px faces.
     output_stride: int = 32
+    # 4: a 6x6 stride-4 stem (NetConfig.stem_stride): 112 px faces at about the 56 px net's cost.
+    stem_stride: int = 2
     dropout: float = 0.2
     epochs: int = 35
     batch_size: int = 96
@@ -472,8 +474,10 @@ def train(cfg: TrainConfig, device: torch.device | None = None, train_set: FaceS
         net_config = NetConfig.from_dict(resumed["config"])
     elif cfg.init:
         start = torch.load(cfg.init, map_location="cpu", weights_only=False)
-        # Dropout and the output stride have no weights of their own: the run's settings choose them.
-        net_config = replace(NetConfig.from_dict(start["config"]), dropout=cfg.dropout, output_stride=cfg.output_stride)
+        # Dropout and the strides have no weights of their own (a 3x3 stem's kernel starts a stride-4 stem,
+        # FaceNet._load_from_state_dict): the run's settings choose them.
+        net_config = replace(NetConfig.from_dict(start["config"]), dropout=cfg.dropout, output_stride=cfg.output_stride,
+                             stem_stride=cfg.stem_stride)
         if wanted.shared_depth and not net_config.shared_depth:
             # A one-trunk net's weights start a branched one: each head group's late stages from the trunk's.
             net_config = replace(net_config, shared_depth=wanted.shared_depth)

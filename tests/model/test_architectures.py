@@ -29,6 +29,7 @@ VARIANTS = [
     NetConfig(width=0.6, arch="mnv3", shared_depth=6),
     NetConfig(width=0.6, arch="mnv3", attention="mha", shared_depth=6),
     NetConfig(width=0.5, attention="mha", shared_depth=8),
+    NetConfig(width=0.5, stem_stride=4),
 ]
 IDS = [c.name for c in VARIANTS]
 
@@ -60,7 +61,8 @@ def test_the_default_is_the_shipped_network(tmp_path):
 def test_variants_build_within_the_budget_at_both_training_sizes(config):
     net = build(config).eval()
     assert count_parameters(net) < MAX_PARAMS and count_macs(net) < MAX_MACS
-    assert count_macs(net) > count_macs(FaceNet(width=0.25))  # the count sees the whole net
+    # the count sees the whole net
+    assert count_macs(net) > count_macs(FaceNet(width=0.25, stem_stride=config.stem_stride))
     for size in (INPUT_SIZE, 64):
         out = net(torch.rand(3, 3, size, size))
         assert out["age"].shape == (3,) and out["race"].shape == (3, 5) and out["emotion"].shape == (3, 7)
@@ -95,6 +97,27 @@ def test_output_stride_16_takes_the_shipped_weights_and_ends_56_px_faces_on_the_
     assert count_macs(plain, 56) < count_macs(net, 56) < count_macs(plain, INPUT_SIZE) / 1.9
 
 
+def test_a_stride_4_stem_takes_the_shipped_weights_as_the_shipped_net_on_faces_shrunk_to_56_px():
+    """At the start the stride-4 stem's net is exactly the 56 px net the shipped weights make (each 3x3 tap
+    spread over the 2x2 pixels the shrink averaged); training then lets the 6x6 kernel use every pixel."""
+    shipped = torch.load(REPO / "model" / "footfall_w050.pt", map_location="cpu", weights_only=False)
+    net = FaceNet(width=0.5, stem_stride=4).eval()
+    net.load_state_dict(shipped["ema"])  # strict: every weight placed, the stem's spread
+    assert net.config.name == "footfall-mnv2-w050-s4" and NetConfig.from_name(net.config.name) == net.config
+    assert net.features[0][0].kernel_size == (6, 6) and net.features[0][0].stride == (4, 4)
+    plain = FaceNet(width=0.5).eval()
+    plain.load_state_dict(shipped["ema"])
+    faces = torch.rand(3, 3, INPUT_SIZE, INPUT_SIZE)
+    with torch.no_grad():
+        got, want = net(faces), plain(torch.nn.functional.avg_pool2d(faces, 2))
+        assert net.features(faces).shape[-2:] == plain.features(faces[..., ::2, ::2]).shape[-2:] == (2, 2)
+    for key in ("age", "gender", "race", "emotion"):
+        torch.testing.assert_close(got[key], want[key], atol=1e-4, rtol=0)
+    assert float(want["emotion"].std(0).max()) > 1e-3  # the faces differ, so the comparison means something
+    # the 56 px net's cost plus a wider stem: 8 M multiply-adds against 7 M at 56 px and 26 M at 112 px
+    assert count_macs(plain, 56) < count_macs(net, INPUT_SIZE) < 1.2 * count_macs(plain, 56)
+
+
 @pytest.mark.parametrize("config", [NetConfig(width=0.5, shared_depth=7), NetConfig(width=0.6, arch="mnv3", attention="mha",
                                                                                    shared_depth=6)], ids=lambda c: c.name)
 def test_a_one_trunk_nets_weights_start_a_branched_net_that_computes_the_same(config):
@@ -119,7 +142,7 @@ def test_a_one_trunk_nets_weights_start_a_branched_net_that_computes_the_same(co
 
 def test_impossible_configurations_are_refused():
     for bad in (dict(arch="mnv4"), dict(attention="transformer"), dict(shared_depth=9), dict(arch="mnv3", shared_depth=8),
-                dict(shared_depth=-1), dict(output_stride=8)):
+                dict(shared_depth=-1), dict(output_stride=8), dict(stem_stride=3)):
         with pytest.raises(ValueError):
             FaceNet(width=0.5, **bad)
 
@@ -221,3 +244,7 @@ def test_training_runs_resume_and_init_with_their_architecture(shared_data, tmp_
                               epochs=1, max_steps=1, batch_size=32, warmup_steps=1, threads=1)
     net = tr.load_checkpoint(tr.train(branched, torch.device("cpu"), train_set, val_set))
     assert net.config == NetConfig(width=0.5, shared_depth=7)
+    # ... and into a net with a stride-4 stem: the 3x3 stem's kernel spread to 6x6
+    strided = tr.TrainConfig(**{**asdict(branched), "run": "s", "shared_depth": 0, "stem_stride": 4})
+    net = tr.load_checkpoint(tr.train(strided, torch.device("cpu"), train_set, val_set))
+    assert net.config == NetConfig(width=0.5, stem_stride=4) and net.features[0][0].kernel_size == (6, 6)
