@@ -428,7 +428,8 @@ def render(results: list[dict], markdown: bool = False) -> str:
     out += [f"{h}Age MAE per age band (years)", "", table(["model"] + bands, rows, markdown), ""]
     if with_original := [r for r in results if "fer2013_labels" in r]:
         rows = [[label(r), fmt("acc", o["acc"]), fmt("acc", o["mean_recall"])]
-                + [f"{fmt('acc', o['recall'].get(e))} ({fmt('acc', o['called_neutral'].get(e))})" for e in EMOTIONS]
+                + [fmt("acc", o["recall"].get(e)) + (f" ({fmt('acc', o['called_neutral'][e])})"
+                                                    if e in o["called_neutral"] else "") for e in EMOTIONS]
                 for r in with_original for o in [r["fer2013_labels"]]]
         out += [f"{h}Emotion against FER2013's own labels (the expression each photo was found by; FER faces; "
                 "recall %, in brackets: called neutral %)", "",

@@ -98,12 +98,14 @@ def head_metrics(p: Predictions, age: np.ndarray, gender: np.ndarray, race: np.n
 def original_label_metrics(emotion_probs: np.ndarray, original: np.ndarray) -> dict:
     """Emotion predictions scored against FER2013's original labels (``FaceSet.emotion_original``, -1:
     none): accuracy, mean recall over the classes present, recall of each, and the share of each
-    class's faces called neutral. FER2013 labelled each photo by the expression it was searched for,
+    other class's faces called neutral (for neutral that would be its recall). FER2013 labelled each photo by the expression it was searched for,
     closer to a posed set's intent than FER+'s crowd votes, which read many of them as neutral.
 
     >>> m = original_label_metrics(np.eye(7)[[0, 6, 6, 3]], np.array([0, 0, 6, -1]))
     >>> m["acc"], m["mean_recall"], m["recall"]["angry"], m["called_neutral"]["angry"], m["faces"]
     (0.6666666666666666, 0.75, 0.5, 0.5, 3)
+    >>> sorted(m["called_neutral"])
+    ['angry']
     """
     m = original >= 0
     cm = confusion(original[m], emotion_probs[m].argmax(1), len(EMOTIONS))
@@ -111,7 +113,8 @@ def original_label_metrics(emotion_probs: np.ndarray, original: np.ndarray) -> d
     neutral = EMOTIONS.index("neutral")
     return {"faces": int(m.sum()), "acc": float(np.trace(cm) / max(cm.sum(), 1)),
             "mean_recall": float(np.mean(list(recall.values()))) if recall else float("nan"), "recall": recall,
-            "called_neutral": {e: float(cm[i, neutral] / cm[i].sum()) for i, e in enumerate(EMOTIONS) if cm[i].sum()}}
+            "called_neutral": {e: float(cm[i, neutral] / cm[i].sum()) for i, e in enumerate(EMOTIONS)
+                               if cm[i].sum() and i != neutral}}
 
 
 def selection_score(m: dict, heads: tuple[str, ...] = HEADS, emotion: str = "acc") -> float:

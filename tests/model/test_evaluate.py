@@ -10,6 +10,7 @@ import pytest
 
 from footfall_training import evaluate as ev
 from footfall_training.data import FaceSet
+from footfall_training.metrics import original_label_metrics
 from footfall.predictions import Predictions
 
 from .model_files import REPO
@@ -212,6 +213,12 @@ def test_evaluate_model_reports_every_section(random_model, tmp_path):
         assert title in text
     assert "|---|" in text
     assert "age MAE" in ev.render([r], markdown=False)
+    # against FER2013's labels each class shows the share called neutral, neutral its recall alone
+    made = {**r, "fer2013_labels": original_label_metrics(np.eye(7)[[6, 6, 0]], np.array([6, 0, 0]))}
+    row = next(line for line in ev.render([made], markdown=True).splitlines()
+               if line.startswith("| ") and "(50.0)" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "50.0 (50.0)" and cells[-1] == "100.0"
 
 
 def test_cli_writes_json(random_model, tmp_path, monkeypatch, capsys):
