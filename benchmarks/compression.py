@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from model_speed import md_table, npu_placement, speed_table  # noqa: E402
 
 from footfall_training.evaluate import load_predictor, load_test_faces  # noqa: E402
 from footfall_training.metrics import head_metrics  # noqa: E402
-from footfall_training.network import FaceNet, count_macs, count_parameters  # noqa: E402
+from footfall_training.network import FaceNet, NetConfig, count_macs, count_parameters  # noqa: E402
 
 SHIPPED = REPO / "model" / "footfall_w050"
 COMPRESSED = REPO / "model" / "compressed"
@@ -71,11 +71,9 @@ def network_of(onnx_path: Path) -> FaceNet:
     from footfall.model_file import ModelMetadata
 
     meta = ModelMetadata.from_onnx_file(onnx_path)
-    width = int(re.search(r"-w(\d{3})", meta.name).group(1)) / 100
-    stride = re.search(r"-os(\d+)", meta.name)  # the channel counts do not show a stride
-    stem = re.search(r"-s(\d+)(?:-|$)", meta.name)
-    net = FaceNet(width=width, channels=tuple(channel_plan_from_onnx(onnx.load(str(onnx_path)))),
-                  output_stride=int(stride.group(1)) if stride else 32, stem_stride=int(stem.group(1)) if stem else 2)
+    # The name gives width and strides (the channel counts do not show a stride), the graph the channel counts.
+    config = NetConfig.from_name(meta.name, prefix=True)
+    net = FaceNet.from_config(replace(config, channels=tuple(channel_plan_from_onnx(onnx.load(str(onnx_path))))))
     net.image_size = meta.input_size  # multiply-adds at the faces it takes
     return net
 

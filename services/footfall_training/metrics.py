@@ -98,8 +98,9 @@ def head_metrics(p: Predictions, age: np.ndarray, gender: np.ndarray, race: np.n
 def original_label_metrics(emotion_probs: np.ndarray, original: np.ndarray) -> dict:
     """Emotion predictions scored against FER2013's original labels (``FaceSet.emotion_original``, -1:
     none): accuracy, mean recall over the classes present, recall of each, and the share of each
-    other class's faces called neutral (for neutral that would be its recall). FER2013 labelled each photo by the expression it was searched for,
-    closer to a posed set's intent than FER+'s crowd votes, which read many of them as neutral.
+    other class's faces called neutral (for neutral that would be its recall). FER2013 labelled each
+    photo by the expression it was searched for, closer to a posed set's intent than FER+'s crowd
+    votes, which read many of them as neutral.
 
     >>> m = original_label_metrics(np.eye(7)[[0, 6, 6, 3]], np.array([0, 0, 6, -1]))
     >>> m["acc"], m["mean_recall"], m["recall"]["angry"], m["called_neutral"]["angry"], m["faces"]

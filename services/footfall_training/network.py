@@ -351,16 +351,21 @@ class NetConfig:
         return file_stem_of(self.name)
 
     @classmethod
-    def from_name(cls, name: str) -> NetConfig:
+    def from_name(cls, name: str, prefix: bool = False) -> NetConfig:
         """The config of a model name (``name`` above; dropout, which has no weights, at its default). A pruned
         or QAT variant's name (``-l1p25``, ``-qat``) does not say its channel counts: rebuild those from a checkpoint.
+        ``prefix``: read the architecture at the start of a longer name (an exported model's, whose tag and face
+        size follow it) and ignore the rest.
 
         >>> NetConfig.from_name("footfall-mnv3-w060-mha-sd6")
         NetConfig(width=0.6, dropout=0.2, arch='mnv3', attention='mha', shared_depth=6, output_stride=32, stem_stride=2, channels=None, tag='', qat=False)
         >>> NetConfig.from_name("footfall-mnv2-w050-os16").output_stride, NetConfig.from_name("footfall-mnv2-w050-s4").stem_stride
         (16, 4)
+        >>> NetConfig.from_name("footfall-mnv2-w050-os16-56px", prefix=True).output_stride
+        16
         """
-        match = re.fullmatch(r"footfall-(\w+)-w(\d{3})(-mha)?(?:-sd(\d+))?(?:-os(\d+))?(?:-s(\d+))?", name)
+        pattern = r"footfall-(\w+?)-w(\d{3})(-mha)?(?:-sd(\d+))?(?:-os(\d+))?(?:-s(\d+))?(?=-|$)"
+        match = (re.match if prefix else re.fullmatch)(pattern, name)
         if not match:
             raise ValueError(f"not a model name: {name!r} (e.g. footfall-mnv2-w050, footfall-mnv3-w060-mha-sd6)")
         arch, width, mha, depth, stride, stem = match.groups()
